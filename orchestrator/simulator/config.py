@@ -1,0 +1,55 @@
+"""Settings of the simulator: replies, timing, rate limits and faults."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-stream timing. All delays are divided by ``speed``; ``speed=math.inf`` means no delays."""
+
+    ttft: float = 0.5  # seconds to the first token
+    tokens_per_second: float = 60.0  # per stream
+    speed: float = 1.0
+    tick: float = 0.02  # tokens due within one tick are written together
+
+    def scaled(self, seconds: float) -> float:
+        return 0.0 if math.isinf(self.speed) else seconds / self.speed
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-minute limits like the API's; None means unlimited. ``spend_cap`` refuses everything."""
+
+    rpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
+    burst_seconds: float = 1.0  # capacity of each bucket, in seconds of refill
+    spend_cap: bool = False
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Probability of each fault per request (seeded: the same requests get the same faults)."""
+
+    overloaded: float = 0.0  # 529 before the stream
+    server_error: float = 0.0  # 500 before the stream
+    error_event: float = 0.0  # in-band overloaded_error after some deltas
+    drop: float = 0.0  # connection dropped mid-stream
+    stall: float = 0.0  # no bytes for ``stall_seconds`` mid-stream
+    truncate: float = 0.0  # body ends cleanly without message_stop
+    stall_seconds: float = 30.0  # real seconds, not scaled by speed
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    seed: int = 0
+    reply_min: int = 20  # tokens in a full reply, drawn per conversation
+    reply_max: int = 300
+    tokens_per_delta: int = 1
+    timing: Timing = field(default_factory=Timing)
+    limits: Limits = field(default_factory=Limits)
+    faults: FaultRates = field(default_factory=FaultRates)
+    reject_api_keys: frozenset[str] = frozenset()

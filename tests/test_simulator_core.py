@@ -1,0 +1,150 @@
+"""Pure parts of the simulator: replies, prefill continuation, model rules, fault choice, buckets."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from orchestrator.bucket import TokenBucket
+from orchestrator.simulator.config import FaultRates
+from orchestrator.simulator.faults import FaultKind, FaultSpecError, choose_fault, parse_fault_spec
+from orchestrator.simulator.replies import (
+    accepts_prefill,
+    continuation,
+    count_input_tokens,
+    full_reply,
+    model_version,
+    plan_reply,
+)
+
+
+def body(text: str = "hi", max_tokens: int = 10_000, prefill: str | None = None) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+    if prefill is not None:
+        messages.append({"role": "assistant", "content": prefill})
+    return {"model": "claude-haiku-4-5", "max_tokens": max_tokens, "messages": messages}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_cut_point_continues_exactly(seed: int) -> None:
+    tokens = full_reply(seed, body(f"prompt {seed}"), 40, 80)
+    full = "".join(tokens)
+    for cut in range(len(full) + 1):
+        prefix = full[:cut].rstrip()
+        rest = continuation(tokens, prefix)
+        assert rest is not None
+        assert prefix + "".join(rest) == full
+        plan = plan_reply(seed, body(f"prompt {seed}", prefill=prefix), 40, 80) if prefix else None
+        if plan is not None:
+            assert prefix + "".join(plan.tokens) == full
+
+
+def test_continuation_of_a_foreign_prefix_is_none() -> None:
+    assert continuation(["Hello", " world"], "Goodbye") is None
+    assert continuation(["Hello", " world"], "Hello world") == []
+    assert continuation(["Hello", " world"], "Hello wo") == ["rld"]
+
+
+def test_a_foreign_prefill_still_gets_a_deterministic_reply() -> None:
+    first = plan_reply(0, body(prefill="Something else entirely"), 10, 20)
+    second = plan_reply(0, body(prefill="Something else entirely"), 10, 20)
+    assert first == second
+    assert 10 <= len(first.tokens) <= 20
+
+
+def test_replies_have_no_doubled_punctuation_and_end_with_a_period() -> None:
+    for i in range(50):
+        text = "".join(full_reply(0, body(f"p{i}"), 20, 300))
+        assert ",." not in text
+        assert ".," not in text
+        assert ",," not in text
+        assert text.endswith(".")
+        assert not text.startswith(" ")
+
+
+def test_input_token_rule() -> None:
+    assert count_input_tokens(body("abcd")) == 3 + 0 + 4 + 1
+    with_system = {**body("abcdefgh"), "system": [{"type": "text", "text": "abcde"}]}
+    assert count_input_tokens(with_system) == 3 + 2 + 4 + 2
+
+
+@pytest.mark.parametrize(
+    ("model", "version", "prefill"),
+    [
+        ("claude-haiku-4-5", (4, 5), True),
+        ("claude-haiku-4-5-20251001", (4, 5), True),
+        ("claude-sonnet-4-5-20250929", (4, 5), True),
+        ("claude-opus-4-5", (4, 5), True),
+        ("claude-sonnet-4-20250514", (4, 0), True),
+        ("claude-3-7-sonnet-20250219", (3, 7), True),
+        ("claude-3-opus-20240229", (3, 0), True),
+        ("claude-sonnet-4-6", (4, 6), False),
+        ("claude-opus-4-8", (4, 8), False),
+        ("claude-opus-5", (5, 0), False),
+        ("claude-sonnet-5", (5, 0), False),
+        ("claude-mythos-5", (5, 0), False),
+        ("gpt-4o", None, False),
+    ],
+)
+def test_model_versions_and_prefill(model: str, version: tuple[int, int] | None, prefill: bool) -> None:
+    assert model_version(model) == version
+    assert accepts_prefill(model) is prefill
+
+
+def test_fault_specs() -> None:
+    spec = parse_fault_spec("drop after=5 times=1")
+    assert (spec.kind, spec.after, spec.times) == (FaultKind.DROP, 5, 1)
+    for bad in ("", "explode", "drop after", "drop after=x", "drop when=3"):
+        with pytest.raises(FaultSpecError):
+            parse_fault_spec(bad)
+
+
+def test_forced_fault_respects_times_and_clamps_after() -> None:
+    forced = parse_fault_spec("truncate after=99 times=2")
+    rates = FaultRates()
+    picks = [
+        choose_fault(forced=forced, rates=rates, seed=0, fingerprint=b"x", attempt=a, deltas=10)
+        for a in (1, 2, 3)
+    ]
+    assert picks[0] is not None
+    assert picks[0].after == 10
+    assert picks[1] is not None
+    assert picks[2] is None
+
+
+def test_fault_rates_are_respected() -> None:
+    rates = FaultRates(drop=0.25, overloaded=0.25)
+    kinds = [
+        choose_fault(forced=None, rates=rates, seed=1, fingerprint=bytes([i]), attempt=1, deltas=50)
+        for i in range(256)
+    ]
+    drops = sum(1 for k in kinds if k is not None and k.kind is FaultKind.DROP)
+    overloads = sum(1 for k in kinds if k is not None and k.kind is FaultKind.OVERLOADED)
+    assert 40 < drops < 90
+    assert 40 < overloads < 90
+    assert all(k is None or 0 <= k.after < 50 for k in kinds)
+
+
+def test_bucket_refills_continuously_and_allows_oversized_takes_when_full() -> None:
+    bucket = TokenBucket.per_minute(60, now=0.0, burst_seconds=5)  # 1/s, capacity 5
+    assert bucket.capacity == 5
+    for _ in range(5):
+        assert bucket.try_take(1, now=0.0)
+    assert not bucket.try_take(1, now=0.0)
+    assert bucket.wait_time(1, now=0.0) == pytest.approx(1.0)
+    assert bucket.try_take(1, now=1.0)
+    assert bucket.wait_time(10, now=1.0) == pytest.approx(5.0)  # needs a full bucket, not 10
+    assert bucket.try_take(10, now=6.0)
+    assert bucket.level == pytest.approx(-5)
+    assert bucket.wait_time(1, now=6.0) == pytest.approx(6.0)
+    bucket.give_back(10, now=6.0)
+    assert bucket.level == 5
+    assert bucket.time_to_full(6.0) == 0
+
+
+def test_bucket_with_zero_rate_never_refills() -> None:
+    bucket = TokenBucket(capacity=1, rate=0, level=0, updated=0)
+    assert math.isinf(bucket.wait_time(1, now=100))
+    assert math.isinf(bucket.time_to_full(100))
