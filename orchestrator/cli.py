@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, NoReturn
 
+import anthropic
 import anyio
+import httpx2
 
+from orchestrator.engine import Job, Summary
+from orchestrator.errors import JobAborted, JobChangedError, OrchestratorError, UserError
+from orchestrator.export import export_results
+from orchestrator.jobfile import load_spec, read_requests
+from orchestrator.models import JobSettings, State
+from orchestrator.progress import Snapshot, describe, make_view
 from orchestrator.simulator import FaultKind, FaultRates, Limits, Simulator, SimulatorConfig, Timing, serve
+from orchestrator.store import open_store
+
+RESULTS_ROOT = Path("results")
+SETTINGS_DEFAULTS = JobSettings()
 
 
 def _probability(text: str) -> tuple[str, float]:
@@ -26,24 +44,16 @@ def _probability(text: str) -> tuple[str, float]:
 def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("simulator")
     group.add_argument("--seed", type=int, default=0, help="seed of replies and faults (default 0)")
-    group.add_argument(
-        "--speed", type=float, default=1.0, help="time factor; 'inf' for no delays (default 1)"
-    )
+    group.add_argument("--speed", type=float, default=1.0, help="time factor; 'inf' for no delays (default 1)")
     group.add_argument("--ttft", type=float, default=0.5, help="seconds to first token (default 0.5)")
-    group.add_argument(
-        "--tps", type=float, default=60.0, help="output tokens per second per stream (default 60)"
-    )
+    group.add_argument("--tps", type=float, default=60.0, help="output tokens per second per stream (default 60)")
     group.add_argument("--reply-tokens", default="20:300", metavar="MIN:MAX", help="reply length range")
     group.add_argument("--tokens-per-delta", type=int, default=1)
     group.add_argument("--sim-rpm", type=float, help="requests per minute the simulator allows")
     group.add_argument("--sim-itpm", type=float, help="input tokens per minute the simulator allows")
     group.add_argument("--sim-otpm", type=float, help="output tokens per minute the simulator allows")
-    group.add_argument(
-        "--burst-seconds", type=float, default=1.0, help="bucket capacity in seconds of refill"
-    )
-    group.add_argument(
-        "--spend-cap", action="store_true", help="answer every request with the spend-limit 429"
-    )
+    group.add_argument("--burst-seconds", type=float, default=1.0, help="bucket capacity in seconds of refill")
+    group.add_argument("--spend-cap", action="store_true", help="answer every request with the spend-limit 429")
     group.add_argument(
         "--fault",
         type=_probability,
@@ -85,9 +95,221 @@ async def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- run / resume ------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, spec_run: dict[str, Any]) -> JobSettings:
+    """Built-in defaults, then the job spec's [run] table, then options given on the command line."""
+    values = {**SETTINGS_DEFAULTS.__dict__, **spec_run}
+    for name in ("concurrency", "max_attempts", "retry_max_seconds", "checkpoint_interval", "read_timeout"):
+        given = getattr(args, name)
+        if given is not None:
+            values[name] = given
+    settings = JobSettings(**values)
+    if settings.concurrency < 1 or settings.max_attempts < 1 or settings.checkpoint_interval <= 0:
+        raise UserError("--concurrency and --max-attempts must be at least 1, --checkpoint-interval above 0")
+    return settings
+
+
+def _request_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    given = {
+        "model": args.model,
+        "max_tokens": args.max_tokens,
+        "system": args.system,
+        "temperature": args.temperature,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
+@asynccontextmanager
+async def _client(args: argparse.Namespace, settings: JobSettings) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The SDK client: against the built-in simulator with --simulate, else the real API."""
+    limits = httpx2.Limits(max_connections=settings.concurrency + 8, max_keepalive_connections=settings.concurrency)
+    timeout = httpx2.Timeout(settings.read_timeout, connect=10.0)
+    if args.simulate:
+        async with serve(Simulator(simulator_config(args))) as url:
+            http = anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+            async with anthropic.AsyncAnthropic(
+                base_url=url, api_key="sk-simulator", max_retries=0, http_client=http
+            ) as client:
+                yield client
+        return
+    if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        raise UserError("no API key: set ANTHROPIC_API_KEY, or run against the built-in simulator with --simulate")
+    http = anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+    async with anthropic.AsyncAnthropic(base_url=args.base_url, max_retries=0, http_client=http) as client:
+        yield client
+
+
+def _print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
+    counts = summary.counts
+    billed = summary.billed
+    print(
+        f"{counts[State.SUCCEEDED]:,} succeeded, {counts[State.ERRORED]:,} errored, "
+        f"{counts[State.PENDING] + counts[State.RUNNING]:,} not done, in {summary.elapsed:.1f} s; "
+        f"billed {billed.input_tokens:,} input and {billed.output_tokens:,} output tokens over all attempts",
+        file=sys.stderr,
+    )
+    print(f"results: {out} ({written:,} lines); database: {db}", file=sys.stderr)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    job_path = Path(args.job)
+    spec = load_spec(job_path, _request_defaults(args)) if job_path.exists() or args.db is None else None
+    results_dir = Path(args.results) if args.results else (spec.results if spec and spec.results else None)
+    if results_dir is None:
+        results_dir = Path(args.db).parent if args.db else RESULTS_ROOT / (spec.name if spec else job_path.stem)
+    db_path = Path(args.db) if args.db else results_dir / "job.sqlite"
+    settings = _settings(args, spec.run if spec else {})
+    async with open_store(db_path) as store:
+        job = await store.job()
+        if spec is None:
+            if job is None:
+                raise UserError(f"{job_path}: no such job file, and {db_path} holds no job")
+            print(f"note: {job_path} is gone; running the job as stored in {db_path}", file=sys.stderr)
+        else:
+            fingerprint = spec.fingerprint()
+            if job is not None and job.fingerprint != fingerprint and not args.allow_changed:
+                raise JobChangedError(
+                    f"{job_path} has changed since the job in {db_path} was created from it. "
+                    "Run it as a new job with --db/--results elsewhere, or pass --allow-changed to update "
+                    "the job (changed and new requests run; unchanged results are kept)."
+                )
+            if job is None or job.fingerprint != fingerprint:
+                argv = [arg if arg != args.job else str(job_path.resolve()) for arg in args.argv]
+                stored = {"argv": argv, "job": str(job_path.resolve()), "results": str(results_dir.resolve())}
+                added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec))
+                if job is not None:
+                    print(f"job updated: {added:,} new and {changed:,} changed requests", file=sys.stderr)
+        counts = await store.counts()
+        total = sum(counts.values())
+        done = counts[State.SUCCEEDED] + counts[State.ERRORED]
+        async with _client(args, settings) as client:
+            view = make_view(total, done, quiet=args.quiet)
+            summary = await Job(store, client, settings, view).run()
+        out = results_dir / "results.jsonl"
+        written, _ = await export_results(store, out)
+    if not args.quiet or summary.aborted or summary.stopped:
+        _print_summary(summary, db_path, out, written)
+    if summary.aborted is not None:
+        error = summary.aborted.error.get("error", {})
+        raise JobAborted(
+            f"the job stopped: {summary.aborted.reason} ({error.get('type')}: {error.get('message')}). "
+            f"Fix the cause, then resume with: orchestrator resume {db_path}"
+        )
+    if summary.stopped:
+        print(f"Stopped. Resume with: orchestrator resume {db_path}", file=sys.stderr)
+        return 130
+    return 0
+
+
+async def _stored_argv(db: Path) -> list[str]:
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    async with open_store(db, create=False) as store:
+        job = await store.job()
+    if job is None:
+        raise UserError(f"{db} holds no job")
+    argv: list[str] = job.spec["argv"]
+    return argv
+
+
+# -- status / export -----------------------------------------------------------------------
+
+
+async def _status(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    async with open_store(db, create=False) as store:
+        job = await store.job()
+        counts = await store.counts()
+        billed = await store.billed()
+        first = await store.first_start()
+    if job is None:
+        raise UserError(f"{db} holds no job")
+    total = sum(counts.values())
+    done = counts[State.SUCCEEDED] + counts[State.ERRORED]
+    elapsed = (job.updated_at - first) if first else 0.0
+    snapshot = Snapshot(
+        done=done,
+        total=total,
+        in_flight=counts[State.RUNNING],
+        failed=counts[State.ERRORED],
+        retries=0,
+        output_tokens=billed.output_tokens,
+        elapsed=elapsed,
+        done_this_run=done,
+    )
+    if args.json:
+        print(json.dumps({"job": job.name, "counts": counts, "billed": billed.as_dict(), "elapsed": elapsed}))
+        return 0
+    print(f"job {job.name}  ({db})")
+    print("  " + ", ".join(f"{state}: {counts[state]:,}" for state in State))
+    print(f"  billed: {billed.input_tokens:,} input, {billed.output_tokens:,} output tokens")
+    print(
+        f"  elapsed {elapsed:.1f} s, last update {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.updated_at))}"
+    )
+    print("  " + describe(snapshot))
+    return 0
+
+
+async def _export(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    out = Path(args.out) if args.out else db.parent / "results.jsonl"
+    async with open_store(db, create=False) as store:
+        written, unfinished = await export_results(store, out)
+    note = f" ({unfinished:,} unfinished requests left out)" if unfinished else ""
+    print(f"wrote {written:,} results to {out}{note}", file=sys.stderr)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no API key)")
+    parser.add_argument("--base-url", help="API base URL (default: ANTHROPIC_BASE_URL or the real API)")
+    parser.add_argument("--db", help="job database (default: RESULTS/job.sqlite)")
+    parser.add_argument("--results", help="results folder (default: results/<job name>)")
+    parser.add_argument("--allow-changed", action="store_true", help="update a job whose job file has changed")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    group = parser.add_argument_group("running")
+    group.add_argument("--concurrency", type=int, help=f"streams at once (default {SETTINGS_DEFAULTS.concurrency})")
+    group.add_argument("--max-attempts", type=int, help=f"per request (default {SETTINGS_DEFAULTS.max_attempts})")
+    group.add_argument("--retry-max-seconds", type=float, help="stop retrying a request after this long")
+    group.add_argument(
+        "--checkpoint-interval", type=float, help=f"seconds (default {SETTINGS_DEFAULTS.checkpoint_interval})"
+    )
+    group.add_argument("--read-timeout", type=float, help="seconds without a byte before a stream counts as stalled")
+    group = parser.add_argument_group("request defaults (a job spec's [defaults] and each line override these)")
+    group.add_argument("--model")
+    group.add_argument("--max-tokens", type=int)
+    group.add_argument("--system")
+    group.add_argument("--temperature", type=float)
+    _add_simulator_options(parser)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Concurrent, resumable batch runs against the Anthropic Messages API.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a job (JSONL, text file, folder of prompts, or .toml spec)")
+    run.add_argument("job")
+    _add_run_options(run)
+    resume = commands.add_parser("resume", help="continue the job stored in a database")
+    resume.add_argument("db")
+    resume.add_argument("--quiet", action="store_true")
+    status = commands.add_parser("status", help="counts, tokens and ETA of a job")
+    status.add_argument("db")
+    status.add_argument("--json", action="store_true")
+    export = commands.add_parser("export", help="rewrite results.jsonl from the database")
+    export.add_argument("db")
+    export.add_argument("--out")
     simulate = commands.add_parser("simulate", help="run the Anthropic-compatible simulator")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
@@ -95,14 +317,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "resume":
+        argv = await _stored_argv(Path(args.db))
+        resumed = build_parser().parse_args(argv)
+        resumed.argv = argv
+        resumed.db = args.db
+        resumed.quiet = resumed.quiet or args.quiet
+        return await _run(resumed)
+    handlers = {"run": _run, "status": _status, "export": _export, "simulate": _simulate}
+    return await handlers[args.command](args)
+
+
+async def run_command(argv: Sequence[str]) -> int:
+    """Run one command line in the current event loop; return its exit status."""
     args = build_parser().parse_args(argv)
-    if args.command == "simulate":
-        if math.isnan(args.speed) or args.speed <= 0:
-            print("orchestrator: --speed must be positive (or inf)", file=sys.stderr)
-            return 2
-        try:
-            return anyio.run(_simulate, args)
-        except KeyboardInterrupt:
-            return 130
-    raise AssertionError(args.command)
+    args.argv = list(argv)
+    speed = getattr(args, "speed", 1.0)
+    if math.isnan(speed) or speed <= 0:
+        print("orchestrator: --speed must be positive (or inf)", file=sys.stderr)
+        return 2
+    try:
+        return await _dispatch(args)
+    except OrchestratorError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return exc.exit_status
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    try:
+        status = anyio.run(run_command, list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        status = 130
+    # Everything of ours is closed by now. Tearing down the SDK's module graph takes the
+    # interpreter 0.7-1.7 s, which would delay every exit (Ctrl-C included): skip it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -92,9 +92,7 @@ async def test_max_tokens_cuts_the_reply(simulate: Simulate) -> None:
         ("server_error", anthropic.InternalServerError),
     ],
 )
-async def test_faults_raise_what_the_sdk_raises(
-    simulate: Simulate, fault: str, expected: type[Exception]
-) -> None:
+async def test_faults_raise_what_the_sdk_raises(simulate: Simulate, fault: str, expected: type[Exception]) -> None:
     async with simulate() as (sim, client, _):
         with pytest.raises(expected):
             async with client.messages.stream(**request(), extra_headers={"x-sim-fault": fault}) as stream:
@@ -105,9 +103,7 @@ async def test_faults_raise_what_the_sdk_raises(
 async def test_in_band_error_is_a_status_error_with_status_200(simulate: Simulate) -> None:
     async with simulate() as (_, client, _):
         with pytest.raises(anthropic.APIStatusError) as caught:
-            async with client.messages.stream(
-                **request(), extra_headers={"x-sim-fault": "error_event after=4"}
-            ) as s:
+            async with client.messages.stream(**request(), extra_headers={"x-sim-fault": "error_event after=4"}) as s:
                 await s.get_final_message()
     assert caught.value.status_code == 200
     assert caught.value.body == {
@@ -119,9 +115,7 @@ async def test_in_band_error_is_a_status_error_with_status_200(simulate: Simulat
 async def test_clean_end_without_message_stop_gives_no_stop_reason(simulate: Simulate) -> None:
     async with simulate() as (_, client, _):
         full = await client.messages.create(**request())
-        async with client.messages.stream(
-            **request(), extra_headers={"x-sim-fault": "truncate after=4"}
-        ) as stream:
+        async with client.messages.stream(**request(), extra_headers={"x-sim-fault": "truncate after=4"}) as stream:
             broken = await stream.get_final_message()
     assert broken.stop_reason is None
     assert text_of(full).startswith(text_of(broken))
@@ -180,9 +174,7 @@ async def test_random_faults_are_reproducible_and_retries_can_succeed(simulate: 
 
 async def test_rate_limit_headers_are_present_and_sane(simulate: Simulate) -> None:
     clock = FakeClock()
-    config = SimulatorConfig(
-        timing=INSTANT, limits=Limits(rpm=600, itpm=600_000, otpm=120_000, burst_seconds=10)
-    )
+    config = SimulatorConfig(timing=INSTANT, limits=Limits(rpm=600, itpm=600_000, otpm=120_000, burst_seconds=10))
     async with simulate(config, clock=clock) as (_, client, _):
         raw = await client.messages.with_raw_response.create(**request())
         second = await client.messages.with_raw_response.create(**request())
@@ -217,9 +209,7 @@ async def test_exceeding_rpm_gets_429_with_retry_after(simulate: Simulate) -> No
 
 async def test_output_tokens_limit_refuses_until_refilled(simulate: Simulate) -> None:
     clock = FakeClock()
-    config = SimulatorConfig(
-        timing=INSTANT, reply_min=100, reply_max=100, limits=Limits(otpm=600, burst_seconds=10)
-    )
+    config = SimulatorConfig(timing=INSTANT, reply_min=100, reply_max=100, limits=Limits(otpm=600, burst_seconds=10))
     async with simulate(config, clock=clock) as (_, client, _):
         await client.messages.create(**request())  # 100 tokens from a bucket of 100
         with pytest.raises(anthropic.RateLimitError) as caught:
@@ -276,9 +266,7 @@ async def test_prefill_token_accounting_and_max_tokens(simulate: Simulate) -> No
     assert text_of(full).startswith(partial.rstrip() + text_of(cut))
 
 
-@pytest.mark.parametrize(
-    "model", ["claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-5", "claude-sonnet-5"]
-)
+@pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-5", "claude-sonnet-5"])
 async def test_new_models_reject_prefill(simulate: Simulate, model: str) -> None:
     body = request(model=model)
     body["messages"].append({"role": "assistant", "content": "Once upon"})
@@ -342,9 +330,7 @@ BAD_BODIES: list[tuple[Any, str]] = [
 async def test_bad_requests_get_the_api_400(simulate: Simulate, body: Any, message: str) -> None:
     async with simulate() as (sim, client, url), httpx2.AsyncClient(base_url=url) as http:
         content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        response = await http.post(
-            "/v1/messages", content=content, headers={"content-type": "application/json"}
-        )
+        response = await http.post("/v1/messages", content=content, headers={"content-type": "application/json"})
         assert response.status_code == 400
         payload = response.json()
         assert payload["type"] == "error"

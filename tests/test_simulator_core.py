@@ -105,8 +105,7 @@ def test_forced_fault_respects_times_and_clamps_after() -> None:
     forced = parse_fault_spec("truncate after=99 times=2")
     rates = FaultRates()
     picks = [
-        choose_fault(forced=forced, rates=rates, seed=0, fingerprint=b"x", attempt=a, deltas=10)
-        for a in (1, 2, 3)
+        choose_fault(forced=forced, rates=rates, seed=0, fingerprint=b"x", attempt=a, deltas=10) for a in (1, 2, 3)
     ]
     assert picks[0] is not None
     assert picks[0].after == 10
@@ -117,8 +116,7 @@ def test_forced_fault_respects_times_and_clamps_after() -> None:
 def test_fault_rates_are_respected() -> None:
     rates = FaultRates(drop=0.25, overloaded=0.25)
     kinds = [
-        choose_fault(forced=None, rates=rates, seed=1, fingerprint=bytes([i]), attempt=1, deltas=50)
-        for i in range(256)
+        choose_fault(forced=None, rates=rates, seed=1, fingerprint=bytes([i]), attempt=1, deltas=50) for i in range(256)
     ]
     drops = sum(1 for k in kinds if k is not None and k.kind is FaultKind.DROP)
     overloads = sum(1 for k in kinds if k is not None and k.kind is FaultKind.OVERLOADED)

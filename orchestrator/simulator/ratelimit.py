@@ -50,9 +50,7 @@ class ServerLimits:
         now = self._clock()
         wants = {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": 1.0}
         waits = {
-            name: bucket.wait_time(wants[name], now)
-            for name, bucket in self.buckets.items()
-            if bucket is not None
+            name: bucket.wait_time(wants[name], now) for name, bucket in self.buckets.items() if bucket is not None
         }
         refused = [(wait, name) for name, wait in waits.items() if wait > 0]
         if refused:

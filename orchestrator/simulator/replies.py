@@ -242,9 +242,7 @@ def prefill_of(body: dict[str, Any]) -> str | None:
 
 
 def _fingerprint(seed: int, body: dict[str, Any], messages: list[Any]) -> bytes:
-    key = json.dumps(
-        [seed, body["model"], body.get("system"), messages], sort_keys=True, separators=(",", ":")
-    )
+    key = json.dumps([seed, body["model"], body.get("system"), messages], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).digest()
 
 
@@ -267,9 +265,7 @@ def full_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) 
         roll = rng.random()
         after_word = bool(tokens) and tokens[-1] not in (".", ",", "\n\n")
         if capital:
-            tokens.append(
-                word.capitalize() if not tokens or tokens[-1] == "\n\n" else " " + word.capitalize()
-            )
+            tokens.append(word.capitalize() if not tokens or tokens[-1] == "\n\n" else " " + word.capitalize())
             capital = False
         elif after_word and roll < 0.06:
             tokens.append(".")

@@ -48,6 +48,7 @@ class Stats:
     faults_injected: Counter[str] = field(default_factory=Counter)
     rate_limited: int = 0
     streams_now: int = 0
+    stalls_now: int = 0
     peak_streams: int = 0
     input_tokens_billed: int = 0
     output_tokens_billed: int = 0
@@ -59,6 +60,7 @@ class Stats:
             "faults_injected": dict(self.faults_injected),
             "rate_limited": self.rate_limited,
             "streams_now": self.streams_now,
+            "stalls_now": self.stalls_now,
             "peak_streams": self.peak_streams,
             "input_tokens_billed": self.input_tokens_billed,
             "output_tokens_billed": self.output_tokens_billed,
@@ -70,8 +72,7 @@ def sse(event: str, payload: dict[str, Any]) -> bytes:
 
 
 _DELTA_HEAD = (
-    b"event: content_block_delta\n"
-    b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
+    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
 )
 _PING = sse("ping", {"type": "ping"})
 _BLOCK_START = sse(
@@ -103,6 +104,17 @@ class Simulator:
         self.limits = ServerLimits(self.config.limits, clock)
         self._attempts: Counter[bytes] = Counter()
         self._serial = 0
+        self._changed = anyio.Event()
+
+    def _notify(self) -> None:
+        """Wake whoever waits in ``until``: the stats have changed."""
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def until(self, predicate: Callable[[Stats], bool]) -> None:
+        """Wait until ``predicate(stats)`` holds; tests use it instead of sleeping."""
+        while not predicate(self.stats):
+            await self._changed.wait()
 
     # -- identifiers ------------------------------------------------------------------
 
@@ -145,9 +157,7 @@ class Simulator:
             "service_tier": "standard",
         }
 
-    def _message(
-        self, model: str, text: str | None, stop: str | None, usage: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _message(self, model: str, text: str | None, stop: str | None, usage: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": self._next_id("msg"),
             "type": "message",
@@ -183,14 +193,18 @@ class Simulator:
             body = await self._read_body(request, count_only=True)
         except RequestInvalid as exc:
             return self._error(exc.status, exc.error_type, exc.message, request_id)
-        return web.json_response(
-            {"input_tokens": count_input_tokens(body)}, headers={"request-id": request_id}
-        )
+        return web.json_response({"input_tokens": count_input_tokens(body)}, headers={"request-id": request_id})
 
     async def stats_view(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.stats.as_dict())
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._messages(request)
+        finally:
+            self._notify()
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
         request_id = self._next_id("req")
         self.stats.requests += 1
         outcomes = self.stats.outcomes
@@ -199,9 +213,7 @@ class Simulator:
             return self._error(401, "authentication_error", "invalid x-api-key", request_id)
         try:
             body = await self._read_body(request, count_only=False)
-            forced_spec = request.headers.get("x-sim-fault") or find_directive(
-                block_text(_last_user(body)["content"])
-            )
+            forced_spec = request.headers.get("x-sim-fault") or find_directive(block_text(_last_user(body)["content"]))
             forced = parse_fault_spec(forced_spec) if forced_spec else None
         except RequestInvalid as exc:
             outcomes["invalid" if exc.status == 400 else "not_found"] += 1
@@ -215,8 +227,7 @@ class Simulator:
             return self._error(
                 429,
                 "rate_limit_error",
-                "You have reached your specified API usage limits. "
-                "You will regain access on the first of next month.",
+                "You have reached your specified API usage limits. You will regain access on the first of next month.",
                 request_id,
                 details={"error_code": "enforced_spend_limit_reached"},
             )
@@ -269,9 +280,7 @@ class Simulator:
         self.limits.charge_output(n)
         self.stats.output_tokens_billed += n
         self.stats.outcomes["ok"] += 1
-        message = self._message(
-            body["model"], "".join(plan.tokens), plan.stop_reason, self._usage(input_tokens, n)
-        )
+        message = self._message(body["model"], "".join(plan.tokens), plan.stop_reason, self._usage(input_tokens, n))
         return web.json_response(message, headers=self._headers(request_id))
 
     async def _stream(
@@ -308,7 +317,12 @@ class Simulator:
             if fault is None or fault.kind is FaultKind.STALL:
                 if fault is not None:
                     await emitter.run_until(fault.after)
-                    await anyio.sleep(fault.seconds)
+                    stats.stalls_now += 1
+                    self._notify()
+                    try:
+                        await anyio.sleep(fault.seconds)
+                    finally:
+                        stats.stalls_now -= 1
                     outcome = "stalled"
                 await emitter.run_until(deltas)
                 final_usage = {
@@ -392,9 +406,7 @@ class _Emitter:
         while True:
             now = anyio.current_time()
             if now >= self._first:
-                due = (
-                    stop if self._interval <= 0 else min(stop, 1 + int((now - self._first) / self._interval))
-                )
+                due = stop if self._interval <= 0 else min(stop, 1 + int((now - self._first) / self._interval))
                 if due > self.sent:
                     batch = self._deltas[self.sent : due]
                     self.pending.extend(_delta(text) for text in batch)

@@ -4,31 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.simulator.replies import accepts_prefill, block_text, model_version, prefill_of
 
-MESSAGE_FIELDS = frozenset(
-    {
-        "model",
-        "max_tokens",
-        "messages",
-        "system",
-        "stream",
-        "temperature",
-        "top_p",
-        "top_k",
-        "stop_sequences",
-        "metadata",
-        "tools",
-        "tool_choice",
-        "thinking",
-        "service_tier",
-        "container",
-        "mcp_servers",
-        "output_config",
-        "context_management",
-        "inference_geo",
-    }
-)
+MESSAGE_FIELDS = MESSAGE_PARAMS | {"stream"}
 COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
 
 PREFILL_REJECTED = (
@@ -102,9 +81,7 @@ def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
         if "content" not in message:
             raise _bad(f"messages.{index}.content: Field required")
         _check_content(index, message["content"])
-        if not block_text(message["content"]) and not (
-            isinstance(message["content"], list) and message["content"]
-        ):
+        if not block_text(message["content"]) and not (isinstance(message["content"], list) and message["content"]):
             raise _bad(f"messages.{index}: all messages must have non-empty content")
     if model_version(model) is None:
         raise RequestInvalid(404, "not_found_error", f"model: {model}")

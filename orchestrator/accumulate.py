@@ -1,0 +1,149 @@
+"""A light accumulator of raw stream events into the final message (pure, no I/O).
+
+It takes the SDK's raw typed events (``messages.create(stream=True)``) and builds the message
+as a plain dict, equal to the SDK's own accumulation
+(``get_final_message().model_dump(mode="json", exclude_none=True)``), while doing far less
+per event: text pieces are appended to a list and joined once, and tool input JSON is parsed
+once at the end of its block instead of on every delta. Unknown event and delta types are
+ignored, as the API asks.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_USAGE_OPTIONAL = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "server_tool_use",
+    "output_tokens_details",
+)
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
+
+
+class _Block:
+    __slots__ = ("citations", "data", "json", "pieces", "signature")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.pieces: list[str] = []  # text or thinking deltas
+        self.json: list[str] = []  # input_json_delta parts
+        self.signature: str | None = None
+        self.citations: list[dict[str, Any]] = []
+
+    def build(self, final: bool) -> dict[str, Any]:
+        data = dict(self.data)
+        kind = data.get("type")
+        if self.pieces:
+            key = "thinking" if kind == "thinking" else "text"
+            data[key] = data.get(key, "") + "".join(self.pieces)
+        if self.signature is not None:
+            data["signature"] = self.signature
+        if self.citations:
+            data["citations"] = [*data.get("citations", []), *self.citations]
+        raw = "".join(self.json)
+        if raw:
+            if final:
+                data["input"] = json.loads(raw)
+            else:
+                data["partial_json"] = raw
+        return data
+
+
+class Accumulator:
+    """Feeds on one stream's events; ``message()`` is the final message, ``snapshot()`` the partial one."""
+
+    __slots__ = ("_blocks", "_message", "deltas", "done")
+
+    def __init__(self) -> None:
+        self._message: dict[str, Any] | None = None
+        self._blocks: list[_Block] = []
+        self.deltas = 0  # content deltas received
+        self.done = False  # message_stop received
+
+    def feed(self, event: Any) -> None:
+        kind = event.type
+        if kind == "content_block_delta":
+            self.deltas += 1
+            delta = event.delta
+            block = self._blocks[event.index]
+            delta_type = delta.type
+            if delta_type == "text_delta":
+                block.pieces.append(delta.text)
+            elif delta_type == "input_json_delta":
+                block.json.append(delta.partial_json)
+            elif delta_type == "thinking_delta":
+                block.pieces.append(delta.thinking)
+            elif delta_type == "signature_delta":
+                block.signature = delta.signature
+            elif delta_type == "citations_delta":
+                block.citations.append(_dump(delta.citation))
+        elif kind == "content_block_start":
+            self._blocks.append(_Block(_dump(event.content_block)))
+        elif kind == "message_start":
+            self._message = _dump(event.message)
+        elif kind == "message_delta":
+            self._apply_message_delta(event)
+        elif kind == "message_stop":
+            self.done = True
+
+    def _apply_message_delta(self, event: Any) -> None:
+        message = self._started()
+        delta = event.delta
+        for key in ("stop_reason", "stop_sequence", "stop_details"):
+            value = getattr(delta, key, None)
+            if value is None:
+                message.pop(key, None)
+            else:
+                message[key] = _dump(value) if hasattr(value, "model_dump") else value
+        container = getattr(delta, "container", None)
+        if container is not None:
+            message["container"] = _dump(container)
+        usage = message.setdefault("usage", {})
+        usage["output_tokens"] = event.usage.output_tokens
+        for key in _USAGE_OPTIONAL:
+            value = getattr(event.usage, key, None)
+            if value is not None:
+                usage[key] = _dump(value) if hasattr(value, "model_dump") else value
+
+    def _started(self) -> dict[str, Any]:
+        if self._message is None:
+            raise ValueError("stream event before message_start")
+        return self._message
+
+    @property
+    def started(self) -> bool:
+        return self._message is not None
+
+    @property
+    def message_id(self) -> str | None:
+        return None if self._message is None else self._message.get("id")
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return {} if self._message is None else self._message.get("usage", {})
+
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens so far: the server's count once given, else one per delta received."""
+        reported: int = self.usage.get("output_tokens") or 0
+        return reported if self.done else max(reported, self.deltas)
+
+    def content(self, final: bool = False) -> list[dict[str, Any]]:
+        return [block.build(final) for block in self._blocks]
+
+    def text(self) -> str:
+        return "".join("".join(b.pieces) for b in self._blocks if b.data.get("type") == "text")
+
+    def snapshot(self) -> dict[str, Any]:
+        """The partial message so far (tool input still as ``partial_json``)."""
+        return {**self._started(), "content": self.content(final=False)}
+
+    def message(self) -> dict[str, Any]:
+        """The final message; valid once ``done``."""
+        return {**self._started(), "content": self.content(final=True)}

@@ -1,0 +1,159 @@
+"""The job: a producer pages requests from the store to a fixed pool of workers; one writer commits.
+
+    producer --(bounded stream)--> N workers --(bounded stream)--> writer --> SQLite
+
+Memory does not grow with the size of the job: the producer reads pages of pending requests
+and the stream between it and the workers holds at most ``concurrency`` of them. The first
+SIGINT/SIGTERM stops launching and cancels the streams in flight; the writer then records a
+last checkpoint of each. A second signal exits at once (SQLite keeps the database consistent).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from dataclasses import dataclass
+
+import anthropic
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from orchestrator.models import JobSettings, Request, State, Usage
+from orchestrator.progress import Snapshot, View
+from orchestrator.retry import Failure
+from orchestrator.store import Store
+from orchestrator.stream import RequestRunner
+from orchestrator.writer import Writer
+
+PAGE = 512
+PROGRESS_EVERY = 0.5
+
+
+@dataclass
+class Summary:
+    counts: dict[str, int]
+    billed: Usage  # over every attempt of the job, all runs
+    elapsed: float  # seconds of this run
+    stopped: bool  # by a signal
+    aborted: Failure | None  # why the job could not go on
+
+    @property
+    def complete(self) -> bool:
+        return self.counts[State.PENDING] == 0 and self.counts[State.RUNNING] == 0
+
+
+async def _produce(store: Store, send: MemoryObjectSendStream[Request]) -> None:
+    async with send:
+        after = 0
+        while page := await store.pending(after, PAGE):
+            for request in page:
+                await send.send(request)
+            after = page[-1].id
+
+
+async def _consume(receive: MemoryObjectReceiveStream[Request], runner: RequestRunner) -> None:
+    async with receive:
+        async for request in receive:
+            await runner.run(request)
+
+
+class Job:
+    """One run of a job: ``await job.run()``; ``job.stop()`` is what the first Ctrl-C does."""
+
+    def __init__(self, store: Store, client: anthropic.AsyncAnthropic, settings: JobSettings, view: View) -> None:
+        self.store = store
+        self.settings = settings
+        self.view = view
+        self.writer = Writer(store, settings.checkpoint_interval)
+        self.runner = RequestRunner(client=client, sink=self.writer, settings=settings, on_fatal=self._abort)
+        self.stopping = False
+        self.aborted: Failure | None = None
+        self._work = anyio.CancelScope()
+        self._started = 0.0
+        self._before: dict[str, int] = {}
+
+    def stop(self) -> None:
+        """Stop launching requests and cancel the streams in flight; the writer saves them."""
+        self.stopping = True
+        self._work.cancel()
+
+    def _abort(self, failure: Failure) -> None:
+        if self.aborted is None:
+            self.aborted = failure
+        self._work.cancel()
+
+    def snapshot(self) -> Snapshot:
+        writer, before = self.writer, self._before
+        tally = writer.tally
+        finished = sum(tally.finished.values())
+        return Snapshot(
+            done=before[State.SUCCEEDED] + before[State.ERRORED] + finished,
+            total=sum(before.values()),
+            in_flight=len(writer.live),
+            failed=before[State.ERRORED] + tally.finished[State.ERRORED],
+            retries=tally.retries,
+            output_tokens=tally.billed.output_tokens + writer.live_output_tokens(),
+            elapsed=anyio.current_time() - self._started,
+            done_this_run=finished,
+        )
+
+    async def _show_progress(self) -> None:
+        while True:
+            self.view.update(self.snapshot())
+            await anyio.sleep(PROGRESS_EVERY)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if self.stopping:
+                    print("\nStopped at once.", file=sys.stderr, flush=True)
+                    os._exit(130)
+                print(
+                    "\nStopping: no new requests; saving what is in flight (Ctrl-C again to exit at once).",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.stop()
+
+    async def run(self, *, handle_signals: bool = True) -> Summary:
+        """Run every pending request to its end, or until stopped or aborted."""
+        store, settings, writer = self.store, self.settings, self.writer
+        await store.recover()
+        self._before = await store.counts()
+        self._started = anyio.current_time()
+        writer_done = anyio.Event()
+
+        async def write() -> None:
+            try:
+                await writer.run()
+            finally:
+                writer_done.set()
+
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(write)
+            outer.start_soon(self._show_progress)
+            if handle_signals:
+                outer.start_soon(self._watch_signals)
+            try:
+                with self._work:
+                    async with anyio.create_task_group() as group:
+                        send, receive = anyio.create_memory_object_stream[Request](settings.concurrency)
+                        group.start_soon(_produce, store, send)
+                        async with receive:
+                            for _ in range(settings.concurrency):
+                                group.start_soon(_consume, receive.clone(), self.runner)
+            finally:
+                writer.close()
+                with anyio.CancelScope(shield=True):
+                    await writer_done.wait()
+                    self.view.update(self.snapshot())
+                    self.view.close()
+                outer.cancel_scope.cancel()
+        return Summary(
+            counts=await store.counts(),
+            billed=await store.billed(),
+            elapsed=anyio.current_time() - self._started,
+            stopped=self.stopping,
+            aborted=self.aborted,
+        )

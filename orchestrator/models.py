@@ -1,0 +1,109 @@
+"""Plain data shared by all modules: requests, their states, usage, attempt outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+# Top-level fields of a Messages API request that a job may set (the sampling fields are
+# still accepted by older models; the API, not this list, has the last word on values).
+MESSAGE_PARAMS = frozenset(
+    {
+        "cache_control",
+        "diagnostics",
+        "speed",
+        "user_profile_id",
+        "workspace_id",
+        "model",
+        "max_tokens",
+        "messages",
+        "system",
+        "temperature",
+        "top_p",
+        "top_k",
+        "stop_sequences",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "output_config",
+        "context_management",
+        "inference_geo",
+    }
+)
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    ERRORED = "errored"
+
+
+class Outcome(StrEnum):
+    """How one attempt ended."""
+
+    SUCCEEDED = "succeeded"
+    BROKEN = "broken"  # the stream ended without message_stop, dropped, stalled or sent an error event
+    RETRYABLE = "retryable"  # refused before the stream, worth another try (429, 5xx, 529, connection)
+    PERMANENT = "permanent"  # refused for good (400 and the like)
+    FATAL = "fatal"  # the whole job must stop (401, 403, spend cap)
+    INTERRUPTED = "interrupted"  # the job was stopped while the attempt ran
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a job, as loaded into the store."""
+
+    id: int  # the store's row id, in input order
+    custom_id: str
+    params: dict[str, Any]
+    attempts: int  # attempts made so far
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens
+        self.cache_read_input_tokens += other.cache_read_input_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_read_input_tokens": self.cache_read_input_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Usage:
+        return cls(
+            input_tokens=data.get("input_tokens") or 0,
+            output_tokens=data.get("output_tokens") or 0,
+            cache_creation_input_tokens=data.get("cache_creation_input_tokens") or 0,
+            cache_read_input_tokens=data.get("cache_read_input_tokens") or 0,
+        )
+
+
+@dataclass
+class JobSettings:
+    """How a job runs; stored with the job so that ``resume`` runs it the same way."""
+
+    concurrency: int = 8
+    max_attempts: int = 5
+    retry_max_seconds: float = 600.0  # give up on a request after this long of retrying
+    checkpoint_interval: float = 0.25
+    read_timeout: float = 120.0
+    backoff_base: float = 0.5  # seconds; doubled per attempt, full jitter
+    backoff_cap: float = 30.0

@@ -1,0 +1,115 @@
+"""How a running job shows its progress; the only module that imports tqdm.
+
+A tqdm bar on a terminal; plain periodic lines when stderr is not a terminal; nothing when quiet.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    done: int  # requests with a result, this run and before
+    total: int
+    in_flight: int
+    failed: int  # errored results
+    retries: int
+    output_tokens: int  # this run, billed and in flight
+    elapsed: float  # seconds of this run
+    done_this_run: int
+
+
+def _rates(s: Snapshot) -> tuple[float, float, float | None]:
+    minutes = max(s.elapsed, 1e-9) / 60
+    per_minute = s.done_this_run / minutes
+    tokens_per_second = s.output_tokens / max(s.elapsed, 1e-9)
+    remaining = s.total - s.done
+    eta = None if per_minute <= 0 else remaining / per_minute * 60
+    return per_minute, tokens_per_second, eta
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def describe(s: Snapshot) -> str:
+    per_minute, tokens_per_second, eta = _rates(s)
+    return (
+        f"{s.done:,}/{s.total:,} done, {s.in_flight} in flight, {s.failed} failed, {s.retries} retries, "
+        f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, ETA {_duration(eta)}"
+    )
+
+
+class View(Protocol):
+    def update(self, snapshot: Snapshot) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Quiet:
+    def update(self, snapshot: Snapshot) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Bar:
+    def __init__(self, total: int, done: int, stream: IO[str]) -> None:
+        self._bar = tqdm(total=total, initial=done, unit="req", file=stream, dynamic_ncols=True, smoothing=0.1)
+        self._done = done
+
+    def update(self, snapshot: Snapshot) -> None:
+        per_minute, tokens_per_second, _ = _rates(snapshot)
+        self._bar.set_postfix_str(
+            f"in flight {snapshot.in_flight}, failed {snapshot.failed}, retries {snapshot.retries}, "
+            f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min",
+            refresh=False,
+        )
+        self._bar.update(snapshot.done - self._done)
+        self._done = snapshot.done
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class Lines:
+    """One line every ``every`` seconds, for logs."""
+
+    def __init__(self, stream: IO[str], every: float = 10.0) -> None:
+        self._stream = stream
+        self._every = every
+        self._last = 0.0
+        self._latest: Snapshot | None = None
+
+    def _print(self, snapshot: Snapshot) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {describe(snapshot)}", file=self._stream, flush=True)
+
+    def update(self, snapshot: Snapshot) -> None:
+        self._latest = snapshot
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._print(snapshot)
+
+    def close(self) -> None:
+        if self._latest is not None:
+            self._print(self._latest)
+
+
+def make_view(total: int, done: int, *, quiet: bool, stream: IO[str] = sys.stderr) -> View:
+    if quiet:
+        return Quiet()
+    if stream.isatty():
+        return Bar(total, done, stream)
+    return Lines(stream)

@@ -1,0 +1,103 @@
+"""What to do after a failed attempt (pure): classify the exception, and how long to back off.
+
+Retried: 408, 409, 429, 5xx, 529, connection failures, broken streams (an in-band error event,
+a dropped connection, a stall, an end without ``message_stop``). Never retried: other 4xx.
+Stopping the whole job: 401, 402, 403 and the spend-cap 429. ``x-should-retry`` overrides the
+status code either way. Anything else (a bug of ours) is not classified here and propagates.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx2
+
+from orchestrator.models import Outcome
+
+FATAL_STATUSES = frozenset({401, 402, 403})
+RETRY_STATUSES = frozenset({408, 409, 429})
+SPEND_CAP_CODE = "enforced_spend_limit_reached"
+
+
+class BrokenStream(Exception):
+    """The body ended without ``message_stop``: no exception from the SDK, but not a reply."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    outcome: Outcome
+    reason: str  # short, stable: "http_529", "in_band_overloaded_error", "connection", ...
+    status: int | None
+    error: dict[str, Any]  # the API's error body, or one in its shape
+    retry_after: float | None = None
+
+
+def _error_body(exc: anthropic.APIStatusError) -> dict[str, Any]:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body
+    return {"type": "error", "error": {"type": "api_error", "message": str(body or exc.message)}}
+
+
+def _retry_after(headers: httpx2.Headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def classify(exc: BaseException) -> Failure | None:
+    """The failure an exception stands for, or None if it is not a request failure (a bug)."""
+    if isinstance(exc, BrokenStream):
+        return Failure(Outcome.BROKEN, "no_message_stop", None, _shaped("api_error", str(exc)))
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        body = _error_body(exc)
+        error_type = body["error"].get("type", "api_error")
+        if status == 200:  # an in-band error event after the stream began
+            return Failure(Outcome.BROKEN, f"in_band_{error_type}", status, body)
+        details = body["error"].get("details")
+        if status == 429 and isinstance(details, dict) and details.get("error_code") == SPEND_CAP_CODE:
+            return Failure(Outcome.FATAL, "spend_cap", status, body)
+        should = exc.response.headers.get("x-should-retry")
+        if should == "true":
+            retryable = True
+        elif should == "false":
+            retryable = False
+        else:
+            retryable = status in RETRY_STATUSES or status >= 500
+        if status in FATAL_STATUSES and not retryable:
+            outcome = Outcome.FATAL
+        else:
+            outcome = Outcome.RETRYABLE if retryable else Outcome.PERMANENT
+        return Failure(outcome, f"http_{status}", status, body, _retry_after(exc.response.headers))
+    if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
+        # Raw httpx2 errors arrive mid-stream (dropped connection, read stall); the SDK wraps
+        # the same failures before the stream starts.
+        reason = "timeout" if isinstance(exc, anthropic.APITimeoutError | httpx2.TimeoutException) else "connection"
+        return Failure(Outcome.BROKEN, reason, None, _shaped("api_error", f"{type(exc).__name__}: {exc}"))
+    return None
+
+
+def _shaped(error_type: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter; a server's retry-after wins when longer."""
+
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        jittered = rng.uniform(0, ceiling)
+        return max(jittered, retry_after or 0.0)

@@ -1,0 +1,156 @@
+"""One request's life: stream an attempt, keep its partial output visible, retry, finish."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anthropic
+import anyio
+
+from orchestrator.accumulate import Accumulator
+from orchestrator.models import JobSettings, Outcome, Request, State, Usage
+from orchestrator.retry import Backoff, BrokenStream, Failure, classify
+from orchestrator.store import AttemptEnded, Checkpoint
+
+_REQUIRED = ("model", "max_tokens", "messages")
+
+
+@dataclass
+class LiveAttempt:
+    """An attempt in flight: the writer checkpoints it while the stream fills it."""
+
+    request_id: int
+    number: int
+    started_at: float
+    acc: Accumulator = field(default_factory=Accumulator)
+    first_token_at: float | None = None
+    checkpointed: int = -1  # deltas at the last checkpoint
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.request_id, self.number)
+
+    @property
+    def dirty(self) -> bool:
+        return self.acc.deltas != self.checkpointed
+
+    def checkpoint(self, now: float) -> Checkpoint:
+        self.checkpointed = self.acc.deltas
+        acc = self.acc
+        usage = Usage.from_dict(acc.usage)
+        usage.output_tokens = acc.output_tokens
+        return Checkpoint(
+            request_id=self.request_id,
+            number=self.number,
+            partial=acc.snapshot() if acc.started else None,
+            message_id=acc.message_id,
+            usage=usage,
+            first_token_at=self.first_token_at,
+            at=now,
+        )
+
+    def ended(
+        self,
+        now: float,
+        outcome: Outcome,
+        failure: Failure | None = None,
+        final: tuple[State, dict[str, Any]] | None = None,
+        next_state: State = State.RUNNING,
+    ) -> AttemptEnded:
+        checkpoint = self.checkpoint(now)
+        if final is not None and final[0] is State.SUCCEEDED:
+            checkpoint = Checkpoint(**{**checkpoint.__dict__, "partial": None})  # the message is the result
+        return AttemptEnded(
+            checkpoint=checkpoint,
+            outcome=outcome,
+            reason=None if failure is None else failure.reason,
+            status=None if failure is None else failure.status,
+            error=None if failure is None else failure.error,
+            final=final,
+            next_state=next_state,
+        )
+
+
+class Sink(Protocol):
+    """Where a request's attempts are reported: the writer."""
+
+    async def started(self, live: LiveAttempt) -> None: ...
+
+    async def ended(self, live: LiveAttempt, record: AttemptEnded) -> None: ...
+
+
+async def stream_attempt(client: anthropic.AsyncAnthropic, params: dict[str, Any], live: LiveAttempt) -> None:
+    """Stream one attempt into ``live.acc``; raise if it does not end with ``message_stop``."""
+    acc = live.acc
+    # Job files hold raw Messages params: send the required ones as arguments and the rest
+    # verbatim, so any field the API accepts goes through whatever this SDK version types.
+    rest = {key: value for key, value in params.items() if key not in _REQUIRED}
+    stream = await client.messages.create(
+        model=params["model"],
+        max_tokens=params["max_tokens"],
+        messages=params["messages"],
+        stream=True,
+        extra_body=rest or None,
+    )
+    async with stream:
+        async for event in stream:
+            acc.feed(event)
+            if live.first_token_at is None and acc.deltas:
+                live.first_token_at = time.time()
+    if not acc.done:
+        raise BrokenStream("the stream ended without message_stop")
+
+
+@dataclass
+class RequestRunner:
+    """Runs requests to their end: attempts, retries with backoff, and the final record."""
+
+    client: anthropic.AsyncAnthropic
+    sink: Sink
+    settings: JobSettings
+    on_fatal: Callable[[Failure], None]
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
+
+    async def run(self, request: Request) -> None:
+        settings = self.settings
+        give_up_at = self.clock() + settings.retry_max_seconds
+        number = request.attempts
+        while True:
+            number += 1
+            live = LiveAttempt(request.id, number, time.time())
+            await self.sink.started(live)
+            try:
+                await stream_attempt(self.client, request.params, live)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is None:
+                    raise
+            else:
+                message = live.acc.message()
+                await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=(State.SUCCEEDED, message)))
+                return
+            if failure.outcome is Outcome.FATAL:
+                await self._end(live, live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING))
+                self.on_fatal(failure)
+                return
+            out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
+            if failure.outcome is Outcome.PERMANENT or out_of_tries:
+                final = (State.ERRORED, failure.error)
+                await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final))
+                return
+            await self._end(live, live.ended(time.time(), failure.outcome, failure))
+            await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
+
+    async def _end(self, live: LiveAttempt, record: AttemptEnded) -> None:
+        # The attempt's end is its final checkpoint: it must reach the writer even if we are
+        # being cancelled right now.
+        with anyio.CancelScope(shield=True):
+            await self.sink.ended(live, record)

@@ -1,0 +1,195 @@
+"""Stopping a real process: Ctrl-C (once and twice) and kill -9 at several points, then resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestrator.jobfile import Loaded, load_spec, read_requests
+from orchestrator.simulator import Simulator, SimulatorConfig, Stats, Timing
+from orchestrator.simulator.replies import plan_reply
+from tests.conftest import Running
+
+pytestmark = pytest.mark.anyio
+
+Simulate = Callable[..., AbstractAsyncContextManager[Running]]
+ENV = {**os.environ, "ANTHROPIC_API_KEY": "sk-test"}
+
+
+def write_prompts(path: Path, prompts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+def expected_texts(sim: Simulator, job: Path) -> dict[str, str]:
+    out = {}
+    for item in read_requests(load_spec(job, {})):
+        assert isinstance(item, Loaded)
+        plan = plan_reply(sim.config.seed, item.params, sim.config.reply_min, sim.config.reply_max)
+        out[item.custom_id] = "".join(plan.tokens)
+    return out
+
+
+def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def ok_at_least(count: int, stats: Stats) -> bool:
+    return stats.outcomes["ok"] >= count
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", *args]
+
+
+def results(path: Path) -> dict[str, dict[str, Any]]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    by_id = {line["custom_id"]: line for line in lines}
+    assert len(by_id) == len(lines), "a custom_id has more than one result"
+    return by_id
+
+
+def text_of(line: dict[str, Any]) -> str:
+    return "".join(b["text"] for b in line["result"]["message"]["content"])
+
+
+async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_prompts(
+        tmp_path / "job.jsonl",
+        [f"p{i} <<sim-fault: stall after={3 + i} seconds=60 times=1>>" for i in range(6)],
+    )
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    errors = tmp_path / "stderr.txt"
+    async with simulate() as (sim, _, url):
+        with errors.open("w") as stderr:
+            process = await anyio.open_process(
+                cli("run", str(job), "--base-url", url, "--results", str(out), "--quiet"),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=ENV,
+            )
+            with anyio.fail_after(30):
+                await sim.until(lambda s: s.stalls_now == 6)
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(5):  # the issue's bound: exit within 5 s
+                await process.wait()
+        assert process.returncode == 130
+        message = errors.read_text()
+        assert f"Resume with: orchestrator resume {db}" in message
+        attempts = query(db, "SELECT outcome, output_tokens, partial FROM attempts ORDER BY request_id")
+        assert [(a[0], a[1]) for a in attempts] == [("interrupted", 3 + i) for i in range(6)]
+        expected = expected_texts(sim, job)
+        for (_, _, partial), full in zip(attempts, expected.values(), strict=True):
+            assert full.startswith(json.loads(partial)["content"][0]["text"])
+        assert query(db, "SELECT DISTINCT state FROM requests") == [("pending",)]
+
+        resumed = await anyio.run_process(cli("resume", str(db), "--quiet"), env=ENV, check=False)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+    lines = results(out / "results.jsonl")
+    assert {cid: text_of(line) for cid, line in lines.items()} == expected
+    assert all(line["attempts"] == 2 for line in lines.values())
+
+
+async def test_second_ctrl_c_exits_at_once_and_the_database_stays_consistent(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    job = write_prompts(
+        tmp_path / "job.jsonl", [f"p{i} <<sim-fault: stall after=2 seconds=60 times=1>>" for i in range(4)]
+    )
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        process = await anyio.open_process(
+            cli("run", str(job), "--base-url", url, "--results", str(out), "--quiet"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=ENV,
+        )
+        with anyio.fail_after(30):
+            await sim.until(lambda s: s.stalls_now == 4)
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(5):
+            await process.wait()
+        assert process.returncode == 130
+        assert query(out / "job.sqlite", "PRAGMA integrity_check") == [("ok",)]
+        resumed = await anyio.run_process(cli("resume", str(out / "job.sqlite"), "--quiet"), env=ENV, check=False)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+        expected = expected_texts(sim, job)
+    assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected
+
+
+async def test_kill_9_at_several_points_loses_nothing_and_duplicates_nothing(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    count = 60
+    job = write_prompts(tmp_path / "job.jsonl", [f"prompt number {i}" for i in range(count)])
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    argv = cli(
+        "run",
+        str(job),
+        "--results",
+        str(out),
+        "--quiet",
+        "--concurrency",
+        "4",
+        "--checkpoint-interval",
+        "0.02",
+    )
+    config = SimulatorConfig(timing=Timing(ttft=0.0, tokens_per_second=3000))
+    kept: dict[str, tuple[str, int]] = {}  # custom_id -> (message id, attempts) once succeeded
+    async with simulate(config) as (sim, _, url):
+        for kill_after in (0, 1, 15, 30, 45):
+            process = await anyio.open_process(
+                [*argv, "--base-url", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+            )
+            with anyio.fail_after(30):
+                await sim.until(partial(ok_at_least, kill_after))
+            process.kill()
+            await process.wait()
+            assert process.returncode == -signal.SIGKILL
+            if not db.exists():
+                continue
+            assert query(db, "PRAGMA integrity_check") == [("ok",)]
+            done = query(
+                db,
+                "SELECT custom_id, json_extract(result, '$.id'), attempts FROM requests WHERE state = 'succeeded'",
+            )
+            for custom_id, message_id, attempts in done:
+                if custom_id in kept:  # a succeeded result is never redone or lost
+                    assert kept[custom_id] == (message_id, attempts)
+                kept[custom_id] = (message_id, attempts)
+            assert len(done) >= len(kept)
+        final = await anyio.run_process([*argv, "--base-url", url], env=ENV, check=False)
+        assert final.returncode == 0, final.stderr.decode()
+        expected = expected_texts(sim, job)
+    lines = results(out / "results.jsonl")
+    assert len(lines) == count
+    assert {cid: text_of(line) for cid, line in lines.items()} == expected
+    assert len(kept) > 0
+    for custom_id, (message_id, attempts) in kept.items():
+        assert lines[custom_id]["result"]["message"]["id"] == message_id
+        assert lines[custom_id]["attempts"] == attempts
+    succeeded_attempts = query(
+        db, "SELECT request_id, COUNT(*) FROM attempts WHERE outcome = 'succeeded' GROUP BY request_id"
+    )
+    assert len(succeeded_attempts) == count
+    assert all(n == 1 for _, n in succeeded_attempts)
+    assert query(db, "SELECT COUNT(*) FROM attempts WHERE outcome IS NULL") == [(0,)]

@@ -1,0 +1,360 @@
+"""Running jobs end to end: the real SDK against the simulator, through the command line's code."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestrator.cli import run_command
+from orchestrator.engine import Job
+from orchestrator.jobfile import load_spec, read_requests
+from orchestrator.models import JobSettings
+from orchestrator.progress import Quiet
+from orchestrator.simulator import Simulator, SimulatorConfig
+from orchestrator.simulator.replies import plan_reply
+from orchestrator.store import open_store
+from tests.conftest import INSTANT, Running
+
+pytestmark = pytest.mark.anyio
+
+Simulate = Callable[..., AbstractAsyncContextManager[Running]]
+FAST = ["--quiet", "--checkpoint-interval", "0.05"]
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+
+
+def expected_text(sim: Simulator, params: dict[str, Any]) -> str:
+    plan = plan_reply(sim.config.seed, params, sim.config.reply_min, sim.config.reply_max)
+    return "".join(plan.tokens)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def text_of(line: dict[str, Any]) -> str:
+    return "".join(b["text"] for b in line["result"]["message"]["content"] if b["type"] == "text")
+
+
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute(sql, args).fetchall()
+    finally:
+        connection.close()
+
+
+def job_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
+    """One job of each input kind, with the custom_ids it must produce in order."""
+    batch = write_jsonl(
+        tmp_path / "batch.jsonl",
+        [
+            {
+                "custom_id": "b1",
+                "params": {
+                    "model": "claude-opus-5",
+                    "max_tokens": 50,
+                    "messages": [{"role": "user", "content": "one"}],
+                },
+            },
+            {
+                "custom_id": "b2",
+                "params": {
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 400,
+                    "system": "terse",
+                    "messages": [{"role": "user", "content": "two"}],
+                },
+            },
+        ],
+    )
+    simple = write_jsonl(
+        tmp_path / "simple.jsonl",
+        [{"prompt": "alpha"}, {"prompt": "beta", "custom_id": "B", "max_tokens": 7}],
+    )
+    text = tmp_path / "lines.txt"
+    text.write_text("first prompt\nsecond prompt\n\nthird prompt\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "x.md").write_text("essay x")
+    (folder / "y.txt").write_text("essay y")
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        'name = "spec"\ninputs = ["simple.jsonl", "folder/*.md"]\n'
+        '[defaults]\nmodel = "claude-sonnet-5"\nmax_tokens = 64\n'
+    )
+    return {
+        "batches": (batch, ["b1", "b2"]),
+        "simple": (simple, ["simple-1", "B"]),
+        "text": (text, ["lines-1", "lines-2", "lines-4"]),
+        "folder": (folder, ["x", "y"]),
+        "spec": (spec, ["simple-1", "B", "x"]),
+    }
+
+
+@pytest.mark.parametrize("kind", ["batches", "simple", "text", "folder", "spec"])
+async def test_every_input_kind_runs_to_the_end(simulate: Simulate, tmp_path: Path, kind: str) -> None:
+    job, ids = job_inputs(tmp_path)[kind]
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        status = await run_command(["run", str(job), "--base-url", url, "--results", str(out), *FAST])
+    assert status == 0
+    lines = read_results(out / "results.jsonl")
+    assert [line["custom_id"] for line in lines] == ids
+    spec = load_spec(job, {})
+    params = {item.custom_id: item.params for item in read_requests(spec)}  # type: ignore[union-attr]
+    for line in lines:
+        assert line["result"]["type"] == "succeeded"
+        assert text_of(line) == expected_text(sim, params[line["custom_id"]])
+        assert line["attempts"] == 1
+        assert line["billed_usage"]["output_tokens"] == line["result"]["message"]["usage"]["output_tokens"]
+        assert set(line["timing"]) == {"queued_at", "started_at", "first_token_at", "finished_at"}
+        assert all(line["timing"].values())
+    assert sim.stats.outcomes["ok"] == len(ids)
+
+
+async def test_bad_input_is_reported_and_nothing_is_sent(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tmp_path / "bad.jsonl"
+    lines = [
+        '{"prompt": "ok"}',
+        '{"prompt": "dup", "custom_id": "d"}',
+        '{"prompt": 3}',
+        '{"custom_id": "d", "prompt": "x"}',
+    ]
+    job.write_text("\n".join(lines) + "\n")
+    async with simulate() as (sim, _, url):
+        status = await run_command(["run", str(job), "--base-url", url, "--results", str(tmp_path / "out"), *FAST])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert f"{job}:3: 'prompt' must be a non-empty string" in err
+    assert f"{job}:4: duplicate custom_id 'd' (first at {job}:2)" in err
+    assert "Nothing was sent" in err
+    assert sim.stats.requests == 0
+    assert query(tmp_path / "out" / "job.sqlite", "SELECT COUNT(*) FROM requests") == [(0,)]
+
+
+async def test_permanent_errors_are_results_and_the_job_goes_on(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(
+        tmp_path / "mixed.jsonl",
+        [
+            {"prompt": "fine"},
+            {"prompt": "too hot", "temperature": 5},
+            {"prompt": "unknown", "model": "gpt-4"},
+            {"prompt": "also fine"},
+        ],
+    )
+    out = tmp_path / "out"
+    async with simulate() as (_, _, url):
+        status = await run_command(["run", str(job), "--base-url", url, "--results", str(out), *FAST])
+    assert status == 0
+    lines = read_results(out / "results.jsonl")
+    assert [line["result"]["type"] for line in lines] == ["succeeded", "errored", "errored", "succeeded"]
+    assert lines[1]["result"]["error"]["error"]["type"] == "invalid_request_error"
+    assert lines[2]["result"]["error"]["error"]["type"] == "not_found_error"
+    assert [line["attempts"] for line in lines] == [1, 1, 1, 1]
+
+
+async def test_authentication_error_stops_the_job_at_once(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "many.jsonl", [{"prompt": f"p{i}"} for i in range(200)])
+    config = SimulatorConfig(timing=INSTANT, reject_api_keys=frozenset({"sk-test"}))
+    db = tmp_path / "out" / "job.sqlite"
+    async with simulate(config) as (sim, _, url):
+        status = await run_command(
+            [
+                "run",
+                str(job),
+                "--base-url",
+                url,
+                "--results",
+                str(tmp_path / "out"),
+                "--concurrency",
+                "4",
+                *FAST,
+            ]
+        )
+    err = capsys.readouterr().err
+    assert status == 3
+    assert "the job stopped: http_401 (authentication_error: invalid x-api-key)" in err
+    assert f"orchestrator resume {db}" in err
+    assert sim.stats.requests <= 4 + 4  # the first failures, not 200
+    assert query(db, "SELECT COUNT(*) FROM requests WHERE state = 'pending'") == [(200,)]
+
+
+async def test_broken_streams_are_retried_and_their_partial_output_is_kept(simulate: Simulate, tmp_path: Path) -> None:
+    faults = ["drop after=5", "truncate after=6", "error_event after=7", "overloaded", "server_error"]
+    job = write_jsonl(
+        tmp_path / "faults.jsonl",
+        [{"prompt": f"p{i} <<sim-fault: {f} times=1>>"} for i, f in enumerate(faults)],
+    )
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        status = await run_command(["run", str(job), "--base-url", url, "--results", str(out), *FAST])
+        params = {i.custom_id: i.params for i in read_requests(load_spec(job, {}))}  # type: ignore[union-attr]
+        expected = {cid: expected_text(sim, p) for cid, p in params.items()}
+    assert status == 0
+    lines = read_results(out / "results.jsonl")
+    assert all(line["attempts"] == 2 for line in lines)
+    assert {line["custom_id"]: text_of(line) for line in lines} == expected
+    rows = query(
+        out / "job.sqlite",
+        "SELECT r.custom_id, a.outcome, a.reason, a.partial, a.output_tokens FROM attempts a "
+        "JOIN requests r ON r.id = a.request_id WHERE a.number = 1 ORDER BY r.id",
+    )
+    assert [(row[1], row[2]) for row in rows] == [
+        ("broken", "connection"),
+        ("broken", "no_message_stop"),
+        ("broken", "in_band_overloaded_error"),
+        ("retryable", "http_529"),
+        ("retryable", "http_500"),
+    ]
+    for (custom_id, _, _, partial, tokens), kept in zip(rows[:3], (5, 6, 7), strict=True):
+        text = json.loads(partial)["content"][0]["text"]
+        assert expected[custom_id].startswith(text)
+        assert tokens == kept
+    billed = [line["billed_usage"]["output_tokens"] for line in lines]
+    final = [line["result"]["message"]["usage"]["output_tokens"] for line in lines]
+    assert [b - f for b, f in zip(billed, final, strict=True)] == [5, 6, 7, 0, 0]
+
+
+async def test_retries_are_bounded(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "hopeless.jsonl", [{"prompt": "never <<sim-fault: overloaded>>"}, {"prompt": "fine"}])
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        status = await run_command(
+            ["run", str(job), "--base-url", url, "--results", str(out), "--max-attempts", "3", *FAST]
+        )
+    assert status == 0
+    lines = read_results(out / "results.jsonl")
+    assert lines[0]["result"] == {"type": "errored", "error": lines[0]["result"]["error"]}
+    assert lines[0]["result"]["error"]["error"]["type"] == "overloaded_error"
+    assert lines[0]["attempts"] == 3
+    assert sim.stats.outcomes["overloaded"] == 3
+
+
+async def test_stall_is_cut_by_the_read_timeout_and_retried(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "stall.jsonl", [{"prompt": "wait <<sim-fault: stall after=3 seconds=30 times=1>>"}])
+    out = tmp_path / "out"
+    async with simulate() as (_, _, url):
+        status = await run_command(
+            ["run", str(job), "--base-url", url, "--results", str(out), "--read-timeout", "0.3", *FAST]
+        )
+    assert status == 0
+    assert read_results(out / "results.jsonl")[0]["attempts"] == 2
+    assert query(out / "job.sqlite", "SELECT reason FROM attempts WHERE number = 1") == [("timeout",)]
+
+
+async def make_job(tmp_path: Path, lines: list[dict[str, Any]]) -> tuple[Path, Path]:
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    db = tmp_path / "job.sqlite"
+    spec = load_spec(job, {})
+    async with open_store(db) as store:
+        await store.load(spec.name, {"argv": []}, spec.fingerprint(), read_requests(spec))
+    return job, db
+
+
+async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    lines = [{"prompt": f"s{i} <<sim-fault: stall after={3 + i} seconds=60 times=1>>"} for i in range(4)]
+    job, db = await make_job(tmp_path, lines)
+    settings = JobSettings(concurrency=8, checkpoint_interval=0.05)
+    async with simulate() as (sim, client, _), open_store(db) as store:
+        params = {i.custom_id: i.params for i in read_requests(load_spec(job, {}))}  # type: ignore[union-attr]
+        running = Job(store, client, settings, Quiet())
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: running.run(handle_signals=False))
+            await sim.until(lambda s: s.stalls_now == 4)
+            # Every stream has received its deltas; wait for a checkpoint that holds all of them.
+            await running.writer.until(
+                lambda w: (
+                    len(w.live) == 4 and all(not live.dirty for live in w.live.values()) and w.tally.checkpoints > 0
+                )
+            )
+            partial = query(
+                db,
+                "SELECT r.custom_id, a.partial, a.outcome FROM attempts a JOIN requests r ON r.id = a.request_id",
+            )
+            running.stop()
+        summary_counts = await store.counts()
+        assert summary_counts["pending"] == 4
+        for custom_id, snapshot, outcome in partial:
+            assert outcome is None  # still in flight when read
+            text = json.loads(snapshot)["content"][0]["text"]
+            assert expected_text(sim, params[custom_id]).startswith(text)
+            assert text
+        stopped = query(db, "SELECT outcome, reason, output_tokens FROM attempts ORDER BY request_id")
+        assert stopped == [("interrupted", None, 3 + i) for i in range(4)]
+        # Resume: the interrupted requests restart and finish; nothing is duplicated.
+        summary = await Job(store, client, settings, Quiet()).run(handle_signals=False)
+        assert summary.complete
+        assert summary.counts["succeeded"] == 4
+        results = [row async for row in store.results()]
+    assert [row["attempts"] for row in results] == [2, 2, 2, 2]
+    for row in results:
+        text = "".join(b["text"] for b in row["result"]["content"])
+        assert text == expected_text(sim, params[row["custom_id"]])
+
+
+async def test_changed_job_is_refused_unless_allowed(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    out = tmp_path / "out"
+    argv = ["run", str(job), "--results", str(out), *FAST]
+    async with simulate() as (sim, _, url):
+        assert await run_command([*argv, "--base-url", url]) == 0
+        assert await run_command([*argv, "--base-url", url]) == 0  # unchanged: nothing to do
+        assert sim.stats.requests == 2
+        write_jsonl(job, [{"prompt": "a"}, {"prompt": "b changed"}, {"prompt": "c"}])
+        capsys.readouterr()
+        assert await run_command([*argv, "--base-url", url]) == 2
+        assert "has changed since the job" in capsys.readouterr().err
+        assert sim.stats.requests == 2
+        assert await run_command([*argv, "--base-url", url, "--allow-changed"]) == 0
+        assert sim.stats.requests == 4
+    lines = read_results(out / "results.jsonl")
+    assert [line["custom_id"] for line in lines] == ["j-1", "j-2", "j-3"]
+
+
+async def test_status_and_export(simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(5)])
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    async with simulate() as (_, _, url):
+        assert await run_command(["run", str(job), "--results", str(out), "--base-url", url, *FAST]) == 0
+    written = (out / "results.jsonl").read_text()
+    capsys.readouterr()
+    assert await run_command(["status", str(db), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["counts"] == {"pending": 0, "running": 0, "succeeded": 5, "errored": 0}
+    assert status["billed"]["output_tokens"] == sum(
+        line["billed_usage"]["output_tokens"] for line in read_results(out / "results.jsonl")
+    )
+    assert await run_command(["status", str(db)]) == 0
+    assert "succeeded: 5" in capsys.readouterr().out
+    (out / "results.jsonl").unlink()
+    assert await run_command(["export", str(db)]) == 0
+    assert (out / "results.jsonl").read_text() == written
+    assert await run_command(["export", str(db), "--out", str(tmp_path / "copy.jsonl")]) == 0
+    assert (tmp_path / "copy.jsonl").read_text() == written
+    assert await run_command(["status", str(tmp_path / "nope.sqlite")]) == 2
