@@ -1,11 +1,11 @@
-"""A light accumulator of raw stream events into the final message (pure, no I/O).
+"""A light accumulator of stream events into the final message (pure, no I/O).
 
-It takes the SDK's raw typed events (``messages.create(stream=True)``) and builds the message
-as a plain dict, equal to the SDK's own accumulation
-(``get_final_message().model_dump(mode="json", exclude_none=True)``), while doing far less
-per event: text pieces are appended to a list and joined once, and tool input JSON is parsed
-once at the end of its block instead of on every delta. Unknown event and delta types are
-ignored, as the API asks.
+It takes the events as decoded JSON (dicts, see ``sse.py``) and builds the message as a plain
+dict equal to the SDK's own accumulation (``get_final_message().model_dump(mode="json",
+exclude_none=True)``), while doing far less per event: no typed model is built for an event,
+text pieces are appended to a list and joined once, and tool input JSON is parsed once at the
+end of its block instead of on every delta. Unknown event and delta types are ignored, as the
+API asks.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# What a message_delta's usage may update (cumulative totals), as the SDK merges them.
 _USAGE_OPTIONAL = (
     "input_tokens",
     "cache_creation_input_tokens",
@@ -22,8 +23,13 @@ _USAGE_OPTIONAL = (
 )
 
 
-def _dump(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
+def without_nulls(value: Any) -> Any:
+    """``value`` with every null dropped from its objects, as the SDK's ``exclude_none`` dump does."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
 
 
 class _Block:
@@ -38,9 +44,8 @@ class _Block:
 
     def build(self, final: bool) -> dict[str, Any]:
         data = dict(self.data)
-        kind = data.get("type")
         if self.pieces:
-            key = "thinking" if kind == "thinking" else "text"
+            key = "thinking" if data.get("type") == "thinking" else "text"
             data[key] = data.get(key, "") + "".join(self.pieces)
         if self.signature is not None:
             data["signature"] = self.signature
@@ -66,50 +71,52 @@ class Accumulator:
         self.deltas = 0  # content deltas received
         self.done = False  # message_stop received
 
-    def feed(self, event: Any) -> None:
-        kind = event.type
+    def feed(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
         if kind == "content_block_delta":
             self.deltas += 1
-            delta = event.delta
-            block = self._blocks[event.index]
-            delta_type = delta.type
+            delta = event["delta"]
+            block = self._blocks[event["index"]]
+            delta_type = delta.get("type")
             if delta_type == "text_delta":
-                block.pieces.append(delta.text)
+                block.pieces.append(delta["text"])
             elif delta_type == "input_json_delta":
-                block.json.append(delta.partial_json)
+                block.json.append(delta["partial_json"])
             elif delta_type == "thinking_delta":
-                block.pieces.append(delta.thinking)
+                block.pieces.append(delta["thinking"])
             elif delta_type == "signature_delta":
-                block.signature = delta.signature
+                block.signature = delta["signature"]
             elif delta_type == "citations_delta":
-                block.citations.append(_dump(delta.citation))
+                block.citations.append(without_nulls(delta["citation"]))
         elif kind == "content_block_start":
-            self._blocks.append(_Block(_dump(event.content_block)))
+            self._started()
+            self._blocks.append(_Block(without_nulls(event["content_block"])))
         elif kind == "message_start":
-            self._message = _dump(event.message)
+            self._message = without_nulls(event["message"])
         elif kind == "message_delta":
             self._apply_message_delta(event)
         elif kind == "message_stop":
+            self._started()
             self.done = True
 
-    def _apply_message_delta(self, event: Any) -> None:
+    def _apply_message_delta(self, event: dict[str, Any]) -> None:
         message = self._started()
-        delta = event.delta
+        delta = event.get("delta", {})
         for key in ("stop_reason", "stop_sequence", "stop_details"):
-            value = getattr(delta, key, None)
+            value = delta.get(key)
             if value is None:
                 message.pop(key, None)
             else:
-                message[key] = _dump(value) if hasattr(value, "model_dump") else value
-        container = getattr(delta, "container", None)
-        if container is not None:
-            message["container"] = _dump(container)
+                message[key] = without_nulls(value)
+        if delta.get("container") is not None:
+            message["container"] = without_nulls(delta["container"])
         usage = message.setdefault("usage", {})
-        usage["output_tokens"] = event.usage.output_tokens
+        reported = event.get("usage", {})
+        usage["output_tokens"] = reported.get("output_tokens", 0)
         for key in _USAGE_OPTIONAL:
-            value = getattr(event.usage, key, None)
+            value = reported.get(key)
             if value is not None:
-                usage[key] = _dump(value) if hasattr(value, "model_dump") else value
+                usage[key] = without_nulls(value)
 
     def _started(self) -> dict[str, Any]:
         if self._message is None:
@@ -136,9 +143,6 @@ class Accumulator:
 
     def content(self, final: bool = False) -> list[dict[str, Any]]:
         return [block.build(final) for block in self._blocks]
-
-    def text(self) -> str:
-        return "".join("".join(b.pieces) for b in self._blocks if b.data.get("type") == "text")
 
     def snapshot(self) -> dict[str, Any]:
         """The partial message so far (tool input still as ``partial_json``)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable
@@ -10,10 +11,12 @@ from typing import Any, Protocol
 
 import anthropic
 import anyio
+import httpx2
 
 from orchestrator.accumulate import Accumulator
 from orchestrator.models import JobSettings, Outcome, Request, State, Usage
 from orchestrator.retry import Backoff, BrokenStream, Failure, classify
+from orchestrator.sse import SSEDecoder
 from orchestrator.store import AttemptEnded, Checkpoint
 
 _REQUIRED = ("model", "max_tokens", "messages")
@@ -84,25 +87,45 @@ class Sink(Protocol):
 
 
 async def stream_attempt(client: anthropic.AsyncAnthropic, params: dict[str, Any], live: LiveAttempt) -> None:
-    """Stream one attempt into ``live.acc``; raise if it does not end with ``message_stop``."""
+    """Stream one attempt into ``live.acc``; raise if it does not end with ``message_stop``.
+
+    The SDK sends the request (auth, headers, retries off, status errors raised as its own
+    exceptions); the body is read raw and decoded here, which costs a fraction of the SDK's
+    typed events. An in-band ``error`` event is raised as the SDK raises it: an
+    ``APIStatusError`` whose status is the stream's 200.
+    """
     acc = live.acc
+    decoder = SSEDecoder()
     # Job files hold raw Messages params: send the required ones as arguments and the rest
     # verbatim, so any field the API accepts goes through whatever this SDK version types.
     rest = {key: value for key, value in params.items() if key not in _REQUIRED}
-    stream = await client.messages.create(
+    async with client.messages.with_streaming_response.create(
         model=params["model"],
         max_tokens=params["max_tokens"],
         messages=params["messages"],
         stream=True,
         extra_body=rest or None,
-    )
-    async with stream:
-        async for event in stream:
-            acc.feed(event)
+    ) as response:
+        http = response.http_response
+        async for chunk in http.aiter_bytes():
+            for name, data in decoder.feed(chunk):
+                if name == "ping":
+                    continue
+                if name == "error":
+                    raise _in_band_error(http, data)
+                acc.feed(json.loads(data))
             if live.first_token_at is None and acc.deltas:
                 live.first_token_at = time.time()
     if not acc.done:
         raise BrokenStream("the stream ended without message_stop")
+
+
+def _in_band_error(response: httpx2.Response, data: bytes) -> anthropic.APIStatusError:
+    try:
+        body: Any = json.loads(data)
+    except ValueError:
+        body = data.decode(errors="replace")
+    return anthropic.APIStatusError(f"error event in the stream: {body}", response=response, body=body)
 
 
 @dataclass

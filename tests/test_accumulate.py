@@ -1,4 +1,4 @@
-"""Our accumulator against the SDK's, on every real recorded stream and on simulator streams."""
+"""Our SSE decoding and accumulation against the SDK's, on every real recorded stream."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from anthropic.lib.streaming._messages import accumulate_event
 
 from orchestrator.accumulate import Accumulator
 from orchestrator.models import Outcome
-from orchestrator.retry import classify
+from orchestrator.retry import BrokenStream, classify
+from orchestrator.sse import SSEDecoder
+from orchestrator.stream import LiveAttempt, stream_attempt
 from tests.conftest import REAL_STREAMS
 
 pytestmark = pytest.mark.anyio
@@ -50,57 +52,114 @@ def test_all_fixtures_are_covered() -> None:
     assert ERRORS == ["error_400_invalid_request", "error_401_on_stream_request"]
 
 
-@pytest.mark.parametrize("name", STREAMS)
-async def test_accumulation_equals_the_sdk_on_real_streams(name: str) -> None:
-    meta, body = fixture(name)
-    ours = Accumulator()
+def decode_all(body: bytes, sizes: list[int]) -> list[dict[str, Any]]:
+    """Decode ``body`` fed in chunks of the given sizes (cycled), keeping every non-ping event."""
+    decoder = SSEDecoder()
+    events: list[dict[str, Any]] = []
+    position = 0
+    turn = 0
+    while position < len(body):
+        size = sizes[turn % len(sizes)]
+        events += [json.loads(data) for name, data in decoder.feed(body[position : position + size]) if name != "ping"]
+        position += size
+        turn += 1
+    return events
+
+
+async def sdk_accumulation(meta: dict[str, Any], body: bytes) -> dict[str, Any]:
     snapshot = None
     json_bufs: dict[int, bytes] = {}
     async with replaying(200, body, "text/event-stream") as client:
         stream = await client.messages.create(**request_of(meta), stream=True)
         async for event in stream:
-            ours.feed(event)
             snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
-    # One fixture ends without the blank line after message_stop; SSE drops that event, so the
-    # runner would treat the stream as broken and retry it. The message is the same either way.
-    assert ours.done is body.endswith(b"\n\n")
-    assert ours.message() == meta["expected"]
     assert snapshot is not None
-    assert ours.message() == snapshot.model_dump(mode="json", exclude_none=True)
+    return snapshot.model_dump(mode="json", exclude_none=True)
 
 
 @pytest.mark.parametrize("name", STREAMS)
-async def test_snapshots_along_the_way_hold_the_text_so_far(name: str) -> None:
+@pytest.mark.parametrize("sizes", [[1 << 20], [1], [7, 13, 1, 64], [4096]])
+async def test_decoding_and_accumulation_equal_the_sdk(name: str, sizes: list[int]) -> None:
     meta, body = fixture(name)
     ours = Accumulator()
+    for event in decode_all(body, sizes):
+        ours.feed(event)
+    assert ours.message() == meta["expected"]
+    assert ours.message() == await sdk_accumulation(meta, body)
+    # One fixture ends without the blank line after message_stop; SSE drops that event, so the
+    # runner treats the stream as broken and retries it. The message is the same either way.
+    assert ours.done is body.endswith(b"\n\n")
+
+
+@pytest.mark.parametrize("name", STREAMS)
+async def test_the_runner_path_streams_each_fixture(name: str) -> None:
+    meta, body = fixture(name)
+    live = LiveAttempt(1, 1, 0.0)
     async with replaying(200, body, "text/event-stream") as client:
-        stream = await client.messages.create(**request_of(meta), stream=True)
-        async for event in stream:
-            ours.feed(event)
-            if ours.started:
-                partial = ours.snapshot()
-                assert partial["id"] == meta["expected"]["id"]
-                texts = [b.get("text", "") for b in partial["content"] if b["type"] == "text"]
-                finals = [b["text"] for b in meta["expected"]["content"] if b["type"] == "text"]
-                for got, final in zip(texts, finals, strict=False):
-                    assert final.startswith(got)
-    assert ours.output_tokens == meta["expected"]["usage"]["output_tokens"]
+        if body.endswith(b"\n\n"):
+            await stream_attempt(client, request_of(meta), live)
+        else:
+            with pytest.raises(BrokenStream):
+                await stream_attempt(client, request_of(meta), live)
+    assert live.acc.message() == meta["expected"]
+    assert live.first_token_at is not None
+    assert live.acc.output_tokens == meta["expected"]["usage"]["output_tokens"]
 
 
-async def test_tool_input_is_only_parsed_at_the_end_of_its_block() -> None:
-    meta, body = fixture("sdk_tool_use_stream_sonnet4")
+@pytest.mark.parametrize("name", STREAMS)
+def test_snapshots_along_the_way_hold_the_output_so_far(name: str) -> None:
+    meta, body = fixture(name)
     ours = Accumulator()
-    async with replaying(200, body, "text/event-stream") as client:
-        stream = await client.messages.create(**request_of(meta), stream=True)
-        seen_partial = False
-        async for event in stream:
-            ours.feed(event)
-            if ours.started and any("partial_json" in b for b in ours.snapshot()["content"]):
-                seen_partial = True
+    finals = [b.get("text", "") for b in meta["expected"]["content"]]
+    for event in decode_all(body, [1 << 20]):
+        ours.feed(event)
+        if ours.started:
+            partial = ours.snapshot()
+            assert partial["id"] == meta["expected"]["id"]
+            for got, final in zip(partial["content"], finals, strict=False):
+                assert final.startswith(got.get("text", ""))
+
+
+def test_tool_input_is_only_parsed_at_the_end_of_its_block() -> None:
+    _, body = fixture("sdk_tool_use_stream_sonnet4")
+    ours = Accumulator()
+    seen_partial = False
+    for event in decode_all(body, [1 << 20]):
+        ours.feed(event)
+        if ours.started and any("partial_json" in b for b in ours.snapshot()["content"]):
+            seen_partial = True
     assert seen_partial
     tool = next(b for b in ours.message()["content"] if b["type"] == "tool_use")
     assert isinstance(tool["input"], dict)
     assert "partial_json" not in tool
+
+
+def test_sse_line_endings_comments_and_multiline_data() -> None:
+    body = b': comment\r\nevent: a\r\ndata: {"x":\r\ndata: 1}\r\n\r\nevent:b\rdata:2\r\rdata: 3\n\nevent: c\ndata: 4'
+    for size in range(1, len(body) + 1):
+        decoder = SSEDecoder()
+        events = []
+        for start in range(0, len(body), size):
+            events += decoder.feed(body[start : start + size])
+        # "data: 3" has no event line and is dropped; "c" has no blank line after it and is dropped.
+        assert events == [("a", b'{"x":\n1}'), ("b", b"2")], size
+
+
+def test_events_before_message_start_are_refused() -> None:
+    with pytest.raises(ValueError, match="before message_start"):
+        Accumulator().feed({"type": "message_delta", "delta": {}, "usage": {"output_tokens": 1}})
+
+
+def test_unknown_events_and_deltas_are_ignored() -> None:
+    acc = Accumulator()
+    acc.feed({"type": "brand_new_event"})
+    assert not acc.started
+    acc.feed({"type": "message_start", "message": {"id": "m", "content": [], "usage": {"output_tokens": 1}}})
+    acc.feed({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+    acc.feed({"type": "content_block_delta", "index": 0, "delta": {"type": "future_delta", "x": 1}})
+    acc.feed({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}})
+    assert acc.snapshot()["content"] == [{"type": "text", "text": "hi"}]
+    assert acc.output_tokens == 2  # one per delta until the server's count arrives
 
 
 @pytest.mark.parametrize(
@@ -112,27 +171,9 @@ async def test_real_error_responses_are_classified(name: str, outcome: Outcome) 
     headers = {k: v[0] for k, v in meta["response_headers"].items() if k.lower() in ("x-should-retry", "request-id")}
     async with replaying(meta["status"], body, "application/json", headers) as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
-            await client.messages.create(**request_of(meta), stream=True)
+            await stream_attempt(client, request_of(meta), LiveAttempt(1, 1, 0.0))
     assert type(caught.value).__name__ == meta["expected"]["exception"]
     failure = classify(caught.value)
     assert failure is not None
     assert failure.outcome is outcome
     assert failure.error == meta["expected"]["body"]
-
-
-def test_events_before_message_start_are_refused() -> None:
-    class Stop:
-        type = "message_delta"
-
-    with pytest.raises(ValueError, match="before message_start"):
-        Accumulator().feed(Stop())
-
-
-def test_unknown_events_are_ignored() -> None:
-    class Unknown:
-        type = "brand_new_event"
-
-    acc = Accumulator()
-    acc.feed(Unknown())
-    assert not acc.started
-    assert not acc.done
