@@ -69,7 +69,10 @@ def text_of(line: dict[str, Any]) -> str:
     return "".join(b["text"] for b in line["result"]["message"]["content"])
 
 
-async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(simulate: Simulate, tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(
+    simulate: Simulate, tmp_path: Path, signum: signal.Signals
+) -> None:
     job = write_prompts(
         tmp_path / "job.jsonl",
         [f"p{i} <<sim-fault: stall after={3 + i} seconds=60 times=1>>" for i in range(6)],
@@ -87,7 +90,7 @@ async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(simulate: Simu
             )
             with anyio.fail_after(30):
                 await sim.until(lambda s: s.stalls_now == 6)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signum)
             with anyio.fail_after(5):  # the bound: exit within 5 s
                 await process.wait()
         assert process.returncode == 130
