@@ -98,16 +98,32 @@ async def _simulate(args: argparse.Namespace) -> int:
 # -- run / resume ------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace, spec_run: dict[str, Any]) -> JobSettings:
-    """Built-in defaults, then the job spec's [run] table, then options given on the command line."""
-    values = {**SETTINGS_DEFAULTS.__dict__, **spec_run}
-    for name in ("concurrency", "max_attempts", "retry_max_seconds", "checkpoint_interval", "read_timeout"):
+def _settings(args: argparse.Namespace, spec_run: dict[str, Any], spec_limits: dict[str, Any]) -> JobSettings:
+    """Built-in defaults, then the job spec's [run] and [limits] tables, then command line options."""
+    values = {**SETTINGS_DEFAULTS.__dict__, **spec_run, "limits": dict(spec_limits)}
+    for name in (
+        "concurrency",
+        "max_attempts",
+        "retry_max_seconds",
+        "checkpoint_interval",
+        "read_timeout",
+        "recover",
+        "headroom",
+    ):
         given = getattr(args, name)
         if given is not None:
             values[name] = given
+    for name in ("rpm", "itpm", "otpm"):
+        given = getattr(args, name)
+        if given is not None:
+            values["limits"][name] = given
     settings = JobSettings(**values)
     if settings.concurrency < 1 or settings.max_attempts < 1 or settings.checkpoint_interval <= 0:
         raise UserError("--concurrency and --max-attempts must be at least 1, --checkpoint-interval above 0")
+    if not 0 < settings.headroom <= 1:
+        raise UserError("--limit-headroom must be above 0 and at most 1")
+    if settings.recover not in ("auto", "prefill", "continue", "restart"):
+        raise UserError("recover must be one of auto, prefill, continue, restart")
     return settings
 
 
@@ -160,7 +176,7 @@ async def _run(args: argparse.Namespace) -> int:
     if results_dir is None:
         results_dir = Path(args.db).parent if args.db else RESULTS_ROOT / (spec.name if spec else job_path.stem)
     db_path = Path(args.db) if args.db else results_dir / "job.sqlite"
-    settings = _settings(args, spec.run if spec else {})
+    settings = _settings(args, spec.run if spec else {}, spec.limits if spec else {})
     async with open_store(db_path) as store:
         job = await store.job()
         if spec is None:
@@ -200,6 +216,9 @@ async def _run(args: argparse.Namespace) -> int:
     if summary.stopped:
         print(f"Stopped. Resume with: orchestrator resume {db_path}", file=sys.stderr)
         return 130
+    if not summary.complete:
+        print(f"Some requests did not finish. Run again with: orchestrator resume {db_path}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -284,6 +303,22 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--checkpoint-interval", type=float, help=f"seconds (default {SETTINGS_DEFAULTS.checkpoint_interval})"
     )
     group.add_argument("--read-timeout", type=float, help="seconds without a byte before a stream counts as stalled")
+    group.add_argument(
+        "--recover",
+        choices=["auto", "prefill", "continue", "restart"],
+        help="how a broken stream goes on: prefill (exact), continue (4.6+ models, not exact), restart; "
+        "auto (default): prefill where the model accepts it, else restart",
+    )
+    group = parser.add_argument_group(
+        "rate limits (per minute, for every model; a spec's [limits] can set them per model). "
+        "Limits not given are learned from the API's anthropic-ratelimit-* headers"
+    )
+    group.add_argument("--rpm", type=float, help="requests per minute")
+    group.add_argument("--itpm", type=float, help="input tokens per minute")
+    group.add_argument("--otpm", type=float, help="output tokens per minute")
+    group.add_argument(
+        "--limit-headroom", dest="headroom", type=float, help="share of each limit to aim for (default 0.97)"
+    )
     group = parser.add_argument_group("request defaults (a job spec's [defaults] and each line override these)")
     group.add_argument("--model")
     group.add_argument("--max-tokens", type=int)

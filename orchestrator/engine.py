@@ -19,6 +19,7 @@ import anthropic
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from orchestrator.limits import Limiter, LimitSpec, LimitState
 from orchestrator.models import JobSettings, Request, State, Usage
 from orchestrator.progress import Snapshot, View
 from orchestrator.retry import Failure
@@ -58,6 +59,17 @@ async def _consume(receive: MemoryObjectReceiveStream[Request], runner: RequestR
             await runner.run(request)
 
 
+def limit_state(settings: JobSettings) -> LimitState:
+    """The limiter's state from the settings: ``limits`` holds rpm/itpm/otpm for every model and
+    tables of the same keys per model id."""
+    limits = settings.limits
+    default = LimitSpec(**{k: limits[k] for k in ("rpm", "itpm", "otpm") if k in limits})
+    per_model = {
+        name: LimitSpec(**{**default.__dict__, **value}) for name, value in limits.items() if isinstance(value, dict)
+    }
+    return LimitState(settings.concurrency, per_model, default, headroom=settings.headroom, now=anyio.current_time())
+
+
 class Job:
     """One run of a job: ``await job.run()``; ``job.stop()`` is what the first Ctrl-C does."""
 
@@ -66,7 +78,10 @@ class Job:
         self.settings = settings
         self.view = view
         self.writer = Writer(store, settings.checkpoint_interval)
-        self.runner = RequestRunner(client=client, sink=self.writer, settings=settings, on_fatal=self._abort)
+        self.limiter = Limiter(limit_state(settings))
+        self.runner = RequestRunner(
+            client=client, sink=self.writer, settings=settings, limiter=self.limiter, on_fatal=self._abort
+        )
         self.stopping = False
         self.aborted: Failure | None = None
         self._work = anyio.CancelScope()
@@ -141,7 +156,9 @@ class Job:
                         send, receive = anyio.create_memory_object_stream[Request](settings.concurrency)
                         group.start_soon(_produce, store, send)
                         async with receive:
-                            for _ in range(settings.concurrency):
+                            # Twice as many workers as streams: a request waiting out its backoff
+                            # holds a worker but no stream, so the streams stay busy.
+                            for _ in range(2 * settings.concurrency):
                                 group.start_soon(_consume, receive.clone(), self.runner)
             finally:
                 writer.close()

@@ -23,13 +23,16 @@ def result_line(row: dict[str, Any]) -> dict[str, Any]:
     else:
         result = {"type": "errored", "error": row["result"]}
     timing = row["timing"]
-    return {
+    line = {
         "custom_id": row["custom_id"],
         "result": result,
         "billed_usage": row["billed"].as_dict(),
         "attempts": row["attempts"],
         "timing": {key: _iso(value) for key, value in timing.items()},
     }
+    if row["recovery"] is not None:
+        line["recovery"] = row["recovery"]
+    return line
 
 
 async def export_results(store: Store, out: Path) -> tuple[int, int]:

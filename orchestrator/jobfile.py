@@ -40,8 +40,11 @@ RUN_KEYS = frozenset(
         "read_timeout",
         "backoff_base",
         "backoff_cap",
+        "recover",
+        "headroom",
     }
 )
+LIMIT_KEYS = frozenset({"rpm", "itpm", "otpm"})
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_MAX_TOKENS = 1024
 
@@ -129,6 +132,19 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
             problems.append(
                 Problem(str(path), None, f"[run] has unknown key {key!r} (known: {', '.join(sorted(RUN_KEYS))})")
             )
+    limits = spec.get("limits", {})
+    for key, value in limits.items():
+        table = value if isinstance(value, dict) else {key: value}
+        for name, number in table.items():
+            if name not in LIMIT_KEYS or not isinstance(number, int | float) or number <= 0:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        f"[limits] {key}: use rpm, itpm, otpm (positive numbers), "
+                        "for every model or in a table per model",
+                    )
+                )
     sources: list[Source] = []
     for entry in inputs:
         target = path.parent / entry
@@ -145,7 +161,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         sources=sources,
         defaults={"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **defaults, **cli_defaults},
         run=dict(run),
-        limits=dict(spec.get("limits", {})),
+        limits=dict(limits),
         results=None if results is None else path.parent / results,
     )
 

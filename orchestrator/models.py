@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -107,3 +107,6 @@ class JobSettings:
     read_timeout: float = 120.0
     backoff_base: float = 0.5  # seconds; doubled per attempt, full jitter
     backoff_cap: float = 30.0
+    recover: str = "auto"  # auto | prefill | continue | restart
+    headroom: float = 0.97  # share of each rate limit the client aims for
+    limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}

@@ -9,6 +9,7 @@ status code either way. Anything else (a bug of ours) is not classified here and
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ class Failure:
     status: int | None
     error: dict[str, Any]  # the API's error body, or one in its shape
     retry_after: float | None = None
+    headers: Mapping[str, str] | None = None  # the response's, when it had one
 
 
 def _error_body(exc: anthropic.APIStatusError) -> dict[str, Any]:
@@ -76,7 +78,8 @@ def classify(exc: BaseException) -> Failure | None:
             outcome = Outcome.FATAL
         else:
             outcome = Outcome.RETRYABLE if retryable else Outcome.PERMANENT
-        return Failure(outcome, f"http_{status}", status, body, _retry_after(exc.response.headers))
+        headers = exc.response.headers
+        return Failure(outcome, f"http_{status}", status, body, _retry_after(headers), headers)
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
         # Raw httpx2 errors arrive mid-stream (dropped connection, read stall); the SDK wraps
         # the same failures before the stream starts.

@@ -82,9 +82,14 @@ async def _initial(db: aiosqlite.Connection) -> None:
     )
 
 
+async def _recovery(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE requests ADD COLUMN recovery TEXT")
+
+
 # Append only: a migration, once released, is never edited or reordered.
 MIGRATIONS: list[tuple[str, Callable[[aiosqlite.Connection], Awaitable[None]]]] = [
     ("0001_initial", _initial),
+    ("0002_request_recovery", _recovery),
 ]
 
 
@@ -120,6 +125,7 @@ class AttemptEnded:
     error: dict[str, Any] | None
     final: tuple[State, dict[str, Any]] | None  # (succeeded|errored, message or error body)
     next_state: State = State.RUNNING  # the request's state when not final
+    recovery: dict[str, Any] | None = None  # how a broken reply was continued, if it was
 
 
 Record = AttemptStarted | AttemptEnded
@@ -229,7 +235,8 @@ class Store:
             )
             await db.execute(
                 """UPDATE requests SET params = i.params, source = i.source, state = 'pending', attempts = 0,
-                     result = NULL, started_at = NULL, first_token_at = NULL, finished_at = NULL, queued_at = ?
+                     result = NULL, recovery = NULL, started_at = NULL, first_token_at = NULL, finished_at = NULL,
+                     queued_at = ?
                    FROM incoming i WHERE i.custom_id = requests.custom_id AND requests.params != i.params""",
                 (now,),
             )
@@ -315,24 +322,28 @@ class Store:
                         for r in ended
                     ],
                 )
+                # A request's final record is its last: apply the others' states first, so that a
+                # retry and its success in one batch leave the request succeeded.
+                await db.executemany(
+                    "UPDATE requests SET state = ? WHERE id = ?",
+                    [(r.next_state.value, r.checkpoint.request_id) for r in ended if r.final is None],
+                )
                 finals = [r for r in ended if r.final is not None]
                 await db.executemany(
-                    "UPDATE requests SET state = ?, result = ?, finished_at = ?, first_token_at = ? WHERE id = ?",
+                    "UPDATE requests SET state = ?, result = ?, finished_at = ?, first_token_at = ?, recovery = ? "
+                    "WHERE id = ?",
                     [
                         (
                             r.final[0].value,
                             json.dumps(r.final[1]),
                             r.checkpoint.at,
                             r.checkpoint.first_token_at,
+                            None if r.recovery is None else json.dumps(r.recovery),
                             r.checkpoint.request_id,
                         )
                         for r in finals
                         if r.final is not None
                     ],
-                )
-                await db.executemany(
-                    "UPDATE requests SET state = ? WHERE id = ?",
-                    [(r.next_state.value, r.checkpoint.request_id) for r in ended if r.final is None],
                 )
             await db.execute("UPDATE job SET updated_at = ?", (time.time(),))
             await db.execute("COMMIT")
@@ -367,7 +378,8 @@ class Store:
         async with self.db.execute(
             """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
                       r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
-                      COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0)
+                      COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
+                      r.recovery
                FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
         ) as cursor:
             async for row in cursor:
@@ -383,6 +395,7 @@ class Store:
                         "finished_at": row[7],
                     },
                     "billed": Usage(*row[8:12]),
+                    "recovery": None if row[12] is None else json.loads(row[12]),
                 }
 
 

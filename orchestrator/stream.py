@@ -6,7 +6,7 @@ import json
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import anthropic
@@ -14,7 +14,9 @@ import anyio
 import httpx2
 
 from orchestrator.accumulate import Accumulator
+from orchestrator.limits import Limiter, Permit, estimate_input_tokens
 from orchestrator.models import JobSettings, Outcome, Request, State, Usage
+from orchestrator.recover import Recovery, Strategy, after_break, finish_without_continuation, join, next_params
 from orchestrator.retry import Backoff, BrokenStream, Failure, classify
 from orchestrator.sse import SSEDecoder
 from orchestrator.store import AttemptEnded, Checkpoint
@@ -86,7 +88,13 @@ class Sink(Protocol):
     async def ended(self, live: LiveAttempt, record: AttemptEnded) -> None: ...
 
 
-async def stream_attempt(client: anthropic.AsyncAnthropic, params: dict[str, Any], live: LiveAttempt) -> None:
+async def stream_attempt(
+    client: anthropic.AsyncAnthropic,
+    params: dict[str, Any],
+    live: LiveAttempt,
+    limiter: Limiter | None = None,
+    permit: Permit | None = None,
+) -> None:
     """Stream one attempt into ``live.acc``; raise if it does not end with ``message_stop``.
 
     The SDK sends the request (auth, headers, retries off, status errors raised as its own
@@ -107,6 +115,8 @@ async def stream_attempt(client: anthropic.AsyncAnthropic, params: dict[str, Any
         extra_body=rest or None,
     ) as response:
         http = response.http_response
+        if limiter is not None:
+            limiter.observe(params["model"], http.headers)
         async for chunk in http.aiter_bytes():
             for name, data in decoder.feed(chunk):
                 if name == "ping":
@@ -116,6 +126,13 @@ async def stream_attempt(client: anthropic.AsyncAnthropic, params: dict[str, Any
                 acc.feed(json.loads(data))
             if live.first_token_at is None and acc.deltas:
                 live.first_token_at = time.time()
+            if limiter is not None and permit is not None and acc.started:
+                if not permit.input_corrected:
+                    usage = acc.usage
+                    limiter.input_known(
+                        permit, (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+                    )
+                limiter.output_streamed(permit, acc.output_tokens)
     if not acc.done:
         raise BrokenStream("the stream ended without message_stop")
 
@@ -130,36 +147,54 @@ def _in_band_error(response: httpx2.Response, data: bytes) -> anthropic.APIStatu
 
 @dataclass
 class RequestRunner:
-    """Runs requests to their end: attempts, retries with backoff, and the final record."""
+    """Runs requests to their end: limits, attempts, recovery of broken streams, retries, the final record."""
 
     client: anthropic.AsyncAnthropic
     sink: Sink
     settings: JobSettings
+    limiter: Limiter
     on_fatal: Callable[[Failure], None]
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
+        self.strategy = Strategy(self.settings.recover)
 
     async def run(self, request: Request) -> None:
         settings = self.settings
         give_up_at = self.clock() + settings.retry_max_seconds
         number = request.attempts
+        recovery = Recovery()
+        estimate = estimate_input_tokens(request.params)
         while True:
+            params = next_params(request.params, recovery)
             number += 1
             live = LiveAttempt(request.id, number, time.time())
+            if params is None:  # the kept reply already holds every token asked for
+                await self.sink.started(live)
+                message = finish_without_continuation(recovery)
+                final = (State.SUCCEEDED, message)
+                await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
+                return
+            permit = await self.limiter.acquire(params["model"], estimate, params["max_tokens"])
             await self.sink.started(live)
+            failure: Failure | None = None
             try:
-                await stream_attempt(self.client, request.params, live)
+                await stream_attempt(self.client, params, live, self.limiter, permit)
             except Exception as exc:
                 failure = classify(exc)
                 if failure is None:
                     raise
-            else:
-                message = live.acc.message()
-                await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=(State.SUCCEEDED, message)))
+            finally:
+                self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done)
+            if failure is None:
+                message = join(recovery, live.acc.message())
+                await self._end(
+                    live, live.ended(time.time(), Outcome.SUCCEEDED, final=(State.SUCCEEDED, message)), recovery
+                )
                 return
+            self._feedback(params["model"], failure)
             if failure.outcome is Outcome.FATAL:
                 await self._end(live, live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING))
                 self.on_fatal(failure)
@@ -169,11 +204,25 @@ class RequestRunner:
                 final = (State.ERRORED, failure.error)
                 await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final))
                 return
+            if failure.outcome is Outcome.BROKEN:
+                partial = live.acc.snapshot() if live.acc.started else None
+                recovery = after_break(recovery, self.strategy, params, partial, live.acc.output_tokens)
             await self._end(live, live.ended(time.time(), failure.outcome, failure))
             await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
 
-    async def _end(self, live: LiveAttempt, record: AttemptEnded) -> None:
+    def _feedback(self, model: str, failure: Failure) -> None:
+        """What the limiter learns from a failure: headers, a 429's cool-down, an overload."""
+        if failure.headers is not None:
+            self.limiter.observe(model, failure.headers)
+        if failure.status == 429:
+            self.limiter.pause(failure.retry_after if failure.retry_after is not None else self.backoff.base)
+        if failure.status == 529 or failure.reason == "in_band_overloaded_error":
+            self.limiter.overloaded()
+
+    async def _end(self, live: LiveAttempt, record: AttemptEnded, recovery: Recovery | None = None) -> None:
         # The attempt's end is its final checkpoint: it must reach the writer even if we are
         # being cancelled right now.
+        if recovery is not None and recovery.summary() is not None:
+            record = replace(record, recovery=recovery.summary())
         with anyio.CancelScope(shield=True):
             await self.sink.ended(live, record)

@@ -200,7 +200,10 @@ async def test_authentication_error_stops_the_job_at_once(
     assert query(db, "SELECT COUNT(*) FROM requests WHERE state = 'pending'") == [(200,)]
 
 
-async def test_broken_streams_are_retried_and_their_partial_output_is_kept(simulate: Simulate, tmp_path: Path) -> None:
+@pytest.mark.parametrize("recover", ["auto", "restart"])
+async def test_broken_streams_are_retried_and_their_partial_output_is_kept(
+    simulate: Simulate, tmp_path: Path, recover: str
+) -> None:
     faults = ["drop after=5", "truncate after=6", "error_event after=7", "overloaded", "server_error"]
     job = write_jsonl(
         tmp_path / "faults.jsonl",
@@ -208,7 +211,9 @@ async def test_broken_streams_are_retried_and_their_partial_output_is_kept(simul
     )
     out = tmp_path / "out"
     async with simulate() as (sim, _, url):
-        status = await run_command(["run", str(job), "--base-url", url, "--results", str(out), *FAST])
+        status = await run_command(
+            ["run", str(job), "--base-url", url, "--results", str(out), "--recover", recover, *FAST]
+        )
         params = {i.custom_id: i.params for i in read_requests(load_spec(job, {}))}  # type: ignore[union-attr]
         expected = {cid: expected_text(sim, p) for cid, p in params.items()}
     assert status == 0
@@ -233,7 +238,14 @@ async def test_broken_streams_are_retried_and_their_partial_output_is_kept(simul
         assert tokens == kept
     billed = [line["billed_usage"]["output_tokens"] for line in lines]
     final = [line["result"]["message"]["usage"]["output_tokens"] for line in lines]
-    assert [b - f for b, f in zip(billed, final, strict=True)] == [5, 6, 7, 0, 0]
+    if recover == "restart":  # what broken streams received is paid for twice
+        assert [b - f for b, f in zip(billed, final, strict=True)] == [5, 6, 7, 0, 0]
+        assert all("recovery" not in line for line in lines)
+    else:  # continued by prefill: nothing is paid twice, and the result says how it was recovered
+        assert billed == final
+        assert [line.get("recovery") for line in lines] == [
+            {"strategy": "prefill", "exact": True, "kept_output_tokens": kept, "breaks": 1} for kept in (5, 6, 7)
+        ] + [None, None]
 
 
 async def test_retries_are_bounded(simulate: Simulate, tmp_path: Path) -> None:

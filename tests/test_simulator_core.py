@@ -8,16 +8,10 @@ from typing import Any
 import pytest
 
 from orchestrator.bucket import TokenBucket
+from orchestrator.modelinfo import accepts_prefill, family, model_version
 from orchestrator.simulator.config import FaultRates
 from orchestrator.simulator.faults import FaultKind, FaultSpecError, choose_fault, parse_fault_spec
-from orchestrator.simulator.replies import (
-    accepts_prefill,
-    continuation,
-    count_input_tokens,
-    full_reply,
-    model_version,
-    plan_reply,
-)
+from orchestrator.simulator.replies import continuation, count_input_tokens, full_reply, plan_reply
 
 
 def body(text: str = "hi", max_tokens: int = 10_000, prefill: str | None = None) -> dict[str, Any]:
@@ -91,6 +85,7 @@ def test_input_token_rule() -> None:
 def test_model_versions_and_prefill(model: str, version: tuple[int, int] | None, prefill: bool) -> None:
     assert model_version(model) == version
     assert accepts_prefill(model) is prefill
+    assert not family(model)[-8:].isdigit()
 
 
 def test_fault_specs() -> None:

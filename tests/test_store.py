@@ -115,6 +115,16 @@ async def test_states_attempts_and_results(tmp_path: Path) -> None:
     assert partial is None or json.loads(partial) is not None
 
 
+async def test_a_retry_and_its_success_in_one_batch_leave_the_request_succeeded(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "job.sqlite") as store:
+        await store.load("job", {}, "f1", [item("a")])
+        (a,) = await store.pending(0, 10)
+        failed = AttemptEnded(checkpoint(a.id, 1, 0), Outcome.RETRYABLE, "http_529", 529, {"type": "error"}, None)
+        done = AttemptEnded(checkpoint(a.id, 2, 5), Outcome.SUCCEEDED, None, None, None, (State.SUCCEEDED, {"id": "m"}))
+        await store.write([AttemptStarted(a.id, 1, 1.0), failed, AttemptStarted(a.id, 2, 2.0), done], [])
+        assert await store.counts() == {"pending": 0, "running": 0, "succeeded": 1, "errored": 0}
+
+
 async def test_recover_after_a_crash(tmp_path: Path) -> None:
     async with open_store(tmp_path / "job.sqlite") as store:
         await store.load("job", {}, "f1", [item("a"), item("b")])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from orchestrator.modelinfo import accepts_prefill, model_version
 from orchestrator.models import MESSAGE_PARAMS
-from orchestrator.simulator.replies import accepts_prefill, block_text, model_version, prefill_of
+from orchestrator.simulator.replies import block_text, prefill_of
 
 MESSAGE_FIELDS = MESSAGE_PARAMS | {"stream"}
 COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})

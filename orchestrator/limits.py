@@ -1,0 +1,314 @@
+"""Client-side rate limits: RPM, ITPM and OTPM buckets per model, concurrency, pauses.
+
+The arithmetic (``LimitState``) is pure over times passed in; ``Limiter`` puts it behind an
+async ``acquire`` that waits on a timer or on a release, never by polling.
+
+- A request is admitted when its model's buckets allow it: one request (RPM), its estimated
+  input tokens (ITPM) and the output it is expected to produce (OTPM, a running average). The
+  input estimate is corrected by the real ``usage`` once the stream starts; output is charged as
+  it streams beyond the expectation and the unused part is given back at the end. So the
+  limiter stops launching when the output flow nears the limit.
+- Buckets refill continuously at ``headroom`` (default 97%) of the limit and hold ``burst``
+  (0.5) seconds of refill, half what the API's buckets are known to hold at the least: the
+  client stays half a bucket behind the server from its first request on, which absorbs about
+  half a second of jitter between a launch and its arrival, and it falls further behind as it
+  goes since it refills more slowly.
+- Limits not given are learned from the ``anthropic-ratelimit-*`` headers of every response,
+  and every response brings the buckets back in step with what the server says remains.
+- A 429 pauses every launch for its ``retry-after`` (one cool-down for the pool). A 529 or an
+  in-band ``overloaded_error`` cuts the allowed concurrency by 30% (at most once per cool-down)
+  and successes raise it back by about one per round of requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from orchestrator.bucket import TokenBucket
+
+CLASSES = ("requests", "input-tokens", "output-tokens")
+DEFAULT_OUTPUT_GUESS = 256  # expected output tokens of a model's first requests
+OVERLOAD_FACTOR = 0.7
+OVERLOAD_COOLDOWN = 2.0  # seconds between two cuts of the concurrency
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """Per-minute limits for one model (None: learn it from the headers, or no limit)."""
+
+    rpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
+
+    def of(self, name: str) -> float | None:
+        return {"requests": self.rpm, "input-tokens": self.itpm, "output-tokens": self.otpm}[name]
+
+
+def parse_headers(headers: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+    """``{class: (limit, remaining)}`` from the ``anthropic-ratelimit-*`` headers present."""
+    found = {}
+    for name in CLASSES:
+        limit = headers.get(f"anthropic-ratelimit-{name}-limit")
+        remaining = headers.get(f"anthropic-ratelimit-{name}-remaining")
+        if limit is None or remaining is None:
+            continue
+        try:
+            found[name] = (int(limit), int(remaining))
+        except ValueError:
+            continue
+    return found
+
+
+def estimate_input_tokens(params: Mapping[str, Any]) -> int:
+    """A quick, deliberately generous estimate: one token per 3.5 characters of the prompt."""
+    size = len(json.dumps(params.get("messages", []))) + len(json.dumps(params.get("system", "")))
+    return math.ceil(size / 3.5) + 8
+
+
+@dataclass
+class ModelLimits:
+    """The three buckets of one model; a missing bucket means no known limit."""
+
+    spec: LimitSpec
+    headroom: float
+    burst: float
+    buckets: dict[str, TokenBucket] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # the per-minute limit behind each bucket
+    output_guess: float = DEFAULT_OUTPUT_GUESS
+    # What this model has in flight: a bucket learned now must not forget it.
+    in_flight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
+
+    def set_limit(self, name: str, limit: float, now: float, remaining: float | None = None) -> None:
+        rate = limit * self.headroom / 60.0
+        capacity = max(1.0, rate * self.burst)
+        level = capacity if remaining is None else min(capacity, remaining)
+        self.buckets[name] = TokenBucket(capacity=capacity, rate=rate, level=level, updated=now)
+        self.limits[name] = limit
+
+    def wants(self, input_tokens: int, output_tokens: float) -> dict[str, float]:
+        return {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": output_tokens}
+
+    def wait_time(self, input_tokens: int, output_tokens: float, now: float) -> float:
+        wants = self.wants(input_tokens, output_tokens)
+        return max((b.wait_time(wants[n], now) for n, b in self.buckets.items()), default=0.0)
+
+    def take(self, input_tokens: int, output_tokens: float, now: float) -> None:
+        wants = self.wants(input_tokens, output_tokens)
+        for name, bucket in self.buckets.items():
+            bucket.take(wants[name], now)
+        for name, amount in wants.items():
+            self.in_flight[name] += amount
+
+    def done(self, input_tokens: int, output_tokens: float) -> None:
+        for name, amount in self.wants(input_tokens, output_tokens).items():
+            self.in_flight[name] -= amount
+
+    def adjust(self, name: str, amount: float, now: float) -> None:
+        """Charge (positive) or give back (negative) units of one class."""
+        bucket = self.buckets.get(name)
+        if bucket is None or amount == 0:
+            return
+        if amount > 0:
+            bucket.take(amount, now)
+        else:
+            bucket.give_back(-amount, now)
+
+    def observe(self, seen: dict[str, tuple[int, int]], now: float) -> None:
+        for name, (limit, remaining) in seen.items():
+            # Token counts in the headers are rounded to thousands: only trust them to within 1,000.
+            slack = 1000 if name != "requests" and limit >= 1000 else 0
+            fixed = self.spec.of(name)
+            if fixed is None and self.limits.get(name) != limit:
+                # Requests launched before this limit was known are not in this bucket, and the
+                # server may not have counted them yet either (the one answering here it has).
+                unseen = max(0.0, self.in_flight[name] - self.wants(0, 0)[name])
+                self.set_limit(name, limit, now, remaining + slack - unseen)
+                continue
+            bucket = self.buckets.get(name)
+            if bucket is not None:
+                bucket.refill(now)
+                bucket.level = min(bucket.level, remaining + slack)
+
+
+@dataclass
+class Permit:
+    """One admitted attempt: what it reserved, and what it has been charged so far."""
+
+    model: str
+    input_estimate: int
+    output_reserved: float
+    output_charged: float = 0.0
+    input_corrected: bool = False
+
+
+class LimitState:
+    """All the limiter's arithmetic; every method takes the current time."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        specs: Mapping[str, LimitSpec] | None = None,
+        default: LimitSpec | None = None,
+        *,
+        headroom: float = 0.97,
+        burst: float = 0.5,
+        now: float = 0.0,
+    ) -> None:
+        self.max_concurrency = concurrency
+        self.allowed = float(concurrency)
+        self.in_flight = 0
+        self.paused_until = -math.inf
+        self.headroom = headroom
+        self.burst = burst
+        self._specs = dict(specs or {})
+        self._default = default or LimitSpec()
+        self.models: dict[str, ModelLimits] = {}
+        self._last_cut = -math.inf
+        self.cuts = 0  # times an overload cut the allowed concurrency
+        self.pauses = 0  # 429 cool-downs
+
+    def model(self, name: str, now: float) -> ModelLimits:
+        limits = self.models.get(name)
+        if limits is None:
+            spec = self._specs.get(name, self._default)
+            limits = ModelLimits(spec=spec, headroom=self.headroom, burst=self.burst)
+            for cls in CLASSES:
+                value = spec.of(cls)
+                if value is not None:
+                    limits.set_limit(cls, value, now)
+            self.models[name] = limits
+        return limits
+
+    def admit(self, model: str, input_estimate: int, max_tokens: int, now: float) -> Permit | float | None:
+        """A permit if the request may start now; else seconds to wait, or None until a release."""
+        if now < self.paused_until:
+            return self.paused_until - now
+        if self.in_flight >= max(1, math.floor(self.allowed)):
+            return None
+        limits = self.model(model, now)
+        output = min(float(max_tokens), limits.output_guess)
+        wait = limits.wait_time(input_estimate, output, now)
+        if wait > 0:
+            return wait
+        limits.take(input_estimate, output, now)
+        self.in_flight += 1
+        return Permit(model=model, input_estimate=input_estimate, output_reserved=output)
+
+    def input_known(self, permit: Permit, actual: int, now: float) -> None:
+        """The stream started and reported its real input tokens: correct the reservation."""
+        if not permit.input_corrected:
+            permit.input_corrected = True
+            self.model(permit.model, now).adjust("input-tokens", actual - permit.input_estimate, now)
+
+    def output_streamed(self, permit: Permit, tokens: int, now: float) -> None:
+        """Output tokens received so far by this attempt: charge what exceeds the reservation."""
+        beyond = tokens - max(permit.output_reserved, permit.output_charged)
+        if beyond > 0:
+            permit.output_charged = tokens
+            self.model(permit.model, now).adjust("output-tokens", beyond, now)
+
+    def release(self, permit: Permit, output_tokens: int, completed: bool, now: float) -> None:
+        """The attempt ended having received ``output_tokens``: settle its output reservation."""
+        self.in_flight -= 1
+        limits = self.model(permit.model, now)
+        limits.done(permit.input_estimate, permit.output_reserved)
+        charged = max(permit.output_reserved, permit.output_charged)
+        limits.adjust("output-tokens", output_tokens - charged, now)
+        if completed:
+            limits.output_guess += (output_tokens - limits.output_guess) * 0.2
+
+    def observe(self, model: str, headers: Mapping[str, str], now: float) -> None:
+        seen = parse_headers(headers)
+        if seen:
+            self.model(model, now).observe(seen, now)
+
+    def pause(self, seconds: float, now: float) -> None:
+        """A 429: no launch anywhere for ``seconds`` (pauses overlap, they do not add up)."""
+        if now >= self.paused_until:
+            self.pauses += 1
+        self.paused_until = max(self.paused_until, now + seconds)
+
+    def overloaded(self, now: float) -> None:
+        if now - self._last_cut >= OVERLOAD_COOLDOWN:
+            self._last_cut = now
+            self.cuts += 1
+            self.allowed = max(1.0, self.allowed * OVERLOAD_FACTOR)
+
+    def succeeded(self) -> None:
+        if self.allowed < self.max_concurrency:
+            self.allowed = min(float(self.max_concurrency), self.allowed + 1.0 / self.allowed)
+
+
+Wait = Callable[[anyio.Event, float | None], Awaitable[None]]
+
+
+async def wait_event(event: anyio.Event, timeout: float | None) -> None:
+    """Wait for ``event``, at most ``timeout`` seconds (None: no limit)."""
+    with anyio.move_on_after(math.inf if timeout is None else timeout):
+        await event.wait()
+
+
+class Limiter:
+    """``LimitState`` behind an async ``acquire``: waiters queue in order and wake on a timer
+    (when the buckets will allow them) or on a change (a release, a correction)."""
+
+    def __init__(
+        self, state: LimitState, clock: Callable[[], float] = anyio.current_time, wait: Wait = wait_event
+    ) -> None:
+        self.state = state
+        self._clock = clock
+        self._wait = wait
+        self._queue = anyio.Lock()
+        self._changed = anyio.Event()
+
+    def __repr__(self) -> str:
+        state = self.state
+        levels = {
+            model: {name: round(bucket.level, 1) for name, bucket in limits.buckets.items()}
+            for model, limits in state.models.items()
+        }
+        return (
+            f"<Limiter in_flight={state.in_flight} allowed={state.allowed:.1f} "
+            f"paused_for={max(0.0, state.paused_until - self._clock()):.1f}s levels={levels}>"
+        )
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def acquire(self, model: str, input_estimate: int, max_tokens: int) -> Permit:
+        async with self._queue:
+            while True:
+                decision = self.state.admit(model, input_estimate, max_tokens, self._clock())
+                if isinstance(decision, Permit):
+                    return decision
+                await self._wait(self._changed, decision)
+
+    def input_known(self, permit: Permit, actual: int) -> None:
+        self.state.input_known(permit, actual, self._clock())
+        if actual < permit.input_estimate:
+            self._notify()
+
+    def output_streamed(self, permit: Permit, tokens: int) -> None:
+        self.state.output_streamed(permit, tokens, self._clock())
+
+    def release(self, permit: Permit, output_tokens: int, completed: bool) -> None:
+        self.state.release(permit, output_tokens, completed, self._clock())
+        if completed:
+            self.state.succeeded()
+        self._notify()
+
+    def observe(self, model: str, headers: Mapping[str, str]) -> None:
+        self.state.observe(model, headers, self._clock())
+
+    def pause(self, seconds: float) -> None:
+        self.state.pause(seconds, self._clock())
+
+    def overloaded(self) -> None:
+        self.state.overloaded(self._clock())

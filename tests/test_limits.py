@@ -1,0 +1,233 @@
+"""The limiter: pure arithmetic with the clock in the test's hands, and its async wrapper."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from orchestrator.bucket import TokenBucket
+from orchestrator.limits import (
+    DEFAULT_OUTPUT_GUESS,
+    Limiter,
+    LimitSpec,
+    LimitState,
+    Permit,
+    estimate_input_tokens,
+    parse_headers,
+)
+from orchestrator.simulator.replies import count_input_tokens
+from tests.conftest import FakeClock
+
+M = "claude-haiku-4-5"
+
+
+def state(spec: LimitSpec, concurrency: int = 100, headroom: float = 1.0, burst: float = 1.0) -> LimitState:
+    return LimitState(concurrency, default=spec, headroom=headroom, burst=burst, now=0.0)
+
+
+def test_rpm_paces_requests() -> None:
+    limits = state(LimitSpec(rpm=60))  # one a second, a bucket of one
+    first = limits.admit(M, 10, 100, now=0.0)
+    assert isinstance(first, Permit)
+    assert limits.admit(M, 10, 100, now=0.0) == pytest.approx(1.0)
+    assert limits.admit(M, 10, 100, now=0.5) == pytest.approx(0.5)
+    assert isinstance(limits.admit(M, 10, 100, now=1.0), Permit)
+
+
+def test_headroom_keeps_the_client_behind_the_server() -> None:
+    limits = state(LimitSpec(rpm=600), headroom=0.97)
+    assert isinstance(limits.admit(M, 1, 1, now=0.0), Permit)
+    bucket = limits.models[M].buckets["requests"]
+    assert bucket.rate == pytest.approx(600 * 0.97 / 60)
+
+
+def test_input_tokens_are_reserved_then_corrected() -> None:
+    limits = state(LimitSpec(itpm=6000))  # 100 a second, a bucket of 100
+    permit = limits.admit(M, 80, 100, now=0.0)
+    assert isinstance(permit, Permit)
+    assert limits.admit(M, 80, 100, now=0.0) == pytest.approx(0.6)  # needs 80, has 20
+    limits.input_known(permit, 30, now=0.0)  # the real usage: 50 come back
+    limits.input_known(permit, 30, now=0.0)  # once only
+    assert limits.models[M].buckets["input-tokens"].level == pytest.approx(70)
+    assert isinstance(limits.admit(M, 70, 100, now=0.0), Permit)
+
+
+def test_output_is_reserved_charged_as_it_streams_and_settled() -> None:
+    limits = state(LimitSpec(otpm=60_000))  # 1,000 a second, a bucket of 1,000
+    bucket = limits.models.setdefault(M, limits.model(M, 0.0)).buckets["output-tokens"]
+    permit = limits.admit(M, 0, 4096, now=0.0)
+    assert isinstance(permit, Permit)
+    assert permit.output_reserved == DEFAULT_OUTPUT_GUESS
+    assert bucket.level == pytest.approx(1000 - DEFAULT_OUTPUT_GUESS)
+    limits.output_streamed(permit, 100, now=0.0)  # within the reservation: nothing more
+    assert bucket.level == pytest.approx(1000 - DEFAULT_OUTPUT_GUESS)
+    limits.output_streamed(permit, 400, now=0.0)  # beyond it: charged as it streams
+    assert bucket.level == pytest.approx(600)
+    limits.release(permit, 450, completed=True, now=0.0)
+    assert bucket.level == pytest.approx(550)
+    assert limits.models[M].output_guess == pytest.approx(DEFAULT_OUTPUT_GUESS + (450 - DEFAULT_OUTPUT_GUESS) * 0.2)
+    short = limits.admit(M, 0, 10, now=0.0)  # never reserves more than max_tokens
+    assert isinstance(short, Permit)
+    assert short.output_reserved == 10
+    limits.release(short, 3, completed=True, now=0.0)  # unused reservation comes back
+    assert bucket.level == pytest.approx(547)
+
+
+def test_output_flow_near_the_limit_stops_launches() -> None:
+    limits = state(LimitSpec(otpm=6000))  # 100 a second
+    permit = limits.admit(M, 0, 4096, now=0.0)
+    assert isinstance(permit, Permit)
+    limits.output_streamed(permit, 500, now=0.0)  # a long reply drains the bucket into debt
+    wait = limits.admit(M, 0, 4096, now=0.0)
+    assert isinstance(wait, float)
+    assert wait > 4.0
+
+
+def test_concurrency_blocks_until_a_release() -> None:
+    limits = state(LimitSpec(), concurrency=2)
+    a = limits.admit(M, 1, 1, now=0.0)
+    b = limits.admit(M, 1, 1, now=0.0)
+    assert isinstance(a, Permit)
+    assert isinstance(b, Permit)
+    assert limits.admit(M, 1, 1, now=0.0) is None
+    limits.release(a, 1, completed=True, now=0.0)
+    assert isinstance(limits.admit(M, 1, 1, now=0.0), Permit)
+
+
+def test_a_429_pauses_everyone_once() -> None:
+    limits = state(LimitSpec())
+    limits.pause(5.0, now=10.0)
+    limits.pause(3.0, now=11.0)  # overlapping pauses do not add up
+    assert limits.admit(M, 1, 1, now=12.0) == pytest.approx(3.0)
+    assert isinstance(limits.admit(M, 1, 1, now=15.0), Permit)
+
+
+def test_overload_cuts_concurrency_once_per_cooldown_and_success_restores_it() -> None:
+    limits = state(LimitSpec(), concurrency=20)
+    limits.overloaded(now=0.0)
+    limits.overloaded(now=0.5)  # the same burst of errors: one cut
+    assert limits.allowed == pytest.approx(14.0)
+    limits.overloaded(now=3.0)
+    assert limits.allowed == pytest.approx(9.8)
+    for _ in range(10):
+        limits.succeeded()
+    assert 10.5 < limits.allowed < 11.0  # about one per round of allowed requests
+    for _ in range(1000):
+        limits.succeeded()
+    assert limits.allowed == 20.0
+    for n in range(20):
+        limits.overloaded(now=100.0 + 3 * n)
+    assert limits.allowed == 1.0
+
+
+def test_headers_teach_unknown_limits_and_keep_buckets_in_step() -> None:
+    limits = state(LimitSpec(rpm=100))  # requests fixed by the user, tokens learned
+    headers = {
+        "anthropic-ratelimit-requests-limit": "4000",
+        "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-input-tokens-limit": "120000",
+        "anthropic-ratelimit-input-tokens-remaining": "1000",
+        "anthropic-ratelimit-output-tokens-limit": "60000",
+        "anthropic-ratelimit-output-tokens-remaining": "garbage",
+    }
+    limits.observe(M, headers, now=0.0)
+    model = limits.models[M]
+    assert model.limits == {"requests": 100, "input-tokens": 120000}
+    assert model.buckets["requests"].level == 0  # the server says none remain
+    assert model.buckets["input-tokens"].capacity == pytest.approx(2000)
+    assert model.buckets["input-tokens"].level == pytest.approx(2000)  # 1,000 rounded down: trust +1,000
+    assert "output-tokens" not in model.buckets
+
+
+def test_parse_headers_ignores_what_is_missing_or_garbled() -> None:
+    assert parse_headers({}) == {}
+    assert parse_headers({"anthropic-ratelimit-requests-limit": "5"}) == {}
+    assert parse_headers(
+        {"anthropic-ratelimit-requests-limit": "5", "anthropic-ratelimit-requests-remaining": "4"}
+    ) == {"requests": (5, 4)}
+
+
+def test_input_estimate_is_generous() -> None:
+    for text in ("hi", "x" * 1000, "Explain token buckets in two short paragraphs.\n" * 20):
+        body = {"model": M, "max_tokens": 10, "messages": [{"role": "user", "content": text}], "system": "be brief"}
+        assert estimate_input_tokens(body) >= count_input_tokens(body)
+
+
+@pytest.mark.parametrize("limit", ["rpm", "itpm", "otpm"])
+def test_pacing_reaches_the_limit_without_429s_despite_jitter(limit: str) -> None:
+    """Virtual time: a client paced by LimitState against a server bucket, with arrival jitter."""
+    rng = random.Random(1)
+    per_minute = {"rpm": 600.0, "itpm": 60_000.0, "otpm": 30_000.0}[limit]
+    client = state(LimitSpec(**{limit: per_minute}), concurrency=64, headroom=0.97)
+    server = TokenBucket.per_minute(per_minute, now=0.0, burst_seconds=1.0)
+    input_tokens, output_tokens = 100, 100
+    unit = {"rpm": 1, "itpm": input_tokens, "otpm": output_tokens}[limit]
+    now, admitted, refused, done_at = 0.0, 0, 0, 120.0
+    in_flight: list[tuple[float, Permit]] = []
+    while now < done_at:
+        for finish, permit in [f for f in in_flight if f[0] <= now]:
+            in_flight.remove((finish, permit))
+            client.release(permit, output_tokens, completed=True, now=finish)
+        decision = client.admit(M, input_tokens, 4096, now)
+        if isinstance(decision, Permit):
+            arrival = now + rng.uniform(0.0, 0.02)  # network and parsing jitter
+            wants = 1 if limit == "rpm" else input_tokens if limit == "itpm" else 1
+            if server.try_take(wants, arrival):
+                admitted += 1
+                if limit == "otpm":  # the server counts output as it is generated
+                    server.take(output_tokens - 1, arrival + 0.5)
+                client.input_known(decision, input_tokens, now)
+                client.output_streamed(decision, output_tokens, now + 0.5)
+                in_flight.append((now + 0.5, decision))
+            else:
+                refused += 1
+                client.release(decision, 0, completed=False, now=now)
+            continue
+        now += 0.001 if decision is None else max(decision, 0.001)
+    achieved = admitted * unit / (done_at / 60)
+    assert achieved >= 0.95 * per_minute
+    assert refused <= 0.01 * admitted
+
+
+@pytest.mark.anyio
+async def test_limiter_waits_in_virtual_time() -> None:
+    clock = FakeClock(0.0)
+    waited: list[float | None] = []
+
+    async def fake_wait(event: anyio.Event, timeout: float | None) -> None:
+        waited.append(timeout)
+        assert timeout is not None
+        clock.advance(timeout)
+        await anyio.lowlevel.checkpoint()
+
+    limiter = Limiter(state(LimitSpec(rpm=60), concurrency=10), clock=clock, wait=fake_wait)
+    for _ in range(5):
+        permit = await limiter.acquire(M, 1, 1)
+        limiter.release(permit, 1, completed=True)
+    assert clock.now == pytest.approx(4.0)
+    assert waited == pytest.approx([1.0] * 4)
+    assert "in_flight=0" in repr(limiter)
+
+
+@pytest.mark.anyio
+async def test_limiter_wakes_a_waiter_on_release_and_cancelled_waiters_take_nothing() -> None:
+    limiter = Limiter(state(LimitSpec(), concurrency=1))
+    first = await limiter.acquire(M, 1, 1)
+    got: list[Permit] = []
+
+    async def second() -> None:
+        got.append(await limiter.acquire(M, 1, 1))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(second)
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        limiter.release(first, 1, completed=True)
+    assert len(got) == 1
+    assert limiter.state.in_flight == 1
+    with anyio.move_on_after(0.01):  # a waiter cancelled while blocked
+        await limiter.acquire(M, 1, 1)
+    assert limiter.state.in_flight == 1
