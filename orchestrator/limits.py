@@ -14,7 +14,9 @@ async ``acquire`` that waits on a timer or on a release, never by polling.
   half a second of jitter between a launch and its arrival, and it falls further behind as it
   goes since it refills more slowly.
 - Limits not given are learned from the ``anthropic-ratelimit-*`` headers of every response,
-  and every response brings the buckets back in step with what the server says remains.
+  and every response brings the buckets back in step with what the server says remains. Until
+  a model's first response has come back, a single request to it is in flight: a probe, so that
+  a job does not open with a burst of 429s against limits it cannot know yet.
 - A 429 pauses every launch for its ``retry-after`` (one cool-down for the pool). A 529 or an
   in-band ``overloaded_error`` cuts the allowed concurrency by 30% (at most once per cool-down)
   and successes raise it back by about one per round of requests.
@@ -83,6 +85,7 @@ class ModelLimits:
     output_guess: float = DEFAULT_OUTPUT_GUESS
     # What this model has in flight: a bucket learned now must not forget it.
     in_flight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
+    probing: bool = False  # some limit is unknown and no response has come back yet
 
     def set_limit(self, name: str, limit: float, now: float, remaining: float | None = None) -> None:
         rate = limit * self.headroom / 60.0
@@ -120,6 +123,7 @@ class ModelLimits:
             bucket.give_back(-amount, now)
 
     def observe(self, seen: dict[str, tuple[int, int]], now: float) -> None:
+        self.probing = False
         for name, (limit, remaining) in seen.items():
             # Token counts in the headers are rounded to thousands: only trust them to within 1,000.
             slack = 1000 if name != "requests" and limit >= 1000 else 0
@@ -182,6 +186,7 @@ class LimitState:
                 value = spec.of(cls)
                 if value is not None:
                     limits.set_limit(cls, value, now)
+            limits.probing = len(limits.limits) < len(CLASSES)
             self.models[name] = limits
         return limits
 
@@ -192,6 +197,8 @@ class LimitState:
         if self.in_flight >= max(1, math.floor(self.allowed)):
             return None
         limits = self.model(model, now)
+        if limits.probing and limits.in_flight["requests"] > 0:
+            return None
         output = min(float(max_tokens), limits.output_guess)
         wait = limits.wait_time(input_estimate, output, now)
         if wait > 0:
@@ -218,6 +225,7 @@ class LimitState:
         self.in_flight -= 1
         limits = self.model(permit.model, now)
         limits.done(permit.input_estimate, permit.output_reserved)
+        limits.probing = False  # a response came back, with headers or without
         charged = max(permit.output_reserved, permit.output_charged)
         limits.adjust("output-tokens", output_tokens - charged, now)
         if completed:
@@ -305,7 +313,10 @@ class Limiter:
         self._notify()
 
     def observe(self, model: str, headers: Mapping[str, str]) -> None:
+        probing = model in self.state.models and self.state.models[model].probing
         self.state.observe(model, headers, self._clock())
+        if probing:
+            self._notify()  # the probe's headers are in: the others may go
 
     def pause(self, seconds: float) -> None:
         self.state.pause(seconds, self._clock())

@@ -24,8 +24,13 @@ from tests.conftest import FakeClock
 M = "claude-haiku-4-5"
 
 
-def state(spec: LimitSpec, concurrency: int = 100, headroom: float = 1.0, burst: float = 1.0) -> LimitState:
-    return LimitState(concurrency, default=spec, headroom=headroom, burst=burst, now=0.0)
+def state(
+    spec: LimitSpec, concurrency: int = 100, headroom: float = 1.0, burst: float = 1.0, probe: bool = False
+) -> LimitState:
+    """A limiter state; unless ``probe``, as if the first response had already come back."""
+    limits = LimitState(concurrency, default=spec, headroom=headroom, burst=burst, now=0.0)
+    limits.model(M, 0.0).probing = probe
+    return limits
 
 
 def test_rpm_paces_requests() -> None:
@@ -57,7 +62,7 @@ def test_input_tokens_are_reserved_then_corrected() -> None:
 
 def test_output_is_reserved_charged_as_it_streams_and_settled() -> None:
     limits = state(LimitSpec(otpm=60_000))  # 1,000 a second, a bucket of 1,000
-    bucket = limits.models.setdefault(M, limits.model(M, 0.0)).buckets["output-tokens"]
+    bucket = limits.model(M, 0.0).buckets["output-tokens"]
     permit = limits.admit(M, 0, 4096, now=0.0)
     assert isinstance(permit, Permit)
     assert permit.output_reserved == DEFAULT_OUTPUT_GUESS
@@ -124,7 +129,7 @@ def test_overload_cuts_concurrency_once_per_cooldown_and_success_restores_it() -
 
 
 def test_headers_teach_unknown_limits_and_keep_buckets_in_step() -> None:
-    limits = state(LimitSpec(rpm=100))  # requests fixed by the user, tokens learned
+    limits = state(LimitSpec(rpm=100), probe=True)  # requests fixed by the user, tokens learned
     headers = {
         "anthropic-ratelimit-requests-limit": "4000",
         "anthropic-ratelimit-requests-remaining": "0",
@@ -140,6 +145,23 @@ def test_headers_teach_unknown_limits_and_keep_buckets_in_step() -> None:
     assert model.buckets["input-tokens"].capacity == pytest.approx(2000)
     assert model.buckets["input-tokens"].level == pytest.approx(2000)  # 1,000 rounded down: trust +1,000
     assert "output-tokens" not in model.buckets
+
+
+def test_a_probe_goes_first_while_limits_are_unknown() -> None:
+    limits = state(LimitSpec(), probe=True)
+    probe = limits.admit(M, 1, 1, now=0.0)
+    assert isinstance(probe, Permit)
+    assert limits.admit(M, 1, 1, now=0.0) is None  # wait for the probe's answer
+    limits.observe(M, {"anthropic-ratelimit-requests-limit": "60", "anthropic-ratelimit-requests-remaining": "59"}, 0.0)
+    assert isinstance(limits.admit(M, 1, 1, now=0.0), Permit)
+    known = LimitState(100, default=LimitSpec(rpm=600, itpm=1e6, otpm=1e6))
+    assert isinstance(known.admit(M, 1, 1, now=0.0), Permit)
+    assert isinstance(known.admit(M, 1, 1, now=0.0), Permit)  # nothing to learn: no probe
+    silent = state(LimitSpec(), probe=True)
+    first = silent.admit(M, 1, 1, now=0.0)
+    assert isinstance(first, Permit)
+    silent.release(first, 1, completed=False, now=0.0)  # an answer without headers ends the probe too
+    assert isinstance(silent.admit(M, 1, 1, now=0.0), Permit)
 
 
 def test_parse_headers_ignores_what_is_missing_or_garbled() -> None:

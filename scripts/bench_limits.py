@@ -1,0 +1,272 @@
+"""How close to the account's limits a job runs, and what recovering broken streams saves.
+
+Throughput: for RPM, ITPM and OTPM binding in turn, the simulator enforces that one limit (in a
+process of its own, with real timing), and each client runs in a process of its own:
+
+- orchestrator: ``orchestrator run`` with no limit given (automatic mode: it learns the limits
+  from the ``anthropic-ratelimit-*`` headers);
+- naive: the SDK's ``asyncio.gather`` + semaphore pattern with the SDK's own retries (which do
+  honour ``retry-after``).
+
+After a warm-up, the rate of the binding quantity is read from the simulator's own counts over
+the measuring window, with the share of requests refused with a 429.
+
+Recovery: with 10% of streams dropped at a random point, the same job with ``--recover auto``
+(prefill, on a model that accepts it) and ``--recover restart``; regenerated output tokens are
+those billed beyond the uninterrupted replies, and every recovered text is checked against the
+uninterrupted reply.
+
+    python scripts/bench_limits.py [--warmup 5] [--duration 30] [--concurrency 32] [--recovery-requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "claude-haiku-4-5"
+TIMING = ["--ttft", "0.1", "--tps", "400"]
+
+# limit name -> (simulator option, per-minute limit, prompt padding in characters, stats key, unit)
+SCENARIOS = {
+    "RPM": ("--sim-rpm", 600.0, 0, "ok", "requests"),
+    "ITPM": ("--sim-itpm", 60_000.0, 600, "input_tokens_billed", "input tokens"),
+    "OTPM": ("--sim-otpm", 30_000.0, 0, "output_tokens_billed", "output tokens"),
+}
+
+
+def prompt(i: int, padding: int) -> str:
+    return f"Request {i}: tell me about rate limits. " + "Context. " * (padding // 9)
+
+
+def start_simulator(*options: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    url = next(word for word in process.stdout.readline().split() if word.startswith("http://"))
+    return process, url
+
+
+def stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/_simulator/stats") as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def write_job(path: Path, count: int, padding: int) -> Path:
+    with path.open("w") as handle:
+        for i in range(count):
+            handle.write(json.dumps({"prompt": prompt(i, padding)}) + "\n")
+    return path
+
+
+async def naive(url: str, count: int, padding: int, concurrency: int) -> None:
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(base_url=url, api_key="sk-bench")  # the SDK's own retries
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            try:
+                async with client.messages.stream(
+                    model=MODEL, max_tokens=1024, messages=[{"role": "user", "content": prompt(i, padding)}]
+                ) as stream:
+                    await stream.get_final_message()
+            except anthropic.APIError:
+                pass  # given up after the SDK's retries
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def client_process(
+    kind: str, url: str, count: int, padding: int, concurrency: int, workdir: Path
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ANTHROPIC_API_KEY": "sk-bench"}
+    if kind == "naive":
+        args = [
+            __file__,
+            "--naive",
+            url,
+            "--count",
+            str(count),
+            "--padding",
+            str(padding),
+            "--concurrency",
+            str(concurrency),
+        ]
+    else:
+        job = write_job(workdir / f"job-{kind}.jsonl", count, padding)
+        args = [
+            "-m",
+            "orchestrator",
+            "run",
+            str(job),
+            "--base-url",
+            url,
+            "--results",
+            str(workdir / kind),
+            "--quiet",
+            "--concurrency",
+            str(concurrency),
+            "--model",
+            MODEL,
+        ]
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def measure(limit_name: str, kind: str, warmup: float, duration: float, concurrency: int) -> dict[str, float]:
+    option, per_minute, padding, key, _ = SCENARIOS[limit_name]
+    simulator, url = start_simulator(option, str(per_minute), *TIMING)
+    count = 3000  # more than the window can take, whatever the binding limit
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            client = client_process(kind, url, count, padding, concurrency, Path(tmp))
+            try:
+                time.sleep(warmup)
+                before, started = stats(url), time.monotonic()
+                time.sleep(duration)
+                after, ended = stats(url), time.monotonic()
+            finally:
+                client.send_signal(signal.SIGKILL)
+                client.wait()
+    finally:
+        simulator.terminate()
+        simulator.wait()
+
+    def delta(name: str) -> float:
+        if name == "ok":
+            return float(after["outcomes"].get("ok", 0) - before["outcomes"].get("ok", 0))
+        return float(after[name] - before[name])
+
+    minutes = (ended - started) / 60
+    requests = delta("requests")
+    return {
+        "rate": delta(key) / minutes,
+        "share": delta(key) / minutes / per_minute,
+        "refused": delta("rate_limited") / requests if requests else 0.0,
+        "requests": requests,
+    }
+
+
+def recovery(strategy: str, count: int, concurrency: int) -> dict[str, int]:
+    """Billed output tokens beyond the uninterrupted replies, and texts that differ from them."""
+    from orchestrator.jobfile import Loaded, load_spec, read_requests
+    from orchestrator.simulator.replies import plan_reply
+
+    simulator, url = start_simulator("--speed", "inf", "--fault", "drop=0.1")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            job = write_job(Path(tmp) / "job.jsonl", count, 0)
+            env = {**os.environ, "ANTHROPIC_API_KEY": "sk-bench"}
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator",
+                    "run",
+                    str(job),
+                    "--base-url",
+                    url,
+                    "--results",
+                    f"{tmp}/out",
+                    "--quiet",
+                    "--concurrency",
+                    str(concurrency),
+                    "--model",
+                    MODEL,
+                    "--recover",
+                    strategy,
+                    "--max-attempts",
+                    "10",
+                ],
+                cwd=ROOT,
+                env=env,
+                check=True,
+            )
+            billed = stats(url)
+            lines = [json.loads(line) for line in Path(f"{tmp}/out/results.jsonl").read_text().splitlines()]
+            expected: dict[str, list[str]] = {}
+            for item in read_requests(load_spec(job, {"model": MODEL})):
+                assert isinstance(item, Loaded)
+                expected[item.custom_id] = plan_reply(0, item.params, 20, 300).tokens
+    finally:
+        simulator.terminate()
+        simulator.wait()
+    wrong = sum(
+        1
+        for line in lines
+        if "".join(b["text"] for b in line["result"]["message"]["content"]) != "".join(expected[line["custom_id"]])
+    )
+    return {
+        "drops": billed["faults_injected"].get("drop", 0),
+        "billed": billed["output_tokens_billed"],
+        "regenerated": billed["output_tokens_billed"] - sum(len(tokens) for tokens in expected.values()),
+        "recovered": sum(1 for line in lines if "recovery" in line),
+        "wrong": wrong,
+        "results": len(lines),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--recovery-requests", type=int, default=1000)
+    parser.add_argument("--naive", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--padding", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.naive:
+        asyncio.run(naive(args.naive, args.count, args.padding, args.concurrency))
+        return
+
+    print(
+        f"sustained rate over {args.duration:.0f} s after {args.warmup:.0f} s of warm-up, concurrency "
+        f"{args.concurrency}; simulator: 0.1 s to first token, 400 tok/s per stream, 1 s buckets\n"
+    )
+    print(f"{'binding':<8}{'limit /min':>12}{'client':>14}{'achieved /min':>15}{'of limit':>10}{'429s':>8}")
+    for name, (_, per_minute, _, _, unit) in SCENARIOS.items():
+        for kind in ("orchestrator", "naive"):
+            row = measure(name, kind, args.warmup, args.duration, args.concurrency)
+            print(
+                f"{name:<8}{per_minute:>12,.0f}{kind:>14}{row['rate']:>15,.0f}{row['share']:>10.1%}"
+                f"{row['refused']:>8.1%}   ({unit})"
+            )
+
+    print(f"\nrecovery: {args.recovery_requests:,} requests to {MODEL}, 10% of streams dropped at a random point")
+    print(
+        f"{'strategy':<10}{'results':>9}{'drops':>7}{'recovered':>11}{'billed out tok':>16}{'regenerated':>13}"
+        f"{'texts wrong':>13}"
+    )
+    regenerated = {}
+    for strategy in ("auto", "restart"):
+        result = recovery(strategy, args.recovery_requests, args.concurrency)
+        regenerated[strategy] = result["regenerated"]
+        print(
+            f"{strategy:<10}{result['results']:>9,}{result['drops']:>7}{result['recovered']:>11}"
+            f"{result['billed']:>16,}{result['regenerated']:>13,}{result['wrong']:>13}"
+        )
+    ratio = regenerated["auto"] / regenerated["restart"] if regenerated["restart"] else 0.0
+    print(f"auto regenerates {ratio:.1%} of the output tokens that restart regenerates")
+
+
+if __name__ == "__main__":
+    main()
