@@ -67,7 +67,7 @@ def limit_state(settings: JobSettings) -> LimitState:
     per_model = {
         name: LimitSpec(**{**default.__dict__, **value}) for name, value in limits.items() if isinstance(value, dict)
     }
-    return LimitState(settings.concurrency, per_model, default, headroom=settings.headroom, now=anyio.current_time())
+    return LimitState(settings.concurrency, per_model, default, headroom=settings.headroom)
 
 
 class Job:

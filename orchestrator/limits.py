@@ -162,7 +162,6 @@ class LimitState:
         *,
         headroom: float = 0.97,
         burst: float = 0.5,
-        now: float = 0.0,
     ) -> None:
         self.max_concurrency = concurrency
         self.allowed = float(concurrency)

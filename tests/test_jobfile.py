@@ -220,3 +220,22 @@ def test_input_is_read_as_a_stream(tmp_path: Path) -> None:
     assert count == 200_000
     assert path.stat().st_size > 15_000_000
     assert peak < 2_000_000  # a few lines at a time, not the 15 MB file
+
+
+def test_spec_limits_for_every_model_and_per_model(tmp_path: Path) -> None:
+    from orchestrator.engine import limit_state
+    from orchestrator.limits import LimitSpec
+    from orchestrator.models import JobSettings
+
+    (tmp_path / "a.txt").write_text("x\n")
+    path = tmp_path / "job.toml"
+    path.write_text('inputs = ["a.txt"]\n[limits]\nrpm = 100\n[limits."claude-opus-5"]\notpm = 9000\n')
+    spec = load_spec(path, {})
+    assert spec.limits == {"rpm": 100, "claude-opus-5": {"otpm": 9000}}
+    state = limit_state(JobSettings(limits=spec.limits))
+    assert state.model("claude-haiku-4-5", 0.0).spec == LimitSpec(rpm=100)
+    assert state.model("claude-opus-5", 0.0).spec == LimitSpec(rpm=100, otpm=9000)
+    path.write_text('inputs = ["a.txt"]\n[limits]\nrpm = -1\n[limits.m]\nfoo = 3\n')
+    with pytest.raises(JobFileError) as caught:
+        load_spec(path, {})
+    assert str(caught.value).count("[limits]") == 2

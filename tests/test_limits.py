@@ -28,7 +28,7 @@ def state(
     spec: LimitSpec, concurrency: int = 100, headroom: float = 1.0, burst: float = 1.0, probe: bool = False
 ) -> LimitState:
     """A limiter state; unless ``probe``, as if the first response had already come back."""
-    limits = LimitState(concurrency, default=spec, headroom=headroom, burst=burst, now=0.0)
+    limits = LimitState(concurrency, default=spec, headroom=headroom, burst=burst)
     limits.model(M, 0.0).probing = probe
     return limits
 

@@ -192,3 +192,14 @@ async def test_overload_lowers_concurrency(simulate: Simulate, tmp_path: Path) -
     assert summary.counts["succeeded"] == 40
     assert job_run.limiter.state.cuts >= 1
     assert sim.stats.faults_injected["overloaded"] > 0
+
+
+async def test_retries_are_bounded_in_time_too(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "never <<sim-fault: overloaded>>"}])
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        assert await run(job, out, url, "--retry-max-seconds", "0", "--max-attempts", "50") == 0
+    line = results(out)[0]
+    assert line["result"]["type"] == "errored"
+    assert line["attempts"] == 1
+    assert sim.stats.outcomes["overloaded"] == 1
