@@ -93,6 +93,28 @@ async def naive(url: str, count: int, padding: int, concurrency: int) -> None:
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
+def run_argv(job: Path, url: str, results: Path, concurrency: int, *extra: str) -> list[str]:
+    """``python`` arguments of an ``orchestrator run`` of ``job`` against the simulator at ``url``."""
+    return [
+        "-m",
+        "orchestrator",
+        "run",
+        str(job),
+        "--base-url",
+        url,
+        "--results",
+        str(results),
+        "--quiet",
+        "--concurrency",
+        str(concurrency),
+        "--model",
+        MODEL,
+        "--max-attempts",
+        "10",
+        *extra,
+    ]
+
+
 def client_process(
     kind: str, url: str, count: int, padding: int, concurrency: int, workdir: Path
 ) -> subprocess.Popen[bytes]:
@@ -111,21 +133,7 @@ def client_process(
         ]
     else:
         job = write_job(workdir / f"job-{kind}.jsonl", count, padding)
-        args = [
-            "-m",
-            "orchestrator",
-            "run",
-            str(job),
-            "--base-url",
-            url,
-            "--results",
-            str(workdir / kind),
-            "--quiet",
-            "--concurrency",
-            str(concurrency),
-            "--model",
-            MODEL,
-        ]
+        args = run_argv(job, url, workdir / kind, concurrency)
     return subprocess.Popen(
         [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -176,26 +184,7 @@ def recovery(strategy: str, count: int, concurrency: int) -> dict[str, int]:
             job = write_job(Path(tmp) / "job.jsonl", count, 0)
             env = {**os.environ, "ANTHROPIC_API_KEY": "sk-bench"}
             subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "orchestrator",
-                    "run",
-                    str(job),
-                    "--base-url",
-                    url,
-                    "--results",
-                    f"{tmp}/out",
-                    "--quiet",
-                    "--concurrency",
-                    str(concurrency),
-                    "--model",
-                    MODEL,
-                    "--recover",
-                    strategy,
-                    "--max-attempts",
-                    "10",
-                ],
+                [sys.executable, *run_argv(job, url, Path(tmp) / "out", concurrency, "--recover", strategy)],
                 cwd=ROOT,
                 env=env,
                 check=True,

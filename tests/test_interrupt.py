@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,10 +16,9 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator.jobfile import Loaded, load_spec, read_requests
-from orchestrator.simulator import Simulator, SimulatorConfig, Stats, Timing
-from orchestrator.simulator.replies import plan_reply
+from orchestrator.simulator import SimulatorConfig, Stats, Timing
 from tests.conftest import Running
+from tests.helpers import expected_replies, query, read_results, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -33,40 +31,20 @@ def write_prompts(path: Path, prompts: list[str]) -> Path:
     return path
 
 
-def expected_texts(sim: Simulator, job: Path) -> dict[str, str]:
-    out = {}
-    for item in read_requests(load_spec(job, {})):
-        assert isinstance(item, Loaded)
-        plan = plan_reply(sim.config.seed, item.params, sim.config.reply_min, sim.config.reply_max)
-        out[item.custom_id] = "".join(plan.tokens)
-    return out
-
-
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(db)
-    try:
-        return connection.execute(sql).fetchall()
-    finally:
-        connection.close()
-
-
 def ok_at_least(count: int, stats: Stats) -> bool:
     return stats.outcomes["ok"] >= count
 
 
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "orchestrator", *args]
-
-
 def results(path: Path) -> dict[str, dict[str, Any]]:
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    """custom_id -> results line, checking that no custom_id has two."""
+    lines = read_results(path)
     by_id = {line["custom_id"]: line for line in lines}
     assert len(by_id) == len(lines), "a custom_id has more than one result"
     return by_id
 
 
-def text_of(line: dict[str, Any]) -> str:
-    return "".join(b["text"] for b in line["result"]["message"]["content"])
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "orchestrator", *args]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -97,10 +75,15 @@ async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(
         message = errors.read_text()
         assert f"Resume with: orchestrator resume {db}" in message
         attempts = query(db, "SELECT outcome, output_tokens, partial FROM attempts ORDER BY request_id")
-        assert [(a[0], a[1]) for a in attempts] == [("interrupted", 3 + i) for i in range(6)]
-        expected = expected_texts(sim, job)
+        expected = expected_replies(sim, job)
+        # The server had sent 3 + i deltas to stream i; the client may not have read the last of
+        # them when the signal came (the exact checkpoint is tested in process, without a race).
+        assert [a[0] for a in attempts] == ["interrupted"] * 6
+        assert all(tokens <= 3 + i for i, (_, tokens, _) in enumerate(attempts))
+        assert sum(tokens for _, tokens, _ in attempts) > 0
         for (_, _, partial), full in zip(attempts, expected.values(), strict=True):
-            assert full.startswith(json.loads(partial)["content"][0]["text"])
+            if partial is not None:
+                assert full.startswith(json.loads(partial)["content"][0]["text"])
         assert query(db, "SELECT DISTINCT state FROM requests") == [("pending",)]
 
         resumed = await anyio.run_process(cli("resume", str(db), "--quiet"), env=ENV, check=False)
@@ -134,7 +117,7 @@ async def test_second_ctrl_c_exits_at_once_and_the_database_stays_consistent(
         assert query(out / "job.sqlite", "PRAGMA integrity_check") == [("ok",)]
         resumed = await anyio.run_process(cli("resume", str(out / "job.sqlite"), "--quiet"), env=ENV, check=False)
         assert resumed.returncode == 0, resumed.stderr.decode()
-        expected = expected_texts(sim, job)
+        expected = expected_replies(sim, job)
     assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected
 
 
@@ -182,7 +165,7 @@ async def test_kill_9_at_several_points_loses_nothing_and_duplicates_nothing(
             assert len(done) >= len(kept)
         final = await anyio.run_process([*argv, "--base-url", url], env=ENV, check=False)
         assert final.returncode == 0, final.stderr.decode()
-        expected = expected_texts(sim, job)
+        expected = expected_replies(sim, job)
     lines = results(out / "results.jsonl")
     assert len(lines) == count
     assert {cid: text_of(line) for cid, line in lines.items()} == expected

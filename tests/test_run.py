@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -17,47 +16,15 @@ from orchestrator.engine import Job
 from orchestrator.jobfile import load_spec, read_requests
 from orchestrator.models import JobSettings
 from orchestrator.progress import Quiet
-from orchestrator.simulator import Simulator, SimulatorConfig
-from orchestrator.simulator.replies import plan_reply
+from orchestrator.simulator import SimulatorConfig
 from orchestrator.store import open_store
 from tests.conftest import INSTANT, Running
+from tests.helpers import query, read_results, reply_of, text_of, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
 FAST = ["--quiet", "--checkpoint-interval", "0.05"]
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
-
-
-def expected_text(sim: Simulator, params: dict[str, Any]) -> str:
-    plan = plan_reply(sim.config.seed, params, sim.config.reply_min, sim.config.reply_max)
-    return "".join(plan.tokens)
-
-
-def read_results(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def text_of(line: dict[str, Any]) -> str:
-    return "".join(b["text"] for b in line["result"]["message"]["content"] if b["type"] == "text")
-
-
-def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    connection = sqlite3.connect(db)
-    try:
-        return connection.execute(sql, args).fetchall()
-    finally:
-        connection.close()
 
 
 def job_inputs(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
@@ -121,7 +88,7 @@ async def test_every_input_kind_runs_to_the_end(simulate: Simulate, tmp_path: Pa
     params = {item.custom_id: item.params for item in read_requests(spec)}  # type: ignore[union-attr]
     for line in lines:
         assert line["result"]["type"] == "succeeded"
-        assert text_of(line) == expected_text(sim, params[line["custom_id"]])
+        assert text_of(line) == reply_of(sim, params[line["custom_id"]])
         assert line["attempts"] == 1
         assert line["billed_usage"]["output_tokens"] == line["result"]["message"]["usage"]["output_tokens"]
         assert set(line["timing"]) == {"queued_at", "started_at", "first_token_at", "finished_at"}
@@ -215,7 +182,7 @@ async def test_broken_streams_are_retried_and_their_partial_output_is_kept(
             ["run", str(job), "--base-url", url, "--results", str(out), "--recover", recover, *FAST]
         )
         params = {i.custom_id: i.params for i in read_requests(load_spec(job, {}))}  # type: ignore[union-attr]
-        expected = {cid: expected_text(sim, p) for cid, p in params.items()}
+        expected = {cid: reply_of(sim, p) for cid, p in params.items()}
     assert status == 0
     lines = read_results(out / "results.jsonl")
     assert all(line["attempts"] == 2 for line in lines)
@@ -312,7 +279,7 @@ async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
         for custom_id, snapshot, outcome in partial:
             assert outcome is None  # still in flight when read
             text = json.loads(snapshot)["content"][0]["text"]
-            assert expected_text(sim, params[custom_id]).startswith(text)
+            assert reply_of(sim, params[custom_id]).startswith(text)
             assert text
         stopped = query(db, "SELECT outcome, reason, output_tokens FROM attempts ORDER BY request_id")
         assert stopped == [("interrupted", None, 3 + i) for i in range(4)]
@@ -324,7 +291,7 @@ async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
     assert [row["attempts"] for row in results] == [2, 2, 2, 2]
     for row in results:
         text = "".join(b["text"] for b in row["result"]["content"])
-        assert text == expected_text(sim, params[row["custom_id"]])
+        assert text == reply_of(sim, params[row["custom_id"]])
 
 
 async def test_changed_job_is_refused_unless_allowed(

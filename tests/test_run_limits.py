@@ -6,53 +6,21 @@ import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 
 from orchestrator.cli import run_command
-from orchestrator.engine import Job
-from orchestrator.jobfile import Loaded, load_spec, read_requests
 from orchestrator.models import JobSettings
-from orchestrator.progress import Quiet
-from orchestrator.simulator import FaultRates, Limits, Simulator, SimulatorConfig
-from orchestrator.simulator.replies import full_reply, plan_reply
-from orchestrator.store import open_store
+from orchestrator.simulator import FaultRates, Limits, SimulatorConfig
+from orchestrator.simulator.replies import full_reply
 from tests.conftest import INSTANT, Running
+from tests.helpers import expected_replies, read_results, run_in_process, text_of, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
 FAST = ["--quiet", "--checkpoint-interval", "0.05"]
-
-
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-
-
-def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-def results(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-
-
-def text_of(line: dict[str, Any]) -> str:
-    return "".join(b["text"] for b in line["result"]["message"]["content"] if b["type"] == "text")
-
-
-def uninterrupted(sim: Simulator, job: Path) -> dict[str, str]:
-    """The reply each request gets when nothing breaks (the fault directive is part of the prompt)."""
-    texts = {}
-    for item in read_requests(load_spec(job, {})):
-        assert isinstance(item, Loaded)
-        plan = plan_reply(sim.config.seed, item.params, sim.config.reply_min, sim.config.reply_max)
-        texts[item.custom_id] = "".join(plan.tokens)
-    return texts
 
 
 async def run(job: Path, out: Path, url: str, *extra: str) -> int:
@@ -74,8 +42,8 @@ async def test_multiple_breaks_are_continued_exactly(simulate: Simulate, tmp_pat
     out = tmp_path / "out"
     async with simulate() as (sim, _, url):
         assert await run(job, out, url) == 0
-        expected = uninterrupted(sim, job)
-    lines = results(out)
+        expected = expected_replies(sim, job)
+    lines = read_results(out)
     assert [text_of(line) for line in lines] == list(expected.values())
     assert lines[0]["attempts"] == 4
     assert lines[0]["recovery"]["breaks"] == 3
@@ -100,8 +68,8 @@ async def test_a_break_after_whitespace_is_trimmed_and_carried_over(simulate: Si
     out = tmp_path / "out"
     async with simulate() as (sim, _, url):
         assert await run(job, out, url) == 0
-        expected = uninterrupted(sim, job)
-    line = results(out)[0]
+        expected = expected_replies(sim, job)
+    line = read_results(out)[0]
     assert text_of(line) == expected["j-1"]
     assert line["recovery"]["kept_output_tokens"] == after
 
@@ -114,8 +82,8 @@ async def test_a_break_near_max_tokens_stops_where_the_uninterrupted_reply_would
     config = SimulatorConfig(timing=INSTANT, reply_min=100, reply_max=100)
     async with simulate(config) as (sim, _, url):
         assert await run(job, out, url) == 0
-        expected = uninterrupted(sim, job)
-    line = results(out)[0]
+        expected = expected_replies(sim, job)
+    line = read_results(out)[0]
     assert text_of(line) == expected["j-1"]
     assert line["result"]["message"]["stop_reason"] == "max_tokens"
     assert line["result"]["message"]["usage"]["output_tokens"] == 12
@@ -128,16 +96,16 @@ async def test_models_that_reject_prefill_restart_in_auto_and_continue_on_reques
     job = write_jsonl(tmp_path / "j.jsonl", lines)
     async with simulate() as (sim, _, url):
         assert await run(job, tmp_path / "auto", url) == 0
-        expected = uninterrupted(sim, job)
+        expected = expected_replies(sim, job)
         assert sim.stats.outcomes.get("invalid", 0) == 0  # never sent a prefill the model rejects
     async with simulate() as (sim, _, url):  # a fresh simulator: the fault hits the first attempt again
         assert await run(job, tmp_path / "cont", url, "--recover", "continue") == 0
         assert sim.stats.outcomes.get("invalid", 0) == 0
-    restarted = results(tmp_path / "auto")[0]
+    restarted = read_results(tmp_path / "auto")[0]
     assert text_of(restarted) == expected["j-1"]
     assert "recovery" not in restarted
     assert restarted["billed_usage"]["output_tokens"] == restarted["result"]["message"]["usage"]["output_tokens"] + 10
-    continued = results(tmp_path / "cont")[0]
+    continued = read_results(tmp_path / "cont")[0]
     assert continued["recovery"] == {"strategy": "continue", "exact": False, "kept_output_tokens": 10, "breaks": 1}
     assert text_of(continued).startswith(expected["j-1"][:20])
 
@@ -164,13 +132,9 @@ async def test_a_429_pauses_the_pool_instead_of_a_herd_of_retries(simulate: Simu
     # The client believes it may send 6,000 a minute; the server allows 600 (10/s, a bucket of 10).
     job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(25)])
     config = SimulatorConfig(timing=INSTANT, limits=Limits(rpm=600, burst_seconds=1))
+    settings = JobSettings(concurrency=16, limits={"rpm": 6000}, backoff_base=0.01)
     async with simulate(config) as (sim, client, _):
-        spec = load_spec(job, {})
-        async with open_store(tmp_path / "job.sqlite") as store:
-            await store.load(spec.name, {}, spec.fingerprint(), read_requests(spec))
-            settings = JobSettings(concurrency=16, limits={"rpm": 6000}, backoff_base=0.01)
-            job_run = Job(store, client, settings, Quiet())
-            summary = await job_run.run(handle_signals=False)
+        job_run, summary = await run_in_process(job, tmp_path / "job.sqlite", client, settings)
     assert summary.complete
     assert summary.counts["succeeded"] == 25
     assert job_run.limiter.state.pauses >= 1
@@ -181,14 +145,10 @@ async def test_a_429_pauses_the_pool_instead_of_a_herd_of_retries(simulate: Simu
 async def test_overload_lowers_concurrency(simulate: Simulate, tmp_path: Path) -> None:
     job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(40)])
     config = SimulatorConfig(timing=INSTANT, faults=FaultRates(overloaded=0.3, error_event=0.1))
+    settings = JobSettings(concurrency=10, backoff_base=0.001, max_attempts=20)
     async with simulate(config) as (sim, client, _):
-        spec = load_spec(job, {})
-        async with open_store(tmp_path / "job.sqlite") as store:
-            await store.load(spec.name, {}, spec.fingerprint(), read_requests(spec))
-            settings = JobSettings(concurrency=10, backoff_base=0.001, max_attempts=20)
-            job_run = Job(store, client, settings, Quiet())
-            with anyio.fail_after(30):
-                summary = await job_run.run(handle_signals=False)
+        with anyio.fail_after(30):
+            job_run, summary = await run_in_process(job, tmp_path / "job.sqlite", client, settings)
     assert summary.counts["succeeded"] == 40
     assert job_run.limiter.state.cuts >= 1
     assert sim.stats.faults_injected["overloaded"] > 0
@@ -199,7 +159,7 @@ async def test_retries_are_bounded_in_time_too(simulate: Simulate, tmp_path: Pat
     out = tmp_path / "out"
     async with simulate() as (sim, _, url):
         assert await run(job, out, url, "--retry-max-seconds", "0", "--max-attempts", "50") == 0
-    line = results(out)[0]
+    line = read_results(out)[0]
     assert line["result"]["type"] == "errored"
     assert line["attempts"] == 1
     assert sim.stats.outcomes["overloaded"] == 1

@@ -1,0 +1,73 @@
+"""Helpers shared by the end-to-end tests: job files, results, the simulator's expected replies."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anthropic
+
+from orchestrator.engine import Job, Summary
+from orchestrator.jobfile import Loaded, load_spec, read_requests
+from orchestrator.models import JobSettings
+from orchestrator.progress import Quiet
+from orchestrator.simulator import Simulator
+from orchestrator.simulator.replies import plan_reply
+from orchestrator.store import open_store
+
+
+def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The lines of a results.jsonl (or of ``path/results.jsonl`` for a results folder)."""
+    if path.is_dir():
+        path = path / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def text_of(line: dict[str, Any]) -> str:
+    """The text of a succeeded results line."""
+    return "".join(b["text"] for b in line["result"]["message"]["content"] if b["type"] == "text")
+
+
+def reply_of(sim: Simulator, params: dict[str, Any]) -> str:
+    """What the simulator answers to these params when nothing breaks."""
+    return "".join(plan_reply(sim.config.seed, params, sim.config.reply_min, sim.config.reply_max).tokens)
+
+
+def params_of(job: Path, cli_defaults: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    found = {}
+    for item in read_requests(load_spec(job, cli_defaults or {})):
+        assert isinstance(item, Loaded)
+        found[item.custom_id] = item.params
+    return found
+
+
+def expected_replies(sim: Simulator, job: Path) -> dict[str, str]:
+    """custom_id -> the uninterrupted reply, for every request of a job file."""
+    return {custom_id: reply_of(sim, params) for custom_id, params in params_of(job).items()}
+
+
+def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute(sql, args).fetchall()
+    finally:
+        connection.close()
+
+
+async def run_in_process(
+    job: Path, db: Path, client: anthropic.AsyncAnthropic, settings: JobSettings
+) -> tuple[Job, Summary]:
+    """Load a job file into a new store and run it with the engine directly."""
+    spec = load_spec(job, {})
+    async with open_store(db) as store:
+        await store.load(spec.name, {"argv": []}, spec.fingerprint(), read_requests(spec))
+        running = Job(store, client, settings, Quiet())
+        summary = await running.run(handle_signals=False)
+    return running, summary
