@@ -63,13 +63,14 @@ class _Block:
 class Accumulator:
     """Feeds on one stream's events; ``message()`` is the final message, ``snapshot()`` the partial one."""
 
-    __slots__ = ("_blocks", "_message", "deltas", "done")
+    __slots__ = ("_blocks", "_counted", "_message", "deltas", "done")
 
     def __init__(self) -> None:
         self._message: dict[str, Any] | None = None
         self._blocks: list[_Block] = []
         self.deltas = 0  # content deltas received
         self.done = False  # message_stop received
+        self._counted = False  # a message_delta has given the real output count
 
     def feed(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -113,6 +114,7 @@ class Accumulator:
         usage = message.setdefault("usage", {})
         reported = event.get("usage", {})
         usage["output_tokens"] = reported.get("output_tokens", 0)
+        self._counted = True
         for key in _USAGE_OPTIONAL:
             value = reported.get(key)
             if value is not None:
@@ -137,9 +139,12 @@ class Accumulator:
 
     @property
     def output_tokens(self) -> int:
-        """Output tokens so far: the server's count once given, else one per delta received."""
-        reported: int = self.usage.get("output_tokens") or 0
-        return reported if self.done else max(reported, self.deltas)
+        """Output tokens so far: the server's count once a message_delta gave it, else one per delta
+        received (message_start's count is a placeholder)."""
+        if self._counted:
+            reported: int = self.usage.get("output_tokens") or 0
+            return reported
+        return self.deltas
 
     def content(self, final: bool = False) -> list[dict[str, Any]]:
         return [block.build(final) for block in self._blocks]

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,7 +23,10 @@ from orchestrator.errors import JobAborted, JobChangedError, OrchestratorError, 
 from orchestrator.export import export_results
 from orchestrator.jobfile import load_spec, read_requests
 from orchestrator.models import JobSettings, State
+from orchestrator.pricing import load_prices
 from orchestrator.progress import Snapshot, describe, make_view
+from orchestrator.report import Filters, find_databases, job_report, render_csv, render_json, render_text
+from orchestrator.report_html import render_html
 from orchestrator.simulator import FaultKind, FaultRates, Limits, Simulator, SimulatorConfig, Timing, serve
 from orchestrator.store import open_store
 
@@ -171,6 +175,7 @@ def _print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
 
 async def _run(args: argparse.Namespace) -> int:
     job_path = Path(args.job)
+    prices_path = Path(args.prices) if args.prices else None
     spec = load_spec(job_path, _request_defaults(args)) if job_path.exists() or args.db is None else None
     results_dir = Path(args.results) if args.results else (spec.results if spec and spec.results else None)
     if results_dir is None:
@@ -202,7 +207,7 @@ async def _run(args: argparse.Namespace) -> int:
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
         async with _client(args, settings) as client:
             view = make_view(total, done, quiet=args.quiet)
-            summary = await Job(store, client, settings, view).run()
+            summary = await Job(store, client, settings, view, load_prices(prices_path)).run()
         out = results_dir / "results.jsonl"
         written, _ = await export_results(store, out)
     if not args.quiet or summary.aborted or summary.stopped:
@@ -285,6 +290,45 @@ async def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(text: str) -> float:
+    """A date or date-time (ISO 8601; UTC unless it says otherwise) as unix time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+async def _report(args: argparse.Namespace) -> int:
+    prices = load_prices(Path(args.prices) if args.prices else None)
+    databases = find_databases([Path(p) for p in args.db])
+    if not databases:
+        raise UserError(f"no job database found in {', '.join(args.db)}")
+    filters = Filters(since=args.since, until=args.until, models=tuple(args.model))
+    reports = []
+    for db in databases:
+        if not db.exists():
+            raise UserError(f"{db}: no such job database")
+        async with open_store(db, create=False) as store:
+            reports.append(await job_report(store, db, prices, filters))
+    if args.format == "json":
+        text = render_json(reports, prices)
+    elif args.format == "csv":
+        text = render_csv(reports)
+    elif args.format == "html":
+        text = render_html(reports, prices)
+    else:
+        text = render_text(reports, prices)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 # -- parser --------------------------------------------------------------------------------
 
 
@@ -295,6 +339,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="results folder (default: results/<job name>)")
     parser.add_argument("--allow-changed", action="store_true", help="update a job whose job file has changed")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
     group = parser.add_argument_group("running")
     group.add_argument("--concurrency", type=int, help=f"streams at once (default {SETTINGS_DEFAULTS.concurrency})")
     group.add_argument("--max-attempts", type=int, help=f"per request (default {SETTINGS_DEFAULTS.max_attempts})")
@@ -345,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="rewrite results.jsonl from the database")
     export.add_argument("db")
     export.add_argument("--out")
+    report = commands.add_parser("report", help="usage, cost, latency and throughput of jobs")
+    report.add_argument("db", nargs="+", help="job databases, or folders of them (such as results/)")
+    report.add_argument("--format", choices=["text", "json", "csv", "html"], default="text")
+    report.add_argument("--out", help="write to this file instead of standard output")
+    report.add_argument("--prices", help="a prices file (JSON, as orchestrator/data/prices.json) to override with")
+    report.add_argument("--since", type=_when, help="requests finished (attempts started) from this date-time")
+    report.add_argument("--until", type=_when, help="... and before this one")
+    report.add_argument("--model", action="append", default=[], help="only this model (id or family); repeatable")
     simulate = commands.add_parser("simulate", help="run the Anthropic-compatible simulator")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8765)
@@ -360,7 +413,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         resumed.db = args.db
         resumed.quiet = resumed.quiet or args.quiet
         return await _run(resumed)
-    handlers = {"run": _run, "status": _status, "export": _export, "simulate": _simulate}
+    handlers = {"run": _run, "status": _status, "export": _export, "report": _report, "simulate": _simulate}
     return await handlers[args.command](args)
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from decimal import Decimal
 
 import anthropic
 import anyio
@@ -21,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from orchestrator.limits import Limiter, LimitSpec, LimitState
 from orchestrator.models import JobSettings, Request, State, Usage
+from orchestrator.pricing import PriceTable
 from orchestrator.progress import Snapshot, View
 from orchestrator.retry import Failure
 from orchestrator.store import Store
@@ -73,8 +75,17 @@ def limit_state(settings: JobSettings) -> LimitState:
 class Job:
     """One run of a job: ``await job.run()``; ``job.stop()`` is what the first Ctrl-C does."""
 
-    def __init__(self, store: Store, client: anthropic.AsyncAnthropic, settings: JobSettings, view: View) -> None:
+    def __init__(
+        self,
+        store: Store,
+        client: anthropic.AsyncAnthropic,
+        settings: JobSettings,
+        view: View,
+        prices: PriceTable | None = None,
+    ) -> None:
         self.store = store
+        self.prices = prices
+        self._billed_before: dict[str, Usage] = {}
         self.settings = settings
         self.view = view
         self.writer = Writer(store, settings.checkpoint_interval)
@@ -98,6 +109,23 @@ class Job:
             self.aborted = failure
         self._work.cancel()
 
+    def cost(self) -> Decimal | None:
+        """USD billed so far by the whole job (earlier runs, ended and live attempts of this one)."""
+        if self.prices is None:
+            return None
+        billed: dict[str, Usage] = {}
+        usages = [*self._billed_before.items(), *self.writer.tally.billed_by_model.items()]
+        usages += [(live.model, live.usage()) for live in self.writer.live.values()]
+        for model, usage in usages:
+            billed.setdefault(model, Usage()).add(usage)
+        total = Decimal(0)
+        for model, usage in billed.items():
+            cost = self.prices.cost(model, usage)
+            if cost is None:
+                return None
+            total += cost
+        return total
+
     def snapshot(self) -> Snapshot:
         writer, before = self.writer, self._before
         tally = writer.tally
@@ -111,6 +139,7 @@ class Job:
             output_tokens=tally.billed.output_tokens + writer.live_output_tokens(),
             elapsed=anyio.current_time() - self._started,
             done_this_run=finished,
+            cost=self.cost(),
         )
 
     async def _show_progress(self) -> None:
@@ -136,6 +165,7 @@ class Job:
         store, settings, writer = self.store, self.settings, self.writer
         await store.recover()
         self._before = await store.counts()
+        self._billed_before = await store.billed_by_model(None, None)
         self._started = anyio.current_time()
         writer_done = anyio.Event()
 

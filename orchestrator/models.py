@@ -69,14 +69,16 @@ class Request:
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0  # all cache writes, 5-minute and 1-hour
     cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0  # the 1-hour writes among them (priced higher)
 
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
         self.cache_creation_input_tokens += other.cache_creation_input_tokens
         self.cache_read_input_tokens += other.cache_read_input_tokens
+        self.cache_creation_1h_input_tokens += other.cache_creation_1h_input_tokens
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -84,15 +86,19 @@ class Usage:
             "output_tokens": self.output_tokens,
             "cache_creation_input_tokens": self.cache_creation_input_tokens,
             "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_creation_1h_input_tokens": self.cache_creation_1h_input_tokens,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Usage:
+        """From an API usage object (its ``cache_creation`` breakdown gives the 1-hour writes)."""
+        breakdown = data.get("cache_creation") or {}
         return cls(
             input_tokens=data.get("input_tokens") or 0,
             output_tokens=data.get("output_tokens") or 0,
             cache_creation_input_tokens=data.get("cache_creation_input_tokens") or 0,
             cache_read_input_tokens=data.get("cache_read_input_tokens") or 0,
+            cache_creation_1h_input_tokens=breakdown.get("ephemeral_1h_input_tokens") or 0,
         )
 
 

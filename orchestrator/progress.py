@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import IO, Protocol
 
 from tqdm import tqdm
@@ -23,6 +24,7 @@ class Snapshot:
     output_tokens: int  # this run, billed and in flight
     elapsed: float  # seconds of this run
     done_this_run: int
+    cost: Decimal | None = None  # USD billed so far by the whole job; None if a model is unpriced
 
 
 def _rates(s: Snapshot) -> tuple[float, float, float | None]:
@@ -42,11 +44,15 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def _cost(s: Snapshot) -> str:
+    return "cost unpriced" if s.cost is None else f"${s.cost:,.4f}"
+
+
 def describe(s: Snapshot) -> str:
     per_minute, tokens_per_second, eta = _rates(s)
     return (
         f"{s.done:,}/{s.total:,} done, {s.in_flight} in flight, {s.failed} failed, {s.retries} retries, "
-        f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, ETA {_duration(eta)}"
+        f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(s)}, ETA {_duration(eta)}"
     )
 
 
@@ -73,7 +79,7 @@ class Bar:
         per_minute, tokens_per_second, _ = _rates(snapshot)
         self._bar.set_postfix_str(
             f"in flight {snapshot.in_flight}, failed {snapshot.failed}, retries {snapshot.retries}, "
-            f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min",
+            f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(snapshot)}",
             refresh=False,
         )
         self._bar.update(snapshot.done - self._done)

@@ -86,10 +86,15 @@ async def _recovery(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE requests ADD COLUMN recovery TEXT")
 
 
+async def _cache_1h(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE attempts ADD COLUMN cache_creation_1h_input_tokens INTEGER NOT NULL DEFAULT 0")
+
+
 # Append only: a migration, once released, is never edited or reordered.
 MIGRATIONS: list[tuple[str, Callable[[aiosqlite.Connection], Awaitable[None]]]] = [
     ("0001_initial", _initial),
     ("0002_request_recovery", _recovery),
+    ("0003_attempt_cache_1h", _cache_1h),
 ]
 
 
@@ -301,8 +306,9 @@ class Store:
             if all_checkpoints:
                 await db.executemany(
                     """UPDATE attempts SET partial = ?, message_id = ?, input_tokens = ?, output_tokens = ?,
-                         cache_creation_input_tokens = ?, cache_read_input_tokens = ?, first_token_at = ?,
-                         checkpoint_at = ? WHERE request_id = ? AND number = ?""",
+                         cache_creation_input_tokens = ?, cache_read_input_tokens = ?,
+                         cache_creation_1h_input_tokens = ?, first_token_at = ?, checkpoint_at = ?
+                       WHERE request_id = ? AND number = ?""",
                     [_checkpoint_row(c) for c in all_checkpoints],
                 )
             if ended:
@@ -362,7 +368,8 @@ class Store:
         """Tokens billed over every attempt of the job."""
         async with self.db.execute(
             "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
-            "COALESCE(SUM(cache_creation_input_tokens), 0), COALESCE(SUM(cache_read_input_tokens), 0) FROM attempts"
+            "COALESCE(SUM(cache_creation_input_tokens), 0), COALESCE(SUM(cache_read_input_tokens), 0), "
+            "COALESCE(SUM(cache_creation_1h_input_tokens), 0) FROM attempts"
         ) as cursor:
             row = await cursor.fetchone()
         assert row is not None
@@ -379,7 +386,7 @@ class Store:
             """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
                       r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
                       COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
-                      r.recovery
+                      COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery
                FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
         ) as cursor:
             async for row in cursor:
@@ -394,8 +401,61 @@ class Store:
                         "first_token_at": row[6],
                         "finished_at": row[7],
                     },
-                    "billed": Usage(*row[8:12]),
-                    "recovery": None if row[12] is None else json.loads(row[12]),
+                    "billed": Usage(*row[8:13]),
+                    "recovery": None if row[13] is None else json.loads(row[13]),
+                }
+
+    # -- reports ------------------------------------------------------------------
+
+    async def billed_by_model(self, since: float | None, until: float | None) -> dict[str, Usage]:
+        """Tokens billed over the attempts started in [since, until), by requested model."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), SUM(a.input_tokens), SUM(a.output_tokens),
+                      SUM(a.cache_creation_input_tokens), SUM(a.cache_read_input_tokens),
+                      SUM(a.cache_creation_1h_input_tokens)
+               FROM attempts a JOIN requests r ON r.id = a.request_id
+               WHERE a.started_at >= COALESCE(?, a.started_at) AND a.started_at < COALESCE(?, a.started_at + 1)
+               GROUP BY 1""",
+            (since, until),
+        ) as cursor:
+            return {row[0]: Usage(*row[1:]) async for row in cursor}
+
+    async def failed_attempts(self, since: float | None, until: float | None) -> list[tuple[str, str, int]]:
+        """(model, reason, count) of the attempts that did not succeed, started in [since, until)."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), COALESCE(a.reason, a.outcome), COUNT(*)
+               FROM attempts a JOIN requests r ON r.id = a.request_id
+               WHERE a.outcome != 'succeeded'
+                 AND a.started_at >= COALESCE(?, a.started_at) AND a.started_at < COALESCE(?, a.started_at + 1)
+               GROUP BY 1, 2""",
+            (since, until),
+        ) as cursor:
+            return [(row[0], row[1], row[2]) async for row in cursor]
+
+    async def request_outcomes(self, since: float | None, until: float | None) -> AsyncIterator[dict[str, Any]]:
+        """Each request (finished in [since, until) when a range is given): model, state, times, what
+        its final message holds, its error, and the time to first token of its successful attempt."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), r.state, r.started_at, r.finished_at,
+                      json_extract(r.result, '$.usage'), json_extract(r.result, '$.error.type'),
+                      json_extract(r.result, '$.error.message'),
+                      (SELECT a.first_token_at - a.started_at FROM attempts a
+                       WHERE a.request_id = r.id AND a.outcome = 'succeeded')
+               FROM requests r
+               WHERE (? IS NULL AND ? IS NULL)
+                  OR (r.finished_at >= COALESCE(?, r.finished_at) AND r.finished_at < COALESCE(?, r.finished_at + 1))
+               ORDER BY r.id""",
+            (since, until, since, until),
+        ) as cursor:
+            async for row in cursor:
+                yield {
+                    "model": row[0],
+                    "state": row[1],
+                    "started_at": row[2],
+                    "finished_at": row[3],
+                    "kept": None if row[4] is None else Usage.from_dict(json.loads(row[4])),
+                    "error": None if row[5] is None else (row[5], row[6] or ""),
+                    "ttft": row[7],
                 }
 
 
@@ -407,6 +467,7 @@ def _checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
         c.usage.output_tokens,
         c.usage.cache_creation_input_tokens,
         c.usage.cache_read_input_tokens,
+        c.usage.cache_creation_1h_input_tokens,
         c.first_token_at,
         c.at,
         c.request_id,

@@ -31,6 +31,7 @@ class LiveAttempt:
     request_id: int
     number: int
     started_at: float
+    model: str = ""
     acc: Accumulator = field(default_factory=Accumulator)
     first_token_at: float | None = None
     checkpointed: int = -1  # deltas at the last checkpoint
@@ -43,11 +44,16 @@ class LiveAttempt:
     def dirty(self) -> bool:
         return self.acc.deltas != self.checkpointed
 
+    def usage(self) -> Usage:
+        """What this attempt has been billed so far."""
+        usage = Usage.from_dict(self.acc.usage)
+        usage.output_tokens = self.acc.output_tokens
+        return usage
+
     def checkpoint(self, now: float) -> Checkpoint:
         self.checkpointed = self.acc.deltas
         acc = self.acc
-        usage = Usage.from_dict(acc.usage)
-        usage.output_tokens = acc.output_tokens
+        usage = self.usage()
         return Checkpoint(
             request_id=self.request_id,
             number=self.number,
@@ -170,7 +176,7 @@ class RequestRunner:
         while True:
             params = next_params(request.params, recovery)
             number += 1
-            live = LiveAttempt(request.id, number, time.time())
+            live = LiveAttempt(request.id, number, time.time(), request.params["model"])
             if params is None:  # the kept reply already holds every token asked for
                 await self.sink.started(live)
                 message = finish_without_continuation(recovery)

@@ -28,6 +28,7 @@ class Tally:
     finished: Counter[State] = field(default_factory=Counter)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     billed: Usage = field(default_factory=Usage)  # over ended attempts
+    billed_by_model: dict[str, Usage] = field(default_factory=dict)
     commits: int = 0
     checkpoints: int = 0  # checkpoints of attempts in flight
     retries: int = 0  # attempts that failed and were tried again
@@ -86,9 +87,10 @@ class Writer:
                 checkpoints = [live.checkpoint(now) for live in self.live.values() if live.dirty]
                 next_checkpoint = anyio.current_time() + self.interval
             if closed:
-                records += [
-                    live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING) for live in self.live.values()
-                ]
+                for live in self.live.values():
+                    ended = live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING)
+                    self._bill(live, ended.checkpoint.usage)
+                    records.append(ended)
                 checkpoints = []
                 self.live.clear()
             if records or checkpoints:
@@ -100,8 +102,13 @@ class Writer:
         if isinstance(item, LiveAttempt):
             self.live[item.key] = item
             return AttemptStarted(item.request_id, item.number, item.started_at)
-        self.live.pop((item.checkpoint.request_id, item.checkpoint.number), None)
+        live = self.live.pop((item.checkpoint.request_id, item.checkpoint.number), None)
+        if live is not None:
+            self._bill(live, item.checkpoint.usage)
         return item
+
+    def _bill(self, live: LiveAttempt, usage: Usage) -> None:
+        self.tally.billed_by_model.setdefault(live.model, Usage()).add(usage)
 
     def _count(self, records: list[Record], checkpoints: int) -> None:
         tally = self.tally

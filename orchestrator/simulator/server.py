@@ -244,7 +244,6 @@ class Simulator:
                 "https://docs.claude.com/en/api/rate-limits."
             )
             return self._error(429, "rate_limit_error", message, request_id, retry_after=refusal.retry_after)
-        self.stats.input_tokens_billed += input_tokens
 
         config = self.config
         plan = plan_reply(config.seed, body, config.reply_min, config.reply_max)
@@ -267,6 +266,7 @@ class Simulator:
                 return self._error(529, "overloaded_error", "Overloaded", request_id)
             return self._error(500, "api_error", "Internal server error", request_id)
 
+        self.stats.input_tokens_billed += input_tokens  # refused requests are not billed
         if not body.get("stream", False):
             return await self._complete(body, plan, input_tokens, request_id)
         return await self._stream(request, body, plan, deltas, fault, input_tokens, request_id)

@@ -1,0 +1,88 @@
+"""Prices (a dated data file shipped with the package, overridable) and the cost of usage (pure).
+
+A model id is priced by its own entry, else by its family (the id without its date:
+``claude-haiku-4-5-20251001`` is priced as ``claude-haiku-4-5``); a model with neither is
+unpriced, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import UserError
+from orchestrator.modelinfo import family
+from orchestrator.models import Usage
+
+FIELDS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")
+MILLION = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per million tokens."""
+
+    input: Decimal
+    cache_write_5m: Decimal
+    cache_write_1h: Decimal
+    cache_read: Decimal
+    output: Decimal
+
+    def cost(self, usage: Usage) -> Decimal:
+        cache_1h = usage.cache_creation_1h_input_tokens
+        cache_5m = usage.cache_creation_input_tokens - cache_1h
+        return (
+            usage.input_tokens * self.input
+            + cache_5m * self.cache_write_5m
+            + cache_1h * self.cache_write_1h
+            + usage.cache_read_input_tokens * self.cache_read
+            + usage.output_tokens * self.output
+        ) / MILLION
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    as_of: str
+    source: str
+    models: dict[str, Price]
+
+    def price(self, model: str) -> Price | None:
+        return self.models.get(model) or self.models.get(family(model))
+
+    def cost(self, model: str, usage: Usage) -> Decimal | None:
+        price = self.price(model)
+        return None if price is None else price.cost(usage)
+
+
+def _parse(data: Any, where: str) -> tuple[str, dict[str, Price]]:
+    try:
+        models = {
+            name: Price(**{field: Decimal(str(entry[field])) for field in FIELDS})
+            for name, entry in data["models"].items()
+        }
+        return str(data.get("as_of", "undated")), models
+    except (KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+        raise UserError(
+            f"{where}: not a prices file ({exc!r}); expected "
+            '{"as_of": "YYYY-MM-DD", "models": {"<model>": {' + ", ".join(f'"{f}": N' for f in FIELDS) + "}}}"
+        ) from None
+
+
+def load_prices(override: Path | None = None) -> PriceTable:
+    """The shipped prices, with the models of ``override`` (same format) replacing or adding to them."""
+    shipped = json.loads(resources.files("orchestrator").joinpath("data/prices.json").read_text())
+    as_of, models = _parse(shipped, "the shipped prices")
+    source = f"shipped prices as of {as_of}"
+    if override is not None:
+        try:
+            data = json.loads(override.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{override}: cannot read prices: {exc}") from None
+        their_date, theirs = _parse(data, str(override))
+        models = {**models, **theirs}
+        source += f", overridden by {override} as of {their_date}"
+    return PriceTable(as_of=as_of, source=source, models=models)

@@ -1,0 +1,361 @@
+"""Usage, cost, latency and throughput of jobs, from their stores; rendered as text, JSON or CSV.
+
+Per job and per model: requests by outcome; tokens billed over every attempt (input, output,
+cache writes, cache reads) and what they cost; tokens kept in the final messages, so what
+retries and restarts wasted; latency percentiles of the successful requests; throughput;
+failed attempts by reason; the most frequent errors. Costs come from ``pricing``; a model
+without a price is reported as unpriced, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from orchestrator.modelinfo import family
+from orchestrator.models import State, Usage
+from orchestrator.pricing import PriceTable
+from orchestrator.store import Store
+
+PERCENTILES = (50, 90, 99)
+TIMELINE_BUCKETS = 60
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """The p-th percentile (nearest rank) of ``values``, or None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Figures:
+    """Everything reported for one model of one job, or summed over several."""
+
+    requests: Counter[str] = field(default_factory=Counter)  # by state
+    billed: Usage = field(default_factory=Usage)
+    kept: Usage = field(default_factory=Usage)
+    billed_cost: Decimal | None = Decimal(0)
+    kept_cost: Decimal | None = Decimal(0)
+    unpriced: set[str] = field(default_factory=set)
+    ttft: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    failed_attempts: Counter[str] = field(default_factory=Counter)  # by reason
+    errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, message)
+    first_start: float | None = None
+    last_finish: float | None = None
+    finishes: list[tuple[float, int]] = field(default_factory=list)  # (finished_at, output tokens kept)
+
+    def merge(self, other: Figures) -> None:
+        self.requests.update(other.requests)
+        self.billed.add(other.billed)
+        self.kept.add(other.kept)
+        self.billed_cost = _add(self.billed_cost, other.billed_cost)
+        self.kept_cost = _add(self.kept_cost, other.kept_cost)
+        self.unpriced |= other.unpriced
+        self.ttft += other.ttft
+        self.total += other.total
+        self.failed_attempts.update(other.failed_attempts)
+        self.errors.update(other.errors)
+        self.first_start = _min(self.first_start, other.first_start)
+        self.last_finish = _max(self.last_finish, other.last_finish)
+        self.finishes += other.finishes
+
+    @property
+    def wasted(self) -> Usage:
+        return Usage(*(b - k for b, k in zip(_tuple(self.billed), _tuple(self.kept), strict=True)))
+
+    @property
+    def wasted_cost(self) -> Decimal | None:
+        if self.billed_cost is None or self.kept_cost is None:
+            return None
+        return self.billed_cost - self.kept_cost
+
+    @property
+    def elapsed(self) -> float:
+        if self.first_start is None or self.last_finish is None:
+            return 0.0
+        return max(0.0, self.last_finish - self.first_start)
+
+    def per_minute(self, amount: float) -> float | None:
+        return amount / (self.elapsed / 60) if self.elapsed > 0 else None
+
+    def timeline(self, buckets: int = TIMELINE_BUCKETS) -> list[tuple[float, int, int]]:
+        """(seconds since the first start, requests finished, output tokens kept) per time slice."""
+        if self.first_start is None or not self.finishes:
+            return []
+        width = max(self.elapsed / buckets, 1e-9)
+        slices = [[0, 0] for _ in range(buckets)]
+        for finished, tokens in self.finishes:
+            index = min(buckets - 1, int((finished - self.first_start) / width))
+            slices[index][0] += 1
+            slices[index][1] += tokens
+        return [(i * width, n, tokens) for i, (n, tokens) in enumerate(slices)]
+
+
+def _tuple(usage: Usage) -> tuple[int, ...]:
+    return (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_creation_input_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_creation_1h_input_tokens,
+    )
+
+
+def _add(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return None if a is None or b is None else a + b
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _max(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+@dataclass
+class JobReport:
+    name: str
+    path: str
+    models: dict[str, Figures]
+
+    def total(self) -> Figures:
+        total = Figures()
+        for figures in self.models.values():
+            total.merge(figures)
+        return total
+
+
+@dataclass(frozen=True)
+class Filters:
+    since: float | None = None  # unix time
+    until: float | None = None
+    models: tuple[str, ...] = ()  # model ids or families
+
+    def keeps(self, model: str) -> bool:
+        return not self.models or model in self.models or family(model) in self.models
+
+
+async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filters) -> JobReport:
+    job = await store.job()
+    models: dict[str, Figures] = {}
+
+    def figures(model: str) -> Figures:
+        return models.setdefault(model, Figures())
+
+    for model, usage in (await store.billed_by_model(filters.since, filters.until)).items():
+        if filters.keeps(model):
+            figures(model).billed = usage
+    for model, reason, count in await store.failed_attempts(filters.since, filters.until):
+        if filters.keeps(model):
+            figures(model).failed_attempts[reason] += count
+    async for row in store.request_outcomes(filters.since, filters.until):
+        model = row["model"]
+        if not filters.keeps(model):
+            continue
+        f = figures(model)
+        state = row["state"]
+        f.requests[state if state in (State.SUCCEEDED, State.ERRORED) else "unfinished"] += 1
+        f.first_start = _min(f.first_start, row["started_at"])
+        if row["finished_at"] is not None:
+            f.last_finish = _max(f.last_finish, row["finished_at"])
+        if state == State.SUCCEEDED and row["kept"] is not None:
+            f.kept.add(row["kept"])
+            f.finishes.append((row["finished_at"], row["kept"].output_tokens))
+            if row["ttft"] is not None:
+                f.ttft.append(row["ttft"])
+            f.total.append(row["finished_at"] - row["started_at"])
+        if state == State.ERRORED and row["error"] is not None:
+            f.errors[row["error"]] += 1
+    for model, f in models.items():
+        f.billed_cost = prices.cost(model, f.billed)
+        f.kept_cost = prices.cost(model, f.kept)
+        if f.billed_cost is None:
+            f.unpriced.add(model)
+    return JobReport(name=job.name if job else path.stem, path=str(path), models=models)
+
+
+def find_databases(paths: list[Path]) -> list[Path]:
+    """Job databases named directly, or found under folders (such as ``results/``)."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.rglob("job.sqlite")) if path.is_dir() else [path]
+    return found
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+
+def _money(value: Decimal | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}s"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _stamp(value: float | None) -> str | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+
+
+def as_dict(figures: Figures) -> dict[str, Any]:
+    def money(value: Decimal | None) -> float | None:
+        return None if value is None else float(round(value, 6))
+
+    return {
+        "requests": {
+            "succeeded": figures.requests[State.SUCCEEDED],
+            "errored": figures.requests[State.ERRORED],
+            "unfinished": figures.requests["unfinished"],
+        },
+        "billed_tokens": figures.billed.as_dict(),
+        "kept_tokens": figures.kept.as_dict(),
+        "wasted_tokens": figures.wasted.as_dict(),
+        "cost_usd": money(figures.billed_cost),
+        "kept_cost_usd": money(figures.kept_cost),
+        "wasted_cost_usd": money(figures.wasted_cost),
+        "unpriced_models": sorted(figures.unpriced),
+        "latency_seconds": {
+            "time_to_first_token": {f"p{p}": percentile(figures.ttft, p) for p in PERCENTILES},
+            "total": {f"p{p}": percentile(figures.total, p) for p in PERCENTILES},
+        },
+        "throughput": {
+            "elapsed_seconds": figures.elapsed,
+            "requests_per_minute": figures.per_minute(
+                figures.requests[State.SUCCEEDED] + figures.requests[State.ERRORED]
+            ),
+            "output_tokens_per_minute": figures.per_minute(figures.kept.output_tokens),
+        },
+        "first_start": _stamp(figures.first_start),
+        "last_finish": _stamp(figures.last_finish),
+        "failed_attempts_by_reason": dict(figures.failed_attempts.most_common()),
+        "top_errors": [
+            {"type": kind, "message": message, "count": count}
+            for (kind, message), count in figures.errors.most_common(5)
+        ],
+    }
+
+
+def render_json(reports: list[JobReport], prices: PriceTable) -> str:
+    total = Figures()
+    for report in reports:
+        total.merge(report.total())
+    return json.dumps(
+        {
+            "prices": {"as_of": prices.as_of, "source": prices.source},
+            "jobs": [
+                {
+                    "job": r.name,
+                    "database": r.path,
+                    "total": as_dict(r.total()),
+                    "models": {m: as_dict(f) for m, f in sorted(r.models.items())},
+                }
+                for r in reports
+            ],
+            "total": as_dict(total),
+        },
+        indent=2,
+    )
+
+
+CSV_COLUMNS = [
+    "job", "model", "succeeded", "errored", "unfinished", "input_tokens", "output_tokens",
+    "cache_write_tokens", "cache_write_1h_tokens", "cache_read_tokens", "cost_usd", "kept_output_tokens",
+    "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
+    "total_p50_s", "total_p90_s", "total_p99_s", "requests_per_minute", "output_tokens_per_minute",
+]  # fmt: skip
+
+
+def _csv_row(job: str, model: str, f: Figures) -> list[Any]:
+    data = as_dict(f)
+    latency = data["latency_seconds"]
+    return [
+        job, model, f.requests[State.SUCCEEDED], f.requests[State.ERRORED], f.requests["unfinished"],
+        f.billed.input_tokens, f.billed.output_tokens, f.billed.cache_creation_input_tokens,
+        f.billed.cache_creation_1h_input_tokens, f.billed.cache_read_input_tokens, data["cost_usd"],
+        f.kept.output_tokens, f.wasted.input_tokens, f.wasted.output_tokens, data["wasted_cost_usd"],
+        *(latency["time_to_first_token"][f"p{p}"] for p in PERCENTILES),
+        *(latency["total"][f"p{p}"] for p in PERCENTILES),
+        data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"],
+    ]  # fmt: skip
+
+
+def render_csv(reports: list[JobReport]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for report in reports:
+        for model, figures in sorted(report.models.items()):
+            writer.writerow(_csv_row(report.name, model, figures))
+        writer.writerow(_csv_row(report.name, "(all models)", report.total()))
+    return out.getvalue()
+
+
+def _text_block(title: str, rows: dict[str, Figures]) -> list[str]:
+    lines = [title]
+    header = (
+        f"  {'model':<28}{'ok':>7}{'err':>6}{'open':>6}{'input':>12}{'output':>12}{'cache w':>10}"
+        f"{'cache r':>10}{'cost':>13}{'wasted out':>12}{'wasted $':>12}"
+    )
+    lines.append(header)
+    for model, f in rows.items():
+        lines.append(
+            f"  {model:<28}{f.requests[State.SUCCEEDED]:>7,}{f.requests[State.ERRORED]:>6,}"
+            f"{f.requests['unfinished']:>6,}{f.billed.input_tokens:>12,}{f.billed.output_tokens:>12,}"
+            f"{f.billed.cache_creation_input_tokens:>10,}{f.billed.cache_read_input_tokens:>10,}"
+            f"{_money(f.billed_cost):>13}{f.wasted.output_tokens:>12,}{_money(f.wasted_cost):>12}"
+        )
+    return lines
+
+
+def _text_details(f: Figures) -> list[str]:
+    ttft = ", ".join(f"p{p} {_seconds(percentile(f.ttft, p))}" for p in PERCENTILES)
+    total = ", ".join(f"p{p} {_seconds(percentile(f.total, p))}" for p in PERCENTILES)
+    done = f.requests[State.SUCCEEDED] + f.requests[State.ERRORED]
+    lines = [
+        f"  latency (succeeded): first token {ttft}; total {total}",
+        f"  throughput: {_rate(f.per_minute(done))} requests/min, {_rate(f.per_minute(f.kept.output_tokens))} "
+        f"output tokens/min over {f.elapsed:,.1f} s",
+    ]
+    if f.failed_attempts:
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in f.failed_attempts.most_common())
+        lines.append(f"  failed attempts by reason: {reasons}")
+    for (kind, message), count in f.errors.most_common(5):
+        lines.append(f"  error x{count:,}: {kind}: {message[:100]}")
+    if f.unpriced:
+        lines.append(f"  unpriced (no price for): {', '.join(sorted(f.unpriced))}; pass --prices FILE to price them")
+    return lines
+
+
+def render_text(reports: list[JobReport], prices: PriceTable) -> str:
+    lines = [f"prices: {prices.source} (USD per million tokens)", ""]
+    grand = Figures()
+    for report in reports:
+        total = report.total()
+        grand.merge(total)
+        rows = dict(sorted(report.models.items()))
+        if len(rows) > 1:
+            rows["(all models)"] = total
+        lines += _text_block(f"job {report.name}  ({report.path})", rows)
+        lines += _text_details(total)
+        lines.append("")
+    if len(reports) > 1:
+        lines += _text_block(f"all {len(reports)} jobs", {"(all models)": grand})
+        lines += _text_details(grand)
+    return "\n".join(lines).rstrip() + "\n"
