@@ -18,10 +18,12 @@ import anthropic
 import anyio
 import httpx2
 
+from orchestrator.dryrun import DryRun, count_samples, plan
+from orchestrator.dryrun import render as render_dry_run
 from orchestrator.engine import Job, Summary
 from orchestrator.errors import JobAborted, JobChangedError, OrchestratorError, UserError
 from orchestrator.export import export_results
-from orchestrator.jobfile import load_spec, read_requests
+from orchestrator.jobfile import JobSpec, load_spec, read_requests
 from orchestrator.models import JobSettings, State
 from orchestrator.pricing import load_prices
 from orchestrator.progress import Snapshot, describe, make_view
@@ -182,6 +184,10 @@ async def _run(args: argparse.Namespace) -> int:
         results_dir = Path(args.db).parent if args.db else RESULTS_ROOT / (spec.name if spec else job_path.stem)
     db_path = Path(args.db) if args.db else results_dir / "job.sqlite"
     settings = _settings(args, spec.run if spec else {}, spec.limits if spec else {})
+    if args.dry_run:
+        if spec is None:
+            raise UserError(f"{job_path}: no such job file")
+        return await _dry_run(args, spec, settings, prices_path)
     async with open_store(db_path) as store:
         job = await store.job()
         if spec is None:
@@ -224,6 +230,17 @@ async def _run(args: argparse.Namespace) -> int:
     if not summary.complete:
         print(f"Some requests did not finish. Run again with: orchestrator resume {db_path}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _dry_run(args: argparse.Namespace, spec: JobSpec, settings: JobSettings, prices_path: Path | None) -> int:
+    models = plan(read_requests(spec))
+    note: str | None = "no API key: input tokens are estimated (count_tokens needs one, or --simulate)"
+    if args.simulate or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        async with _client(args, settings) as client:
+            note = await count_samples(client, models)
+    result = DryRun(models=models, counted=note is None, note=note)
+    print(render_dry_run(result, load_prices(prices_path), settings.limits, args.job), end="")
     return 0
 
 
@@ -339,6 +356,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="results folder (default: results/<job name>)")
     parser.add_argument("--allow-changed", action="store_true", help="update a job whose job file has changed")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count requests, estimate tokens, cost and duration; send nothing"
+    )
     parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
     group = parser.add_argument_group("running")
     group.add_argument("--concurrency", type=int, help=f"streams at once (default {SETTINGS_DEFAULTS.concurrency})")

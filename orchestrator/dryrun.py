@@ -1,0 +1,163 @@
+"""What a job would cost and how long it would take, before anything is spent.
+
+Reads the job as a run would (bad input is reported the same way), and per model counts the
+requests, estimates the input tokens and adds up ``max_tokens``. When the server answers
+``count_tokens`` (the API does, and so does the simulator), the first requests of each model are
+counted exactly and the estimate of the rest is scaled by what that sample showed. Costs: the
+lower bound is the input alone, the upper bound adds every ``max_tokens`` used. Duration: what
+the configured limits allow, from the requests and input tokens (lower) and every
+``max_tokens`` of output (upper). Nothing is written and no message is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import httpx2
+
+from orchestrator.errors import JobFileError, Problem
+from orchestrator.jobfile import Loaded
+from orchestrator.limits import LimitSpec, estimate_input_tokens
+from orchestrator.pricing import PriceTable
+
+SAMPLE = 50  # requests per model counted exactly with count_tokens
+COUNT_FIELDS = ("system", "tools", "tool_choice", "thinking")
+
+
+@dataclass
+class ModelPlan:
+    requests: int = 0
+    estimated_input: int = 0  # our estimate, over every request
+    max_output: int = 0  # the sum of max_tokens
+    sampled: int = 0  # requests counted exactly
+    sampled_exact: int = 0
+    sampled_estimate: int = 0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def input_tokens(self) -> int:
+        """Input tokens of every request: the estimate, scaled by what the exact sample showed."""
+        if self.sampled and self.sampled_estimate:
+            return round(self.estimated_input * self.sampled_exact / self.sampled_estimate)
+        return self.estimated_input
+
+
+@dataclass
+class DryRun:
+    models: dict[str, ModelPlan]
+    counted: bool  # count_tokens answered
+    note: str | None = None  # why it did not
+
+
+def plan(items: Iterable[Loaded | Problem]) -> dict[str, ModelPlan]:
+    """Per-model counts and estimates of a job's requests; its problems raise as a run's would."""
+    models: dict[str, ModelPlan] = {}
+    problems: list[Problem] = []
+    for item in items:
+        if isinstance(item, Problem):
+            problems.append(item)
+            continue
+        model = models.setdefault(item.params["model"], ModelPlan())
+        model.requests += 1
+        model.estimated_input += estimate_input_tokens(item.params)
+        model.max_output += item.params["max_tokens"]
+        if len(model.samples) < SAMPLE:
+            model.samples.append(item.params)
+    if problems:
+        raise JobFileError(problems[:20], max(0, len(problems) - 20))
+    return models
+
+
+async def count_samples(client: anthropic.AsyncAnthropic, models: dict[str, ModelPlan]) -> str | None:
+    """Count each model's sample exactly; return why not, if the server would not."""
+    for model, found in models.items():
+        for params in found.samples:
+            extra = {key: params[key] for key in COUNT_FIELDS if key in params}
+            try:
+                counted = await client.messages.count_tokens(
+                    model=model, messages=params["messages"], extra_body=extra or None
+                )
+            except (anthropic.APIError, httpx2.HTTPError) as exc:
+                return f"count_tokens is not available here ({type(exc).__name__}); input tokens are estimated"
+            found.sampled += 1
+            found.sampled_exact += counted.input_tokens
+            found.sampled_estimate += estimate_input_tokens(params)
+    return None
+
+
+def _minutes(amount: float, per_minute: float | None) -> float | None:
+    return None if per_minute is None else amount / per_minute
+
+
+def duration(models: dict[str, ModelPlan], limits: dict[str, Any]) -> tuple[float, float, str] | None:
+    """(lower, upper minutes, what binds) at the configured limits, or None if none is configured."""
+    default = LimitSpec(**{k: limits[k] for k in ("rpm", "itpm", "otpm") if k in limits})
+    lower = upper = 0.0
+    binding = ""
+    known = False
+    for model, found in models.items():
+        per_model = limits.get(model)
+        spec = LimitSpec(**{**default.__dict__, **per_model}) if isinstance(per_model, dict) else default
+        times = {
+            "RPM": _minutes(found.requests, spec.rpm),
+            "ITPM": _minutes(found.input_tokens, spec.itpm),
+        }
+        floor = max((t for t in times.values() if t is not None), default=0.0)
+        output = _minutes(found.max_output, spec.otpm)
+        ceiling = max(floor, output or 0.0)
+        if any(t is not None for t in times.values()) or output is not None:
+            known = True
+        if floor >= lower:
+            lower = floor
+            binding = max(times, key=lambda k: times[k] or 0.0) if floor else "OTPM"
+        upper = max(upper, ceiling)
+    return (lower, upper, binding) if known else None
+
+
+def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: str) -> str:
+    lines = [f"dry run of {source}: nothing was sent and nothing was written.", ""]
+    lines.append(
+        f"  {'model':<28}{'requests':>10}{'input tokens':>15}{'max output':>13}{'cost low':>12}{'cost high':>12}"
+    )
+    low_total: Decimal | None = Decimal(0)
+    high_total: Decimal | None = Decimal(0)
+    for model, found in sorted(result.models.items()):
+        price = prices.price(model)
+        if price is None:
+            low = high = None
+        else:
+            low = found.input_tokens * price.input / 1_000_000
+            high = low + found.max_output * price.output / 1_000_000
+        low_total = None if low is None or low_total is None else low_total + low
+        high_total = None if high is None or high_total is None else high_total + high
+        exact = f" ({found.sampled} exact)" if found.sampled else " (est.)"
+        lines.append(
+            f"  {model:<28}{found.requests:>10,}{found.input_tokens:>15,}{found.max_output:>13,}"
+            f"{_money(low):>12}{_money(high):>12}   input{exact}"
+        )
+    lines.append(
+        f"  {'total':<28}{sum(f.requests for f in result.models.values()):>10,}{'':>28}"
+        f"{_money(low_total):>12}{_money(high_total):>12}"
+    )
+    lines.append("")
+    lines.append(f"  prices: {prices.source}; low = input only, high = every max_tokens used")
+    if result.note:
+        lines.append(f"  note: {result.note}")
+    span = duration(result.models, limits)
+    if span is None:
+        lines.append("  duration: no limits configured (--rpm/--itpm/--otpm); the API's are learned at run time")
+    else:
+        lower, upper, binding = span
+        lines.append(
+            f"  duration at the configured limits: at least {lower:,.1f} min ({binding} binds), "
+            f"up to {upper:,.1f} min if every max_tokens is used"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _money(value: Decimal | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
