@@ -22,8 +22,9 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 18px; margin-top: 32px; }
 h3 { font-size: 15px; margin: 18px 0 6px; color: #3a4250; }
 .meta { color: #5b6574; margin-bottom: 18px; }
-table { border-collapse: collapse; margin: 8px 0 12px; }
-th, td { padding: 4px 10px; text-align: right; border-bottom: 1px solid #e3e7ee; white-space: nowrap; }
+.wide { overflow-x: auto; }
+table { border-collapse: collapse; margin: 8px 0 12px; font-size: 13px; }
+th, td { padding: 4px 8px; text-align: right; border-bottom: 1px solid #e3e7ee; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f3f5f9; font-weight: 600; }
 tr.total td { font-weight: 600; }
@@ -118,7 +119,7 @@ def _table(rows: dict[str, Figures]) -> str:
         f"<td>{_money(f.billed_cost)}</td><td>{f.wasted.output_tokens:,}</td><td>{_money(f.wasted_cost)}</td></tr>"
         for name, f in rows.items()
     )
-    return f"<table>{head}{body}</table>"
+    return f"<div class=wide><table>{head}{body}</table></div>"
 
 
 def _details(f: Figures) -> str:
