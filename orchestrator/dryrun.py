@@ -22,7 +22,7 @@ import httpx2
 from orchestrator.errors import JobFileError, Problem
 from orchestrator.jobfile import Loaded
 from orchestrator.limits import LimitSpec, estimate_input_tokens
-from orchestrator.pricing import PriceTable
+from orchestrator.pricing import PriceTable, money
 
 SAMPLE = 50  # requests per model counted exactly with count_tokens
 COUNT_FIELDS = ("system", "tools", "tool_choice", "thinking")
@@ -137,11 +137,11 @@ def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: s
         exact = f" ({found.sampled} exact)" if found.sampled else " (est.)"
         lines.append(
             f"  {model:<28}{found.requests:>10,}{found.input_tokens:>15,}{found.max_output:>13,}"
-            f"{_money(low):>12}{_money(high):>12}   input{exact}"
+            f"{money(low):>12}{money(high):>12}   input{exact}"
         )
     lines.append(
         f"  {'total':<28}{sum(f.requests for f in result.models.values()):>10,}{'':>28}"
-        f"{_money(low_total):>12}{_money(high_total):>12}"
+        f"{money(low_total):>12}{money(high_total):>12}"
     )
     lines.append("")
     lines.append(f"  prices: {prices.source}; low = input only, high = every max_tokens used")
@@ -157,7 +157,3 @@ def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: s
             f"up to {upper:,.1f} min if every max_tokens is used"
         )
     return "\n".join(lines) + "\n"
-
-
-def _money(value: Decimal | None) -> str:
-    return "unpriced" if value is None else f"${value:,.4f}"

@@ -58,6 +58,11 @@ class PriceTable:
         return None if price is None else price.cost(usage)
 
 
+def money(value: Decimal | None) -> str:
+    """A cost as shown to people: dollars to four places, or "unpriced"."""
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
 def _parse(data: Any, where: str) -> tuple[str, dict[str, Price]]:
     try:
         models = {

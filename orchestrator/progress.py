@@ -13,6 +13,8 @@ from typing import IO, Protocol
 
 from tqdm import tqdm
 
+from orchestrator.pricing import money
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -45,7 +47,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _cost(s: Snapshot) -> str:
-    return "cost unpriced" if s.cost is None else f"${s.cost:,.4f}"
+    return f"cost {money(s.cost)}"
 
 
 def describe(s: Snapshot) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 from orchestrator.modelinfo import family
 from orchestrator.models import State, Usage
-from orchestrator.pricing import PriceTable
+from orchestrator.pricing import PriceTable, money
 from orchestrator.store import Store
 
 PERCENTILES = (50, 90, 99)
@@ -198,15 +198,11 @@ def find_databases(paths: list[Path]) -> list[Path]:
 # -- rendering ----------------------------------------------------------------------------
 
 
-def _money(value: Decimal | None) -> str:
-    return "unpriced" if value is None else f"${value:,.4f}"
+def seconds_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
-
-
-def _rate(value: float | None) -> str:
+def rate_text(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
@@ -319,19 +315,23 @@ def _text_block(title: str, rows: dict[str, Figures]) -> list[str]:
             f"  {model:<28}{f.requests[State.SUCCEEDED]:>7,}{f.requests[State.ERRORED]:>6,}"
             f"{f.requests['unfinished']:>6,}{f.billed.input_tokens:>12,}{f.billed.output_tokens:>12,}"
             f"{f.billed.cache_creation_input_tokens:>10,}{f.billed.cache_read_input_tokens:>10,}"
-            f"{_money(f.billed_cost):>13}{f.wasted.output_tokens:>12,}{_money(f.wasted_cost):>12}"
+            f"{money(f.billed_cost):>13}{f.wasted.output_tokens:>12,}{money(f.wasted_cost):>12}"
         )
     return lines
 
 
 def _text_details(f: Figures) -> list[str]:
-    ttft = ", ".join(f"p{p} {_seconds(percentile(f.ttft, p))}" for p in PERCENTILES)
-    total = ", ".join(f"p{p} {_seconds(percentile(f.total, p))}" for p in PERCENTILES)
-    done = f.requests[State.SUCCEEDED] + f.requests[State.ERRORED]
+    figures = as_dict(f)
+    latency = figures["latency_seconds"]
+    ttft, total = (
+        ", ".join(f"p{p} {seconds_text(latency[kind][f'p{p}'])}" for p in PERCENTILES)
+        for kind in ("time_to_first_token", "total")
+    )
+    throughput = figures["throughput"]
     lines = [
         f"  latency (succeeded): first token {ttft}; total {total}",
-        f"  throughput: {_rate(f.per_minute(done))} requests/min, {_rate(f.per_minute(f.kept.output_tokens))} "
-        f"output tokens/min over {f.elapsed:,.1f} s",
+        f"  throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
+        f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s",
     ]
     if f.failed_attempts:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in f.failed_attempts.most_common())

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from decimal import Decimal
 
 from orchestrator.models import State
-from orchestrator.pricing import PriceTable
-from orchestrator.report import PERCENTILES, Figures, JobReport, percentile
+from orchestrator.pricing import PriceTable, money
+from orchestrator.report import PERCENTILES, Figures, JobReport, as_dict, rate_text, seconds_text
 
 WIDTH, HEIGHT, PAD = 500, 190, 40
 BLUE, ORANGE, GREEN = "#3b6fd8", "#e07b39", "#3a9d5d"
@@ -37,10 +37,6 @@ tr.total td { font-weight: 600; }
 
 def _esc(value: object) -> str:
     return html.escape(str(value))
-
-
-def _money(value: Decimal | None) -> str:
-    return "unpriced" if value is None else f"${value:,.4f}"
 
 
 def _axis(max_value: float, label: str) -> str:
@@ -116,28 +112,27 @@ def _table(rows: dict[str, Figures]) -> str:
         f"<td>{f.requests[State.SUCCEEDED]:,}</td><td>{f.requests[State.ERRORED]:,}</td>"
         f"<td>{f.requests['unfinished']:,}</td><td>{f.billed.input_tokens:,}</td><td>{f.billed.output_tokens:,}</td>"
         f"<td>{f.billed.cache_creation_input_tokens:,}</td><td>{f.billed.cache_read_input_tokens:,}</td>"
-        f"<td>{_money(f.billed_cost)}</td><td>{f.wasted.output_tokens:,}</td><td>{_money(f.wasted_cost)}</td></tr>"
+        f"<td>{money(f.billed_cost)}</td><td>{f.wasted.output_tokens:,}</td><td>{money(f.wasted_cost)}</td></tr>"
         for name, f in rows.items()
     )
     return f"<div class=wide><table>{head}{body}</table></div>"
 
 
 def _details(f: Figures) -> str:
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f} s"
-
+    figures = as_dict(f)
     latency = "".join(
-        f"<tr><td>{name}</td>" + "".join(f"<td>{seconds(percentile(values, p))}</td>" for p in PERCENTILES) + "</tr>"
-        for name, values in (("time to first token", f.ttft), ("total", f.total))
+        f"<tr><td>{name}</td>" + "".join(f"<td>{seconds_text(values[f'p{p}'])}</td>" for p in PERCENTILES) + "</tr>"
+        for name, values in (
+            ("time to first token", figures["latency_seconds"]["time_to_first_token"]),
+            ("total", figures["latency_seconds"]["total"]),
+        )
     )
-    done = f.requests[State.SUCCEEDED] + f.requests[State.ERRORED]
-    per_min = f.per_minute(done)
-    tokens_min = f.per_minute(f.kept.output_tokens)
+    throughput = figures["throughput"]
     parts = [
         "<table><tr><th>latency (succeeded)</th>" + "".join(f"<th>p{p}</th>" for p in PERCENTILES) + "</tr>"
         f"{latency}</table>",
-        f"<p>Throughput: {'-' if per_min is None else f'{per_min:,.0f}'} requests/min, "
-        f"{'-' if tokens_min is None else f'{tokens_min:,.0f}'} output tokens/min over {f.elapsed:,.1f} s.</p>",
+        f"<p>Throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
+        f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s.</p>",
     ]
     if f.failed_attempts:
         rows = "".join(f"<tr><td>{_esc(r)}</td><td>{n:,}</td></tr>" for r, n in f.failed_attempts.most_common())
@@ -199,7 +194,7 @@ def render_html(reports: list[JobReport], prices: PriceTable) -> str:
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"<title>orchestrator report</title><style>{STYLE}</style></head><body>"
         f"<h1>Usage and cost report</h1><div class=meta>Prices: {_esc(prices.source)} (USD per million tokens). "
-        f"Total cost: <b>{_money(total.billed_cost)}</b>, of which wasted by retries and restarts: "
-        f"<b>{_money(total.wasted_cost)}</b>.</div>"
+        f"Total cost: <b>{money(total.billed_cost)}</b>, of which wasted by retries and restarts: "
+        f"<b>{money(total.wasted_cost)}</b>.</div>"
         f"{_charts(reports, total)}{overall}{''.join(sections)}</body></html>\n"
     )
