@@ -49,13 +49,6 @@ class TokenBucket:
             return math.inf
         return missing / self.rate
 
-    def try_take(self, amount: float, now: float) -> bool:
-        """Take ``amount`` if allowed now; return whether it was taken."""
-        if self.wait_time(amount, now) > 0:
-            return False
-        self.level -= amount
-        return True
-
     def take(self, amount: float, now: float) -> None:
         """Take ``amount`` unconditionally (for usage already incurred); the level may go negative."""
         self.refill(now)

@@ -172,6 +172,12 @@ def _print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
         f"billed {billed.input_tokens:,} input and {billed.output_tokens:,} output tokens over all attempts",
         file=sys.stderr,
     )
+    if summary.pauses or summary.cuts:
+        print(
+            f"rate limits: {summary.pauses:,} pool-wide pauses after a 429, concurrency cut {summary.cuts:,} times "
+            "after overloads",
+            file=sys.stderr,
+        )
     print(f"results: {out} ({written:,} lines); database: {db}", file=sys.stderr)
 
 
@@ -285,7 +291,8 @@ async def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"job": job.name, "counts": counts, "billed": billed.as_dict(), "elapsed": elapsed}))
         return 0
-    print(f"job {job.name}  ({db})")
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
+    print(f"job {job.name}  ({db}, created {created})")
     print("  " + ", ".join(f"{state}: {counts[state]:,}" for state in State))
     print(f"  billed: {billed.input_tokens:,} input, {billed.output_tokens:,} output tokens")
     print(

@@ -40,6 +40,8 @@ class Summary:
     elapsed: float  # seconds of this run
     stopped: bool  # by a signal
     aborted: Failure | None  # why the job could not go on
+    pauses: int = 0  # pool-wide cool-downs after a 429
+    cuts: int = 0  # times an overload cut the concurrency
 
     @property
     def complete(self) -> bool:
@@ -203,4 +205,6 @@ class Job:
             elapsed=anyio.current_time() - self._started,
             stopped=self.stopping,
             aborted=self.aborted,
+            pauses=self.limiter.state.pauses,
+            cuts=self.limiter.state.cuts,
         )

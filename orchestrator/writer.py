@@ -29,7 +29,6 @@ class Tally:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     billed: Usage = field(default_factory=Usage)  # over ended attempts
     billed_by_model: dict[str, Usage] = field(default_factory=dict)
-    commits: int = 0
     checkpoints: int = 0  # checkpoints of attempts in flight
     retries: int = 0  # attempts that failed and were tried again
 
@@ -112,7 +111,6 @@ class Writer:
 
     def _count(self, records: list[Record], checkpoints: int) -> None:
         tally = self.tally
-        tally.commits += 1
         tally.checkpoints += checkpoints
         self._committed.set()
         self._committed = anyio.Event()

@@ -197,7 +197,8 @@ def test_pacing_reaches_the_limit_without_429s_despite_jitter(limit: str) -> Non
         if isinstance(decision, Permit):
             arrival = now + rng.uniform(0.0, 0.02)  # network and parsing jitter
             wants = 1 if limit == "rpm" else input_tokens if limit == "itpm" else 1
-            if server.try_take(wants, arrival):
+            if server.wait_time(wants, arrival) == 0:
+                server.take(wants, arrival)
                 admitted += 1
                 if limit == "otpm":  # the server counts output as it is generated
                     server.take(output_tokens - 1, arrival + 0.5)

@@ -124,12 +124,14 @@ def test_bucket_refills_continuously_and_allows_oversized_takes_when_full() -> N
     bucket = TokenBucket.per_minute(60, now=0.0, burst_seconds=5)  # 1/s, capacity 5
     assert bucket.capacity == 5
     for _ in range(5):
-        assert bucket.try_take(1, now=0.0)
-    assert not bucket.try_take(1, now=0.0)
+        assert bucket.wait_time(1, now=0.0) == 0
+        bucket.take(1, now=0.0)
     assert bucket.wait_time(1, now=0.0) == pytest.approx(1.0)
-    assert bucket.try_take(1, now=1.0)
+    assert bucket.wait_time(1, now=1.0) == 0
+    bucket.take(1, now=1.0)
     assert bucket.wait_time(10, now=1.0) == pytest.approx(5.0)  # needs a full bucket, not 10
-    assert bucket.try_take(10, now=6.0)
+    assert bucket.wait_time(10, now=6.0) == 0
+    bucket.take(10, now=6.0)
     assert bucket.level == pytest.approx(-5)
     assert bucket.wait_time(1, now=6.0) == pytest.approx(6.0)
     bucket.give_back(10, now=6.0)
