@@ -200,6 +200,7 @@ async def _run(args: argparse.Namespace) -> int:
             if job is None:
                 raise UserError(f"{job_path}: no such job file, and {db_path} holds no job")
             print(f"note: {job_path} is gone; running the job as stored in {db_path}", file=sys.stderr)
+            settings = _settings(args, job.spec.get("run", {}), job.spec.get("limits", {}))
         else:
             fingerprint = spec.fingerprint()
             if job is not None and job.fingerprint != fingerprint and not args.allow_changed:
@@ -210,7 +211,13 @@ async def _run(args: argparse.Namespace) -> int:
                 )
             if job is None or job.fingerprint != fingerprint:
                 argv = [arg if arg != args.job else str(job_path.resolve()) for arg in args.argv]
-                stored = {"argv": argv, "job": str(job_path.resolve()), "results": str(results_dir.resolve())}
+                stored = {
+                    "argv": argv,
+                    "job": str(job_path.resolve()),
+                    "results": str(results_dir.resolve()),
+                    "run": spec.run,  # so that the job runs the same if its file is gone
+                    "limits": spec.limits,
+                }
                 added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec))
                 if job is not None:
                     print(f"job updated: {added:,} new and {changed:,} changed requests", file=sys.stderr)

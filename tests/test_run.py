@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +338,22 @@ async def test_status_and_export(simulate: Simulate, tmp_path: Path, capsys: pyt
     assert await run_command(["export", str(db), "--out", str(tmp_path / "copy.jsonl")]) == 0
     assert (tmp_path / "copy.jsonl").read_text() == written
     assert await run_command(["status", str(tmp_path / "nope.sqlite")]) == 2
+
+
+async def test_resume_without_the_job_file_keeps_the_spec_settings(simulate: Simulate, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p{i} <<sim-fault: overloaded times=1>>"} for i in range(3)])
+    spec = tmp_path / "job.toml"
+    spec.write_text('inputs = ["p.jsonl"]\nresults = "out"\n[run]\nmax_attempts = 1\n')
+    db = tmp_path / "out" / "job.sqlite"
+    config = SimulatorConfig(timing=INSTANT, reject_api_keys=frozenset({"sk-test"}))
+    async with simulate(config) as (sim, _, url):
+        assert await run_command(["run", str(spec), "--base-url", url, *FAST]) == 3  # a bad key stops it
+        assert query(db, "SELECT DISTINCT state FROM requests") == [("pending",)]
+        (tmp_path / "p.jsonl").unlink()
+        spec.unlink()
+        sim.config = replace(sim.config, reject_api_keys=frozenset())
+        assert await run_command(["resume", str(db), "--quiet"]) == 0
+    # Each request's first real attempt gets a 529; with the spec's max_attempts = 1 that is final.
+    assert query(db, "SELECT DISTINCT state FROM requests") == [("errored",)]
+    per_request = "SELECT COUNT(*) FROM attempts WHERE reason = 'http_529' GROUP BY request_id"
+    assert query(db, per_request) == [(1,), (1,), (1,)]
