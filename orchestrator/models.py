@@ -63,6 +63,9 @@ class Request:
     custom_id: str
     params: dict[str, Any]
     attempts: int  # attempts made so far
+    kept: dict[str, Any] | None = None  # what earlier attempts kept of the reply (recover.Recovery)
+    interrupted: dict[str, Any] | None = None  # the last checkpoint of an attempt cut by a stop or a crash
+    interrupted_tokens: int = 0  # the output tokens that checkpoint holds
 
 
 @dataclass

@@ -21,7 +21,7 @@ request and every output token the message holds.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,13 @@ class Recovery:
     @property
     def exact(self) -> bool:
         return self.mode != "continue"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Recovery:
+        return cls() if not data else cls(**data)
 
     def summary(self) -> dict[str, Any] | None:
         """What the result line says about recovery, or None if nothing was recovered."""

@@ -90,11 +90,16 @@ async def _cache_1h(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE attempts ADD COLUMN cache_creation_1h_input_tokens INTEGER NOT NULL DEFAULT 0")
 
 
+async def _kept(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE requests ADD COLUMN kept TEXT")
+
+
 # Append only: a migration, once released, is never edited or reordered.
 MIGRATIONS: list[tuple[str, Callable[[aiosqlite.Connection], Awaitable[None]]]] = [
     ("0001_initial", _initial),
     ("0002_request_recovery", _recovery),
     ("0003_attempt_cache_1h", _cache_1h),
+    ("0004_request_kept", _kept),
 ]
 
 
@@ -131,6 +136,7 @@ class AttemptEnded:
     final: tuple[State, dict[str, Any]] | None  # (succeeded|errored, message or error body)
     next_state: State = State.RUNNING  # the request's state when not final
     recovery: dict[str, Any] | None = None  # how a broken reply was continued, if it was
+    kept: dict[str, Any] | None = None  # what the reply keeps so far, when not final
 
 
 Record = AttemptStarted | AttemptEnded
@@ -240,8 +246,8 @@ class Store:
             )
             await db.execute(
                 """UPDATE requests SET params = i.params, source = i.source, state = 'pending', attempts = 0,
-                     result = NULL, recovery = NULL, started_at = NULL, first_token_at = NULL, finished_at = NULL,
-                     queued_at = ?
+                     result = NULL, recovery = NULL, kept = NULL, started_at = NULL, first_token_at = NULL,
+                     finished_at = NULL, queued_at = ?
                    FROM incoming i WHERE i.custom_id = requests.custom_id AND requests.params != i.params""",
                 (now,),
             )
@@ -281,12 +287,26 @@ class Store:
     # -- running --------------------------------------------------------------------
 
     async def pending(self, after_id: int, limit: int) -> list[Request]:
+        """Requests still to run, with what their reply kept and the checkpoint of an attempt cut short."""
         async with self.db.execute(
-            "SELECT id, custom_id, params, attempts FROM requests WHERE state IN ('pending', 'running') AND id > ? "
-            "ORDER BY id LIMIT ?",
+            """SELECT r.id, r.custom_id, r.params, r.attempts, r.kept, a.partial, a.output_tokens
+               FROM requests r
+               LEFT JOIN attempts a ON a.request_id = r.id AND a.number = r.attempts AND a.outcome = 'interrupted'
+               WHERE r.state IN ('pending', 'running') AND r.id > ? ORDER BY r.id LIMIT ?""",
             (after_id, limit),
         ) as cursor:
-            return [Request(row[0], row[1], json.loads(row[2]), row[3]) async for row in cursor]
+            return [
+                Request(
+                    id=row[0],
+                    custom_id=row[1],
+                    params=json.loads(row[2]),
+                    attempts=row[3],
+                    kept=None if row[4] is None else json.loads(row[4]),
+                    interrupted=None if row[5] is None else json.loads(row[5]),
+                    interrupted_tokens=row[6] or 0,
+                )
+                async for row in cursor
+            ]
 
     async def write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
         """Apply attempt starts, checkpoints and ends in one transaction."""
@@ -331,13 +351,17 @@ class Store:
                 # A request's final record is its last: apply the others' states first, so that a
                 # retry and its success in one batch leave the request succeeded.
                 await db.executemany(
-                    "UPDATE requests SET state = ? WHERE id = ?",
-                    [(r.next_state.value, r.checkpoint.request_id) for r in ended if r.final is None],
+                    "UPDATE requests SET state = ?, kept = COALESCE(?, kept) WHERE id = ?",
+                    [
+                        (r.next_state.value, None if r.kept is None else json.dumps(r.kept), r.checkpoint.request_id)
+                        for r in ended
+                        if r.final is None
+                    ],
                 )
                 finals = [r for r in ended if r.final is not None]
                 await db.executemany(
-                    "UPDATE requests SET state = ?, result = ?, finished_at = ?, first_token_at = ?, recovery = ? "
-                    "WHERE id = ?",
+                    "UPDATE requests SET state = ?, result = ?, finished_at = ?, first_token_at = ?, recovery = ?, "
+                    "kept = NULL WHERE id = ?",
                     [
                         (
                             r.final[0].value,

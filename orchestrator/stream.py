@@ -171,7 +171,11 @@ class RequestRunner:
         settings = self.settings
         give_up_at = self.clock() + settings.retry_max_seconds
         number = request.attempts
-        recovery = Recovery()
+        recovery = Recovery.from_dict(request.kept)
+        if request.interrupted is not None:  # cut by a stop or a crash: continue from its last checkpoint
+            recovery = after_break(
+                recovery, self.strategy, request.params, request.interrupted, request.interrupted_tokens
+            )
         estimate = estimate_input_tokens(request.params)
         while True:
             params = next_params(request.params, recovery)
@@ -202,7 +206,8 @@ class RequestRunner:
                 return
             self._feedback(params["model"], failure)
             if failure.outcome is Outcome.FATAL:
-                await self._end(live, live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING))
+                ended = live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING)
+                await self._end(live, replace(ended, kept=recovery.to_dict()))
                 self.on_fatal(failure)
                 return
             out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
@@ -213,7 +218,8 @@ class RequestRunner:
             if failure.outcome is Outcome.BROKEN:
                 partial = live.acc.snapshot() if live.acc.started else None
                 recovery = after_break(recovery, self.strategy, params, partial, live.acc.output_tokens)
-            await self._end(live, live.ended(time.time(), failure.outcome, failure))
+            ended = live.ended(time.time(), failure.outcome, failure)
+            await self._end(live, replace(ended, kept=recovery.to_dict()))
             await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
 
     def _feedback(self, model: str, failure: Failure) -> None:

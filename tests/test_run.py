@@ -293,6 +293,11 @@ async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
     for row in results:
         text = "".join(b["text"] for b in row["result"]["content"])
         assert text == reply_of(sim, params[row["custom_id"]])
+        # Continued from the checkpoint by prefill: no output token received before the stop is paid again.
+        assert row["billed"].output_tokens == row["result"]["usage"]["output_tokens"]
+    assert [row["recovery"] for row in results] == [
+        {"strategy": "prefill", "exact": True, "kept_output_tokens": 3 + i, "breaks": 1} for i in range(4)
+    ]
 
 
 async def test_changed_job_is_refused_unless_allowed(
