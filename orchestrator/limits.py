@@ -131,7 +131,8 @@ class ModelLimits:
             if fixed is None and self.limits.get(name) != limit:
                 # Requests launched before this limit was known are not in this bucket, and the
                 # server may not have counted them yet either (the one answering here it has).
-                unseen = max(0.0, self.in_flight[name] - self.wants(0, 0)[name])
+                answering = 1.0 if name == "requests" else 0.0
+                unseen = max(0.0, self.in_flight[name] - answering)
                 self.set_limit(name, limit, now, remaining + slack - unseen)
                 continue
             bucket = self.buckets.get(name)

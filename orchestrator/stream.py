@@ -74,7 +74,7 @@ class LiveAttempt:
     ) -> AttemptEnded:
         checkpoint = self.checkpoint(now)
         if final is not None and final[0] is State.SUCCEEDED:
-            checkpoint = Checkpoint(**{**checkpoint.__dict__, "partial": None})  # the message is the result
+            checkpoint = replace(checkpoint, partial=None)  # the message is the result
         return AttemptEnded(
             checkpoint=checkpoint,
             outcome=outcome,
@@ -200,26 +200,24 @@ class RequestRunner:
                 self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done)
             if failure is None:
                 message = join(recovery, live.acc.message())
-                await self._end(
-                    live, live.ended(time.time(), Outcome.SUCCEEDED, final=(State.SUCCEEDED, message)), recovery
-                )
+                final = (State.SUCCEEDED, message)
+                await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
                 return
             self._feedback(params["model"], failure)
             if failure.outcome is Outcome.FATAL:
                 ended = live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING)
-                await self._end(live, replace(ended, kept=recovery.to_dict()))
+                await self._end(live, ended, recovery)
                 self.on_fatal(failure)
                 return
             out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
             if failure.outcome is Outcome.PERMANENT or out_of_tries:
                 final = (State.ERRORED, failure.error)
-                await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final))
+                await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final), recovery)
                 return
             if failure.outcome is Outcome.BROKEN:
                 partial = live.acc.snapshot() if live.acc.started else None
                 recovery = after_break(recovery, self.strategy, params, partial, live.acc.output_tokens)
-            ended = live.ended(time.time(), failure.outcome, failure)
-            await self._end(live, replace(ended, kept=recovery.to_dict()))
+            await self._end(live, live.ended(time.time(), failure.outcome, failure), recovery)
             await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
 
     def _feedback(self, model: str, failure: Failure) -> None:
@@ -231,10 +229,14 @@ class RequestRunner:
         if failure.status == 529 or failure.reason == "in_band_overloaded_error":
             self.limiter.overloaded()
 
-    async def _end(self, live: LiveAttempt, record: AttemptEnded, recovery: Recovery | None = None) -> None:
+    async def _end(self, live: LiveAttempt, record: AttemptEnded, recovery: Recovery) -> None:
+        """Report an attempt's end with what the reply keeps: while the request goes on, the kept
+        reply (for a later attempt, or a resume); with a success, how it was recovered."""
+        if record.final is None:
+            record = replace(record, kept=recovery.to_dict())
+        elif record.final[0] is State.SUCCEEDED and recovery.summary() is not None:
+            record = replace(record, recovery=recovery.summary())
         # The attempt's end is its final checkpoint: it must reach the writer even if we are
         # being cancelled right now.
-        if recovery is not None and recovery.summary() is not None:
-            record = replace(record, recovery=recovery.summary())
         with anyio.CancelScope(shield=True):
             await self.sink.ended(live, record)

@@ -27,10 +27,16 @@ class Tally:
 
     finished: Counter[State] = field(default_factory=Counter)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
-    billed: Usage = field(default_factory=Usage)  # over ended attempts
-    billed_by_model: dict[str, Usage] = field(default_factory=dict)
+    billed_by_model: dict[str, Usage] = field(default_factory=dict)  # over ended attempts
     checkpoints: int = 0  # checkpoints of attempts in flight
     retries: int = 0  # attempts that failed and were tried again
+
+    @property
+    def billed(self) -> Usage:
+        total = Usage()
+        for usage in self.billed_by_model.values():
+            total.add(usage)
+        return total
 
 
 class Writer:
@@ -117,7 +123,6 @@ class Writer:
         for record in records:
             if isinstance(record, AttemptEnded):
                 tally.outcomes[record.outcome] += 1
-                tally.billed.add(record.checkpoint.usage)
                 if record.final is not None:
                     tally.finished[record.final[0]] += 1
                 elif record.outcome in (Outcome.BROKEN, Outcome.RETRYABLE):
