@@ -12,8 +12,8 @@ import pytest
 
 from orchestrator.simulator import Simulator, SimulatorConfig, Timing, serve
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REAL_STREAMS = SHARED / "fixtures" / "real-streams"
+# Real recorded API responses (a copy of the team's shared fixtures: the tests need nothing beside the repo).
+REAL_STREAMS = Path(__file__).resolve().parent / "fixtures" / "real-streams"
 INSTANT = Timing(speed=math.inf)
 
 
