@@ -268,19 +268,24 @@ class Simulator:
 
         self.stats.input_tokens_billed += input_tokens  # refused requests are not billed
         if not body.get("stream", False):
-            return await self._complete(body, plan, input_tokens, request_id)
+            return await self._complete(body, request_id)
         return await self._stream(request, body, plan, deltas, fault, input_tokens, request_id)
 
-    async def _complete(
-        self, body: dict[str, Any], plan: ReplyPlan, input_tokens: int, request_id: str
-    ) -> web.Response:
+    def render_message(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The whole reply to a valid request body, as ``stream: false`` returns it and a batch result holds it."""
+        config = self.config
+        plan = plan_reply(config.seed, body, config.reply_min, config.reply_max)
+        usage = self._usage(count_input_tokens(body), len(plan.tokens))
+        return self._message(body["model"], "".join(plan.tokens), plan.stop_reason, usage)
+
+    async def _complete(self, body: dict[str, Any], request_id: str) -> web.Response:
+        message = self.render_message(body)
+        n = message["usage"]["output_tokens"]
         timing = self.config.timing
-        n = len(plan.tokens)
         await anyio.sleep(timing.scaled(timing.ttft + n / timing.tokens_per_second))
         self.limits.charge_output(n)
         self.stats.output_tokens_billed += n
         self.stats.outcomes["ok"] += 1
-        message = self._message(body["model"], "".join(plan.tokens), plan.stop_reason, self._usage(input_tokens, n))
         return web.json_response(message, headers=self._headers(request_id))
 
     async def _stream(
