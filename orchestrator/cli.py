@@ -29,22 +29,36 @@ from orchestrator.pricing import load_prices
 from orchestrator.progress import Snapshot, describe, make_view
 from orchestrator.report import Filters, find_databases, job_report, render_csv, render_json, render_text
 from orchestrator.report_html import render_html
-from orchestrator.simulator import FaultKind, FaultRates, Limits, Simulator, SimulatorConfig, Timing, serve
+from orchestrator.simulator import (
+    BatchSettings,
+    FaultKind,
+    FaultRates,
+    Limits,
+    Simulator,
+    SimulatorConfig,
+    Timing,
+    serve,
+)
 from orchestrator.store import open_store
 
 RESULTS_ROOT = Path("results")
 SETTINGS_DEFAULTS = JobSettings()
+STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
+BATCH_FAULTS = ("errored", "expired", "rate_limited", "overloaded")
 
 
-def _probability(text: str) -> tuple[str, float]:
+def _probability(text: str, known: Sequence[str] = STREAM_FAULTS) -> tuple[str, float]:
     kind, sep, value = text.partition("=")
-    known = [k.value for k in FaultKind]
     if not sep or kind not in known:
         raise argparse.ArgumentTypeError(f"expected KIND=P with KIND one of {', '.join(known)}")
     probability = float(value)
     if not 0 <= probability <= 1:
         raise argparse.ArgumentTypeError("a probability is between 0 and 1")
     return kind, probability
+
+
+def _batch_probability(text: str) -> tuple[str, float]:
+    return _probability(text, BATCH_FAULTS)
 
 
 def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +84,21 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--stall-seconds", type=float, default=30.0)
     group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
+    group.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=BatchSettings.seconds,
+        help=f"seconds a message batch takes to end, not scaled by --speed (default {BatchSettings.seconds:g})",
+    )
+    group.add_argument(
+        "--batch-fault",
+        type=_batch_probability,
+        action="append",
+        default=[],
+        metavar="KIND=P",
+        help="batch requests errored/expired, or batch endpoints answering 429 (rate_limited) or 529 (overloaded), "
+        "with probability P",
+    )
 
 
 def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
@@ -89,6 +118,7 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
             spend_cap=args.spend_cap,
         ),
         faults=FaultRates(stall_seconds=args.stall_seconds, **rates),
+        batches=BatchSettings(seconds=args.batch_seconds, **dict(args.batch_fault)),
         reject_api_keys=frozenset(args.reject_key),
     )
 

@@ -44,6 +44,24 @@ class FaultRates:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """The Message Batches API: processing time, the API's limits, and faults by seeded rate.
+
+    Times are seconds on the simulator's clock and are not divided by ``Timing.speed``: with
+    ``speed=inf`` a batch is still seen ``in_progress`` until ``seconds`` have passed.
+    """
+
+    seconds: float = 3.0  # from creation to the end of processing (requests finish one by one within it)
+    cancel_seconds: float = 0.5  # a canceled batch stays ``canceling`` this long, then ends
+    max_requests: int = 100_000  # per batch (400 beyond)
+    max_bytes: int = 256 * 1024 * 1024  # the create request's body (413 beyond)
+    errored: float = 0.0  # per request: an ``errored`` result (api_error or overloaded_error)
+    expired: float = 0.0  # per request: an ``expired`` result
+    rate_limited: float = 0.0  # per call of a batch endpoint: 429 with retry-after
+    overloaded: float = 0.0  # per call of a batch endpoint: 529
+
+
+@dataclass(frozen=True)
 class SimulatorConfig:
     seed: int = 0
     reply_min: int = 20  # tokens in a full reply, drawn per conversation
@@ -52,4 +70,5 @@ class SimulatorConfig:
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     faults: FaultRates = field(default_factory=FaultRates)
+    batches: BatchSettings = field(default_factory=BatchSettings)
     reject_api_keys: frozenset[str] = frozenset()

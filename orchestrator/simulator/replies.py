@@ -213,6 +213,14 @@ def count_input_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+def last_user(body: dict[str, Any]) -> dict[str, Any]:
+    """The conversation's last user message (the first message if there is none)."""
+    for message in reversed(body["messages"]):
+        if message["role"] == "user":
+            return message  # type: ignore[no-any-return]
+    return body["messages"][0]  # type: ignore[no-any-return]
+
+
 def prefill_of(body: dict[str, Any]) -> str | None:
     """The text of a trailing assistant message, if the conversation ends with one."""
     last = body["messages"][-1]

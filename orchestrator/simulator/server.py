@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from orchestrator.simulator.batch_api import BatchAPI
+from orchestrator.simulator.batches import BatchStats
 from orchestrator.simulator.config import SimulatorConfig
 from orchestrator.simulator.faults import (
     BEFORE_STREAM,
@@ -31,9 +33,10 @@ from orchestrator.simulator.replies import (
     block_text,
     conversation_key,
     count_input_tokens,
+    last_user,
     plan_reply,
 )
-from orchestrator.simulator.validation import RequestInvalid, validate
+from orchestrator.simulator.validation import RequestInvalid, error_body, validate
 
 STATS_PATH = "/_simulator/stats"
 SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -52,6 +55,7 @@ class Stats:
     peak_streams: int = 0
     input_tokens_billed: int = 0
     output_tokens_billed: int = 0
+    batches: BatchStats = field(default_factory=BatchStats)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +68,7 @@ class Stats:
             "peak_streams": self.peak_streams,
             "input_tokens_billed": self.input_tokens_billed,
             "output_tokens_billed": self.output_tokens_billed,
+            "batches": self.batches.as_dict(),
         }
 
 
@@ -87,10 +92,6 @@ def _delta(text: str) -> bytes:
     return _DELTA_HEAD + json.dumps(text).encode() + b"}}\n\n"
 
 
-def error_body(error_type: str, message: str, request_id: str) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
-
-
 class ClientGone(Exception):
     """The client closed the connection while we were writing."""
 
@@ -105,6 +106,7 @@ class Simulator:
         self._attempts: Counter[bytes] = Counter()
         self._serial = 0
         self._changed = anyio.Event()
+        self.batches = BatchAPI(self, clock, self.stats.batches)
 
     def _notify(self) -> None:
         """Wake whoever waits in ``until``: the stats have changed."""
@@ -196,6 +198,7 @@ class Simulator:
         return web.json_response({"input_tokens": count_input_tokens(body)}, headers={"request-id": request_id})
 
     async def stats_view(self, request: web.Request) -> web.StreamResponse:
+        self.batches.settle()
         return web.json_response(self.stats.as_dict())
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
@@ -213,7 +216,7 @@ class Simulator:
             return self._error(401, "authentication_error", "invalid x-api-key", request_id)
         try:
             body = await self._read_body(request, count_only=False)
-            forced_spec = request.headers.get("x-sim-fault") or find_directive(block_text(_last_user(body)["content"]))
+            forced_spec = request.headers.get("x-sim-fault") or find_directive(block_text(last_user(body)["content"]))
             forced = parse_fault_spec(forced_spec) if forced_spec else None
         except RequestInvalid as exc:
             outcomes["invalid" if exc.status == 400 else "not_found"] += 1
@@ -430,18 +433,12 @@ def _group(tokens: list[str], per_delta: int) -> list[str]:
     return ["".join(tokens[i : i + per_delta]) for i in range(0, len(tokens), per_delta)]
 
 
-def _last_user(body: dict[str, Any]) -> dict[str, Any]:
-    for message in reversed(body["messages"]):
-        if message["role"] == "user":
-            return message  # type: ignore[no-any-return]
-    return body["messages"][0]  # type: ignore[no-any-return]
-
-
 def make_app(simulator: Simulator) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/messages", simulator.messages)
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_get(STATS_PATH, simulator.stats_view)
+    app.router.add_routes(simulator.batches.routes())
     return app
 
 

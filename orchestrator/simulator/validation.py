@@ -25,6 +25,11 @@ class RequestInvalid(Exception):
         self.message = message
 
 
+def error_body(error_type: str, message: str, request_id: str | None) -> dict[str, Any]:
+    """The API's error body."""
+    return {"type": "error", "error": {"type": error_type, "message": message}, "request_id": request_id}
+
+
 def _bad(message: str) -> RequestInvalid:
     return RequestInvalid(400, "invalid_request_error", message)
 
