@@ -18,6 +18,7 @@ import pytest
 from orchestrator.cli import build_parser, simulator_config
 from orchestrator.simulator import BatchSettings, SimulatorConfig
 from orchestrator.simulator.batch_api import LINES_PER_WRITE
+from orchestrator.simulator.batches import Batches, BatchStats, parse_requests
 from tests.conftest import INSTANT, FakeClock, Running
 
 pytestmark = pytest.mark.anyio
@@ -354,3 +355,22 @@ def test_command_line_options_configure_batches() -> None:
     assert simulator_config(parser.parse_args(["simulate"])).batches == BatchSettings()
     with pytest.raises(SystemExit):
         parser.parse_args(["simulate", "--batch-fault", "drop=0.1"])
+
+
+def test_settling_works_in_slices_so_a_large_batch_does_not_hold_the_server() -> None:
+    store = Batches(BatchSettings(seconds=0), seed=0, wall_offset=0.0, stats=BatchStats())
+    custom_ids, requests = parse_requests({"requests": batch_requests(5)}, max_requests=5)
+    batch = store.create("msgbatch_1", 0.0, custom_ids, requests)
+    seen: list[str] = []
+
+    def process(custom_id: str, _params: dict[str, Any]) -> dict[str, Any]:
+        seen.append(custom_id)
+        return {"type": "expired"}
+
+    assert store.settle(0.0, process, budget=2) is True
+    assert (seen, batch.status) == (["req-0", "req-1"], "in_progress")
+    assert store.settle(0.0, process, budget=2) is True
+    assert store.settle(0.0, process, budget=2) is False
+    assert seen == custom_ids
+    assert batch.status == "ended"
+    assert store.stats.results == Counter(expired=5)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio.lowlevel
 from aiohttp import web
 
 from orchestrator.simulator.batches import Batches, BatchStats, Status, draw_failure, parse_requests
@@ -29,6 +30,7 @@ BATCHES_PATH = "/v1/messages/batches"
 RESULTS_CONTENT_TYPE = "application/x-jsonl"
 LINES_PER_WRITE = 256  # the results file goes out in chunks of this many lines
 DEFAULT_LIMIT, MAX_LIMIT = 20, 1000
+SETTLE_SLICE = 200  # requests processed between two chances for other requests to run
 
 Action = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
@@ -63,9 +65,10 @@ class BatchAPI:
             web.get(BATCHES_PATH + "/{id}/results", handler(self._results)),
         ]
 
-    def settle(self) -> None:
-        """Bring every batch up to the simulator's clock."""
-        self.store.settle(self._clock(), self._process)
+    async def settle(self) -> None:
+        """Bring every batch up to the simulator's clock, letting other requests run between slices."""
+        while self.store.settle(self._clock(), self._process, SETTLE_SLICE):
+            await anyio.lowlevel.checkpoint()
 
     # -- processing one request ---------------------------------------------------------
 
@@ -106,7 +109,7 @@ class BatchAPI:
             refusal = self._endpoint_fault(request_id)
             if refusal is not None:
                 return refusal
-            self.settle()
+            await self.settle()
             return await action(request, request_id)
         except RequestInvalid as exc:
             return sim._error(exc.status, exc.error_type, exc.message, request_id)

@@ -66,17 +66,14 @@ class Batch:
     id: str
     created: float  # simulator clock
     custom_ids: list[str]  # in processing order; cleared once the batch has ended
-    params: list[dict[str, Any]]
+    params: list[dict[str, Any] | None]  # each dropped once processed
     seconds: float  # processing time
-    results: list[dict[str, Any]] = field(default_factory=list)  # of the first len(results) requests
+    lines: list[bytes] = field(
+        default_factory=list
+    )  # results lines of the first len(lines) requests; shuffled at the end
+    counts: Counter[str] = field(default_factory=Counter)  # results by type so far (reported once ended)
     cancel_initiated: float | None = None
     ended: float | None = None
-    counts: Counter[str] = field(default_factory=Counter)  # by result type, once ended
-    lines: list[bytes] = field(default_factory=list)  # the results file, once ended
-
-    @property
-    def size(self) -> int:
-        return len(self.custom_ids) if self.ended is None else sum(self.counts.values())
 
     @property
     def expires(self) -> float:
@@ -92,12 +89,19 @@ class Batch:
         """When request ``index`` finishes processing."""
         return self.created + self.seconds * (index + 1) / len(self.custom_ids)
 
+    def add_result(self, result: dict[str, Any]) -> None:
+        custom_id = self.custom_ids[len(self.lines)]
+        line = json.dumps({"custom_id": custom_id, "result": result}, separators=(",", ":")).encode() + b"\n"
+        self.params[len(self.lines)] = None
+        self.lines.append(line)
+        self.counts[result["type"]] += 1
+
 
 def _bad(message: str) -> RequestInvalid:
     return RequestInvalid(400, "invalid_request_error", message)
 
 
-def parse_requests(body: Any, max_requests: int) -> tuple[list[str], list[dict[str, Any]]]:
+def parse_requests(body: Any, max_requests: int) -> tuple[list[str], list[dict[str, Any] | None]]:
     """The custom_ids and params of a create request, or the API's 400 for the whole batch.
 
     Each ``params`` object is only checked to be an object here: like the API, its contents are
@@ -118,7 +122,7 @@ def parse_requests(body: Any, max_requests: int) -> tuple[list[str], list[dict[s
     if len(requests) > max_requests:
         raise _bad(f"requests: List should have at most {max_requests} items after validation, not {len(requests)}")
     custom_ids: list[str] = []
-    params: list[dict[str, Any]] = []
+    params: list[dict[str, Any] | None] = []
     first_seen: dict[str, int] = {}
     for index, item in enumerate(requests):
         where = f"requests.{index}"
@@ -180,7 +184,7 @@ class Batches:
         self._wall_offset = wall_offset  # add to a clock time to get a Unix time
         self._batches: dict[str, Batch] = {}
 
-    def create(self, batch_id: str, now: float, custom_ids: list[str], params: list[dict[str, Any]]) -> Batch:
+    def create(self, batch_id: str, now: float, custom_ids: list[str], params: list[dict[str, Any] | None]) -> Batch:
         batch = Batch(id=batch_id, created=now, custom_ids=custom_ids, params=params, seconds=self.settings.seconds)
         self._batches[batch_id] = batch
         self.stats.created += 1
@@ -227,37 +231,42 @@ class Batches:
             return newest[start:end], start > 0
         return newest[:limit], limit < len(newest)
 
-    def settle(self, now: float, process: Process) -> None:
-        """Process every request due by ``now`` and end every batch whose time has come."""
+    def settle(self, now: float, process: Process, budget: int) -> bool:
+        """Process requests due by ``now`` (at most ``budget`` of them) and end the batches whose time has come.
+
+        Returns whether requests due by ``now`` remain: the caller settles again (after letting
+        other work run), so a large batch does not hold the server for long.
+        """
         for batch in self._batches.values():
             if batch.ended is not None:
                 continue
             horizon = min(now, batch.expires) if batch.cancel_initiated is None else batch.cancel_initiated
-            while len(batch.results) < len(batch.custom_ids) and batch.due(len(batch.results)) <= horizon:
-                index = len(batch.results)
-                result = process(batch.custom_ids[index], batch.params[index])
-                batch.results.append(result)
+            while len(batch.lines) < len(batch.custom_ids) and batch.due(len(batch.lines)) <= horizon:
+                if budget == 0:
+                    return True
+                budget -= 1
+                index = len(batch.lines)
+                params = batch.params[index]
+                assert params is not None
+                result = process(batch.custom_ids[index], params)
                 if result["type"] == "succeeded":
                     usage = result["message"]["usage"]
                     self.stats.tokens_billed.update({k: v for k, v in usage.items() if isinstance(v, int)})
+                batch.add_result(result)
             if batch.cancel_initiated is not None:
                 end = batch.cancel_initiated + self.settings.cancel_seconds
             else:
                 end = min(batch.created + batch.seconds, batch.expires)
             if now >= end:
                 self._end(batch, end)
+        return False
 
     def _end(self, batch: Batch, at: float) -> None:
         rest = "canceled" if batch.cancel_initiated is not None else "expired"
-        batch.results.extend({"type": rest} for _ in range(len(batch.custom_ids) - len(batch.results)))
-        lines = [
-            json.dumps({"custom_id": custom_id, "result": result}, separators=(",", ":")).encode() + b"\n"
-            for custom_id, result in zip(batch.custom_ids, batch.results, strict=True)
-        ]
-        random.Random(f"{self._seed}:{batch.id}").shuffle(lines)
-        batch.counts = Counter(result["type"] for result in batch.results)
-        batch.lines = lines
-        batch.custom_ids, batch.params, batch.results = [], [], []
+        while len(batch.lines) < len(batch.custom_ids):
+            batch.add_result({"type": rest})
+        random.Random(f"{self._seed}:{batch.id}").shuffle(batch.lines)
+        batch.custom_ids, batch.params = [], []
         batch.ended = at
         self.stats.ended += 1
         self.stats.results.update(batch.counts)
@@ -272,12 +281,12 @@ class Batches:
     def describe(self, batch: Batch, base_url: str) -> dict[str, Any]:
         """The API's ``message_batch`` object."""
         ended = batch.ended is not None
-        counts = {name: batch.counts[name] for name in ("succeeded", "errored", "canceled", "expired")}
+        counts = {name: batch.counts[name] if ended else 0 for name in ("succeeded", "errored", "canceled", "expired")}
         return {
             "id": batch.id,
             "type": "message_batch",
             "processing_status": batch.status.value,
-            "request_counts": {"processing": 0 if ended else batch.size, **counts},
+            "request_counts": {"processing": 0 if ended else len(batch.custom_ids), **counts},
             "ended_at": self._time(batch.ended),
             "created_at": self._time(batch.created),
             "expires_at": self._time(batch.expires),

@@ -198,7 +198,7 @@ class Simulator:
         return web.json_response({"input_tokens": count_input_tokens(body)}, headers={"request-id": request_id})
 
     async def stats_view(self, request: web.Request) -> web.StreamResponse:
-        self.batches.settle()
+        await self.batches.settle()
         return web.json_response(self.stats.as_dict())
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
