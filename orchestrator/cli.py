@@ -61,14 +61,30 @@ def _batch_probability(text: str) -> tuple[str, float]:
     return _probability(text, BATCH_FAULTS)
 
 
+def _int_range(text: str) -> tuple[int, int]:
+    """``N`` or ``MIN:MAX``, positive integers."""
+    low, _, high = text.partition(":")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected N or MIN:MAX") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError("expected 1 <= MIN <= MAX")
+    return bounds
+
+
 def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("simulator")
     group.add_argument("--seed", type=int, default=0, help="seed of replies and faults (default 0)")
     group.add_argument("--speed", type=float, default=1.0, help="time factor; 'inf' for no delays (default 1)")
     group.add_argument("--ttft", type=float, default=0.5, help="seconds to first token (default 0.5)")
     group.add_argument("--tps", type=float, default=60.0, help="output tokens per second per stream (default 60)")
-    group.add_argument("--reply-tokens", default="20:300", metavar="MIN:MAX", help="reply length range")
-    group.add_argument("--tokens-per-delta", type=int, default=1)
+    group.add_argument(
+        "--reply-tokens", type=_int_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
+    )
+    group.add_argument(
+        "--tokens-per-delta", type=_int_range, default=(1, 1), metavar="N|MIN:MAX", help="tokens per delta (default 1)"
+    )
     group.add_argument("--sim-rpm", type=float, help="requests per minute the simulator allows")
     group.add_argument("--sim-itpm", type=float, help="input tokens per minute the simulator allows")
     group.add_argument("--sim-otpm", type=float, help="output tokens per minute the simulator allows")
@@ -102,12 +118,11 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
 
 
 def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    low, _, high = args.reply_tokens.partition(":")
     rates = dict(args.fault)
     return SimulatorConfig(
         seed=args.seed,
-        reply_min=int(low),
-        reply_max=int(high or low),
+        reply_min=args.reply_tokens[0],
+        reply_max=args.reply_tokens[1],
         tokens_per_delta=args.tokens_per_delta,
         timing=Timing(ttft=args.ttft, tokens_per_second=args.tps, speed=args.speed),
         limits=Limits(

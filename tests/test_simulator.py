@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,14 @@ pytestmark = pytest.mark.anyio
 
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
 HAIKU = "claude-haiku-4-5"
+# Like the API: several tokens per delta, extra pings, now and then an unknown event.
+REALISTIC = SimulatorConfig(timing=INSTANT, tokens_per_delta=(1, 5))
+
+
+@pytest.fixture
+def simulate(simulate: Simulate) -> Simulate:
+    """The simulator streams like the API here unless a test gives its own config."""
+    return lambda config=None, clock=None, **options: simulate(config or REALISTIC, clock, **options)
 
 
 def request(text: str = "Tell me a story", model: str = HAIKU, max_tokens: int = 1000) -> dict[str, Any]:
@@ -69,7 +78,7 @@ async def test_replies_are_deterministic_and_vary_in_length(simulate: Simulate) 
         again = [await client.messages.create(**request(f"prompt {i}")) for i in range(8)]
     assert [text_of(m) for m in first] == [text_of(m) for m in again]
     assert len({m.usage.output_tokens for m in first}) > 4
-    async with simulate(SimulatorConfig(seed=7, timing=INSTANT)) as (_, client, _):
+    async with simulate(replace(REALISTIC, seed=7)) as (_, client, _):
         other_seed = await client.messages.create(**request("prompt 0"))
     assert text_of(other_seed) != text_of(first[0])
 
@@ -143,7 +152,7 @@ async def test_fault_directive_in_the_prompt_and_times(simulate: Simulate) -> No
 
 
 async def test_random_faults_are_reproducible_and_retries_can_succeed(simulate: Simulate) -> None:
-    config = SimulatorConfig(timing=INSTANT, faults=FaultRates(overloaded=0.5))
+    config = replace(REALISTIC, faults=FaultRates(overloaded=0.5))
 
     async def outcomes(cfg: SimulatorConfig) -> list[bool]:
         results = []
@@ -159,7 +168,7 @@ async def test_random_faults_are_reproducible_and_retries_can_succeed(simulate: 
     first, second = await outcomes(config), await outcomes(config)
     assert first == second
     assert 5 < first.count(False) < 25
-    assert await outcomes(SimulatorConfig(seed=3, timing=INSTANT, faults=config.faults)) != first
+    assert await outcomes(replace(config, seed=3)) != first
     async with simulate(config) as (_, client, _):
         for i in range(30):
             for _attempt in range(20):
@@ -257,7 +266,7 @@ async def test_prefill_resumes_a_broken_reply_byte_for_byte(simulate: Simulate, 
 async def test_prefill_token_accounting_and_max_tokens(simulate: Simulate) -> None:
     async with simulate() as (_, client, _):
         full = await client.messages.create(**request())
-        partial = await partial_text(client, request(), "drop after=10")
+        partial = await partial_text(client, request(), "drop after=3")
         body = request(max_tokens=3)
         body["messages"].append({"role": "assistant", "content": partial.rstrip()})
         cut = await client.messages.create(**body)
@@ -297,6 +306,42 @@ BAD_BODIES: list[tuple[Any, str]] = [
         "max_tokens: Input should",
     ),
     ({"model": HAIKU, "max_tokens": 10}, "messages: Field required"),
+    (
+        {**request(max_tokens=2000), "thinking": {"type": "enabled", "budget_tokens": 1000}},
+        "greater than or equal to 1024",
+    ),
+    (
+        {**request(max_tokens=2000), "thinking": {"type": "enabled", "budget_tokens": 2000}},
+        "`max_tokens` must be greater",
+    ),
+    (
+        {
+            **request(max_tokens=3000),
+            "thinking": {"type": "enabled", "budget_tokens": 2000},
+            "tool_choice": {"type": "any"},
+        },
+        "Thinking may not be enabled when tool_choice forces tool use",
+    ),
+    (
+        {
+            "model": HAIKU,
+            "max_tokens": 3000,
+            "thinking": {"type": "enabled", "budget_tokens": 2000},
+            "messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "Once"}],
+        },
+        "must start with a thinking block",
+    ),
+    ({**request(), "tools": [{"name": "t"}]}, "input_schema: Field required"),
+    (
+        {**request(), "tools": [{"name": "t", "input_schema": {}}], "tool_choice": {"type": "tool", "name": "u"}},
+        "not found",
+    ),
+    ({**request(), "stop_sequences": [" "]}, "non-whitespace"),
+    ({**request(), "system": [{"type": "text", "text": "s", "cache_control": {"type": "forever"}}]}, "cache_control"),
+    (
+        {**request(), "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}] * 5},
+        "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+    ),
     ({"model": HAIKU, "max_tokens": 10, "messages": []}, "messages: at least one"),
     ({"model": HAIKU, "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
     (
@@ -383,7 +428,8 @@ def key_shape(value: Any) -> Any:
 
 
 async def test_wire_shape_matches_a_real_recorded_stream(simulate: Simulate) -> None:
-    async with simulate() as (_, _client, url), httpx2.AsyncClient(base_url=url) as http:
+    plain = replace(REALISTIC, odd_events=False, unknown_events=False)
+    async with simulate(plain) as (_, _client, url), httpx2.AsyncClient(base_url=url) as http:
         response = await http.post("/v1/messages", json={**request(max_tokens=15), "stream": True})
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     ours = sse_events(response.text)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -10,8 +12,10 @@ import pytest
 from orchestrator.bucket import TokenBucket
 from orchestrator.modelinfo import accepts_prefill, family, model_version
 from orchestrator.simulator.config import FaultRates
+from orchestrator.simulator.events import WireEvent, fault_position
 from orchestrator.simulator.faults import FaultKind, FaultSpecError, choose_fault, parse_fault_spec
 from orchestrator.simulator.replies import continuation, count_input_tokens, full_reply, plan_reply
+from orchestrator.simulator.tokens import count_tokens, tokenize
 
 
 def body(text: str = "hi", max_tokens: int = 10_000, prefill: str | None = None) -> dict[str, Any]:
@@ -60,8 +64,90 @@ def test_replies_have_no_doubled_punctuation_and_end_with_a_period() -> None:
 
 def test_input_token_rule() -> None:
     assert count_input_tokens(body("abcd")) == 3 + 0 + 4 + 1
-    with_system = {**body("abcdefgh"), "system": [{"type": "text", "text": "abcde"}]}
-    assert count_input_tokens(with_system) == 3 + 2 + 4 + 2
+    with_system = {**body("abcdefgh"), "system": [{"type": "text", "text": "a, b"}]}  # "abcdef" "gh"
+    assert count_input_tokens(with_system) == 3 + 3 + 4 + 2
+
+
+def test_tokenizer_splits_any_text_and_joins_back() -> None:
+    text = "Hello, world!\n\n  Checkpoints 12345 \t日本語 🙂 x"
+    tokens = tokenize(text)
+    assert "".join(tokens) == text
+    assert tokens[:4] == ["Hello", ",", " world", "!"]
+    assert tokens[4:10] == ["\n\n", "  ", "Checkp", "oints", " 123", "45"]
+    assert tokens.count("日") == tokens.count("🙂") == 1
+    assert count_tokens(text) == len(tokens)
+
+
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Weather at a place",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "location": {"type": "string"},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                "hourly": {"type": "boolean"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["location", "days"],
+        },
+    }
+]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"thinking": {"type": "enabled", "budget_tokens": 2000}},
+        {"tools": TOOLS, "tool_choice": {"type": "any"}},
+        {"tools": TOOLS},
+    ],
+)
+def test_every_block_is_generated_as_the_tokens_that_count_it(extra: dict[str, Any]) -> None:
+    """count_tokens of any prefix cut between tokens is the number of tokens it was generated as."""
+    for i in range(20):
+        plan = plan_reply(0, {**body(f"p{i}"), **extra}, 20, 120)
+        for block in plan.blocks:
+            assert tokenize(block.text) == block.tokens
+            for cut in range(len(block.tokens) + 1):
+                assert count_tokens("".join(block.tokens[:cut])) == cut
+
+
+def test_reply_blocks_follow_the_request() -> None:
+    thinking = plan_reply(0, {**body(), "thinking": {"type": "enabled", "budget_tokens": 1500}}, 20, 100)
+    assert [b.kind for b in thinking.blocks] == ["thinking", "text"]
+    assert thinking.blocks[0].signature
+    assert thinking.output_tokens == sum(len(b.tokens) for b in thinking.blocks)
+    forced = plan_reply(0, {**body(), "tools": TOOLS, "tool_choice": {"type": "tool", "name": "get_weather"}}, 20, 100)
+    assert [b.kind for b in forced.blocks] == ["tool_use"]
+    assert forced.stop_reason == "tool_use"
+    arguments = json.loads(forced.blocks[0].text)
+    assert {"location", "days"} <= set(arguments)
+    assert 1 <= arguments["days"] <= 7
+    auto = [plan_reply(0, {**body(f"q{i}"), "tools": TOOLS}, 20, 100) for i in range(20)]
+    assert {tuple(b.kind for b in p.blocks) for p in auto} == {("text",), ("text", "tool_use")}
+    cut = plan_reply(0, {**body(max_tokens=4), "tools": TOOLS, "tool_choice": {"type": "any"}}, 20, 100)
+    assert cut.stop_reason == "max_tokens"
+    assert not cut.blocks[0].complete
+    assert cut.blocks[0].text == "".join(forced.blocks[0].tokens[:4])
+
+
+def test_stop_sequences_cut_before_the_first_match() -> None:
+    full = "".join(full_reply(0, body(), 40, 80))
+    words = full.split()
+    sequence = " " + words[5]
+    later = " " + words[-2]
+    plan = plan_reply(0, {**body(), "stop_sequences": [later, sequence]}, 40, 80)
+    assert plan.stop_reason == "stop_sequence"
+    assert plan.stop_sequence == sequence
+    assert "".join(plan.tokens) == full[: full.index(sequence)]
+    prefill = full[: full.index(sequence) - 3].rstrip()
+    continued = plan_reply(0, {**body(prefill=prefill), "stop_sequences": [sequence]}, 40, 80)
+    assert prefill + "".join(continued.tokens) == full[: full.index(sequence)]
+    assert plan_reply(0, {**body(), "stop_sequences": ["never there"]}, 40, 80).stop_reason == "end_turn"
 
 
 @pytest.mark.parametrize(
@@ -91,7 +177,9 @@ def test_model_versions_and_prefill(model: str, version: tuple[int, int] | None,
 def test_fault_specs() -> None:
     spec = parse_fault_spec("drop after=5 times=1")
     assert (spec.kind, spec.after, spec.times) == (FaultKind.DROP, 5, 1)
-    for bad in ("", "explode", "drop after", "drop after=x", "drop when=3"):
+    spec = parse_fault_spec("malformed at=0 variant=orphan_delta")
+    assert (spec.kind, spec.at, spec.variant) == (FaultKind.MALFORMED, 0, "orphan_delta")
+    for bad in ("", "explode", "drop after", "drop after=x", "drop when=3", "malformed variant=odd"):
         with pytest.raises(FaultSpecError):
             parse_fault_spec(bad)
 
@@ -99,25 +187,31 @@ def test_fault_specs() -> None:
 def test_forced_fault_respects_times_and_clamps_after() -> None:
     forced = parse_fault_spec("truncate after=99 times=2")
     rates = FaultRates()
-    picks = [
-        choose_fault(forced=forced, rates=rates, seed=0, fingerprint=b"x", attempt=a, deltas=10) for a in (1, 2, 3)
-    ]
+    picks = [choose_fault(forced=forced, rates=rates, seed=0, fingerprint=b"x", attempt=a) for a in (1, 2, 3)]
     assert picks[0] is not None
-    assert picks[0].after == 10
     assert picks[1] is not None
     assert picks[2] is None
+    events = [
+        WireEvent(b"start", 0),
+        *(WireEvent(b"delta", n, delta=True) for n in range(1, 11)),
+        WireEvent(b"end", 10),
+    ]
+    assert fault_position(picks[0], events) == 11  # after every delta
+    assert fault_position(replace(picks[0], after=3), events) == 4
+    assert fault_position(replace(picks[0], after=None, at=0), events) == 0
+    assert fault_position(replace(picks[0], kind=FaultKind.NO_STOP), events) == 11
+    for spot in (0.0, 0.5, 0.999):  # drawn: anywhere after the first delta, never past the last event
+        assert 2 <= fault_position(replace(picks[0], after=None, spot=spot), events) <= 11
 
 
 def test_fault_rates_are_respected() -> None:
     rates = FaultRates(drop=0.25, overloaded=0.25)
-    kinds = [
-        choose_fault(forced=None, rates=rates, seed=1, fingerprint=bytes([i]), attempt=1, deltas=50) for i in range(256)
-    ]
+    kinds = [choose_fault(forced=None, rates=rates, seed=1, fingerprint=bytes([i]), attempt=1) for i in range(256)]
     drops = sum(1 for k in kinds if k is not None and k.kind is FaultKind.DROP)
     overloads = sum(1 for k in kinds if k is not None and k.kind is FaultKind.OVERLOADED)
     assert 40 < drops < 90
     assert 40 < overloads < 90
-    assert all(k is None or 0 <= k.after < 50 for k in kinds)
+    assert all(k is None or (k.after is None and 0 <= k.spot < 1) for k in kinds)
 
 
 def test_bucket_refills_continuously_and_allows_oversized_takes_when_full() -> None:

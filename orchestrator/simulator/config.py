@@ -1,4 +1,4 @@
-"""Settings of the simulator: replies, timing, rate limits and faults."""
+"""Settings of the simulator: replies, streams, timing, rate limits and faults."""
 
 from __future__ import annotations
 
@@ -36,10 +36,12 @@ class FaultRates:
 
     overloaded: float = 0.0  # 529 before the stream
     server_error: float = 0.0  # 500 before the stream
-    error_event: float = 0.0  # in-band overloaded_error after some deltas
-    drop: float = 0.0  # connection dropped mid-stream
-    stall: float = 0.0  # no bytes for ``stall_seconds`` mid-stream
-    truncate: float = 0.0  # body ends cleanly without message_stop
+    error_event: float = 0.0  # in-band overloaded_error at some point of the stream
+    drop: float = 0.0  # connection dropped at some point of the stream
+    stall: float = 0.0  # no bytes for ``stall_seconds`` at some point of the stream
+    truncate: float = 0.0  # body ends cleanly at some point of the stream, without message_stop
+    no_stop: float = 0.0  # body ends cleanly after message_delta: only message_stop is missing
+    malformed: float = 0.0  # one malformed event (see faults.MALFORMED_VARIANTS), then the stream goes on
     stall_seconds: float = 30.0  # real seconds, not scaled by speed
 
 
@@ -66,7 +68,11 @@ class SimulatorConfig:
     seed: int = 0
     reply_min: int = 20  # tokens in a full reply, drawn per conversation
     reply_max: int = 300
-    tokens_per_delta: int = 1
+    # Tokens per text/thinking/tool-JSON delta, drawn per delta from this range (seeded per
+    # conversation and attempt). The API's deltas carry several tokens: (1, 5) is realistic.
+    tokens_per_delta: tuple[int, int] = (1, 1)
+    odd_events: bool = True  # extra pings anywhere (mid-block too), as the API sends them
+    unknown_events: bool = True  # now and then an event of an unknown type, which clients must ignore
     timing: Timing = field(default_factory=Timing)
     limits: Limits = field(default_factory=Limits)
     faults: FaultRates = field(default_factory=FaultRates)

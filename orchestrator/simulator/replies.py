@@ -1,19 +1,24 @@
 """What the simulator answers: pure functions of the request body and a seed.
 
-- The full reply to a conversation is a list of tokens drawn from a PRNG seeded by a hash of
-  (seed, model, system, messages), where a trailing assistant message (a prefill) is left out
-  of the hash. So a request that prefills part of the reply gets exactly the rest of it.
-- Input tokens follow a fixed counting rule (``count_input_tokens``), the same for
-  ``/v1/messages`` and ``/v1/messages/count_tokens``.
+- The full reply to a conversation is a list of blocks (thinking, text, tool_use) drawn from PRNGs
+  seeded by a hash of (seed, model, system, tools, tool_choice, thinking, messages), where a
+  trailing assistant message (a prefill) is left out of the hash. So a request that prefills part
+  of the reply gets exactly the rest of it.
+- Every block is a list of tokens of the simulator's tokenizer (``tokens.py``), the one that also
+  counts input (``count_input_tokens``, the same for ``/v1/messages`` and ``count_tokens``).
+- The reply is then cut before the first stop sequence in its text, and at ``max_tokens``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import random
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from orchestrator.simulator.tokens import count_tokens, tokenize
 
 _WORDS = [
     "the",
@@ -167,13 +172,53 @@ _WORDS = [
     "checkpoint",
 ]
 
+REQUEST_OVERHEAD = 3  # input tokens of any request
+MESSAGE_OVERHEAD = 4  # input tokens of each message, beside its content
+
+BlockKind = Literal["thinking", "text", "tool_use"]
+
+
+@dataclass(frozen=True)
+class PlannedBlock:
+    """One content block of a reply, as the tokens it is generated as."""
+
+    kind: BlockKind
+    tokens: list[str]
+    name: str = ""  # tool_use: the tool's name
+    ident: str = ""  # tool_use: the block's id
+    signature: str = ""  # thinking: sent once the block is whole
+    complete: bool = True  # False when max_tokens cut the block
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
 
 @dataclass(frozen=True)
 class ReplyPlan:
-    """The tokens one response will emit, and why it stops."""
+    """The blocks one response will emit, and why it stops."""
 
-    tokens: list[str]
-    stop_reason: str  # "end_turn" or "max_tokens"
+    blocks: list[PlannedBlock]
+    stop_reason: str  # "end_turn", "max_tokens", "stop_sequence" or "tool_use"
+    stop_sequence: str | None = None
+
+    @property
+    def tokens(self) -> list[str]:
+        """The tokens of the reply's text blocks."""
+        return [token for block in self.blocks if block.kind == "text" for token in block.tokens]
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(len(block.tokens) for block in self.blocks)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a request's input (a tool, a system block, a message block), in prompt order."""
+
+    tokens: int
+    key: bytes  # identifies the prompt up to and including this piece (model included)
+    ttl: float | None  # seconds, when the piece carries a cache_control breakpoint
 
 
 def block_text(content: Any) -> str:
@@ -200,17 +245,49 @@ def system_text(system: Any) -> str:
     return block_text(system)
 
 
-def count_text_tokens(text: str) -> int:
-    """The simulator's token count of a text: one token per 4 characters, rounded up."""
-    return (len(text) + 3) // 4
+def cache_ttl(block: Any) -> float | None:
+    """The lifetime a ``cache_control`` marker asks for (5 minutes unless ``ttl`` is "1h"), or None."""
+    marker = block.get("cache_control") if isinstance(block, dict) else None
+    if not marker:
+        return None
+    return 3600.0 if marker.get("ttl") == "1h" else 300.0
+
+
+def _bare(block: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in block.items() if key != "cache_control"}
+
+
+def input_segments(body: dict[str, Any]) -> list[Segment]:
+    """The request's input in the order the API caches it: tools, system, messages."""
+    items: list[tuple[Any, int, float | None]] = []  # (what identifies it, tokens, breakpoint ttl)
+    for tool in body.get("tools") or []:
+        bare = _bare(tool)
+        items.append((["tool", bare], count_tokens(json.dumps(bare, sort_keys=True)), cache_ttl(tool)))
+    system = body.get("system")
+    for block in [{"type": "text", "text": system}] if isinstance(system, str) else system or []:
+        text = block_text([block])
+        items.append((["system", text], count_tokens(text), cache_ttl(block)))
+    for message in body["messages"]:
+        content = message["content"]
+        for number, block in enumerate([{"type": "text", "text": content}] if isinstance(content, str) else content):
+            overhead = MESSAGE_OVERHEAD if number == 0 else 0
+            what = [message["role"], number, _bare(block)]
+            items.append((what, overhead + count_tokens(block_text([block])), cache_ttl(block)))
+    if cache_ttl(body) is not None:  # automatic caching: a breakpoint on the last block
+        what, tokens, _ = items[-1]
+        items[-1] = (what, tokens, cache_ttl(body))
+    digest = hashlib.sha256(body["model"].encode())
+    segments: list[Segment] = []
+    for what, tokens, ttl in items:
+        digest.update(json.dumps(what, sort_keys=True, separators=(",", ":")).encode())
+        overhead = REQUEST_OVERHEAD if not segments else 0
+        segments.append(Segment(tokens=overhead + tokens, key=digest.digest(), ttl=ttl))
+    return segments
 
 
 def count_input_tokens(body: dict[str, Any]) -> int:
-    """Input tokens of a request: 3, plus the system text, plus 4 and the text of each message."""
-    total = 3 + count_text_tokens(system_text(body.get("system")))
-    for message in body["messages"]:
-        total += 4 + count_text_tokens(block_text(message["content"]))
-    return total
+    """Input tokens of a request: 3, plus each tool's JSON, the system text, and 4 and the text of each message."""
+    return sum(segment.tokens for segment in input_segments(body))
 
 
 def last_user(body: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +307,9 @@ def prefill_of(body: dict[str, Any]) -> str | None:
 
 
 def _fingerprint(seed: int, body: dict[str, Any], messages: list[Any]) -> bytes:
-    key = json.dumps([seed, body["model"], body.get("system"), messages], sort_keys=True, separators=(",", ":"))
+    parts = [seed, body["model"], body.get("system"), messages]
+    parts += [body[name] for name in ("tools", "tool_choice", "thinking") if body.get(name) is not None]
+    key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).digest()
 
 
@@ -242,10 +321,8 @@ def conversation_key(seed: int, body: dict[str, Any]) -> bytes:
     return _fingerprint(seed, body, messages)
 
 
-def full_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> list[str]:
-    """The whole reply the conversation would get without a prefill or a max_tokens cut."""
-    rng = random.Random(conversation_key(seed, body))
-    length = rng.randint(reply_min, reply_max)
+def _sentences(rng: random.Random, length: int) -> list[str]:
+    """``length`` tokens of sentences (at least a word), ending with a period when there is room."""
     tokens: list[str] = []
     capital = True
     while len(tokens) < length - 1:
@@ -253,7 +330,8 @@ def full_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) 
         roll = rng.random()
         after_word = bool(tokens) and tokens[-1] not in (".", ",", "\n\n")
         if capital:
-            tokens.append(word.capitalize() if not tokens or tokens[-1] == "\n\n" else " " + word.capitalize())
+            word = word.capitalize()
+            tokens += tokenize(word if not tokens or tokens[-1] == "\n\n" else " " + word)
             capital = False
         elif after_word and roll < 0.06:
             tokens.append(".")
@@ -263,12 +341,108 @@ def full_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) 
         elif after_word and roll < 0.12:
             tokens.append(",")
         else:
-            tokens.append(" " + word)
-    del tokens[length - 1 :]  # a sentence end may have added two tokens
-    last = rng.choice(_WORDS)
-    last = last.capitalize() if capital or not tokens or tokens[-1] in (".", "\n\n") else last
-    tokens.append(("" if not tokens or tokens[-1] == "\n\n" else " ") + last + ".")
+            tokens += tokenize(" " + word)
+    if length <= 1:
+        return tokenize(rng.choice(_WORDS).capitalize())[:1]
+    del tokens[length - 1 :]  # a sentence end or a long word may have added more
+    if tokens[-1] in (".", ",", "\n\n"):  # end on a word, so that the final period follows one
+        word = rng.choice(_WORDS)
+        previous = tokens[-2] if len(tokens) > 1 else "."
+        tokens[-1] = tokenize(" " + (word.capitalize() if previous in (".", "\n\n") else word))[0]
+    tokens.append(".")
     return tokens
+
+
+def full_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> list[str]:
+    """The tokens of the reply's text when nothing cuts it (no prefill, stop sequence or max_tokens)."""
+    rng = random.Random(conversation_key(seed, body))
+    return _sentences(rng, rng.randint(reply_min, reply_max))
+
+
+def _client_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [tool for tool in body.get("tools") or [] if isinstance(tool.get("input_schema"), dict)]
+
+
+def _has_tool_result(message: dict[str, Any]) -> bool:
+    content = message["content"]
+    return isinstance(content, list) and any(block.get("type") == "tool_result" for block in content)
+
+
+def _chosen_tool(rng: random.Random, body: dict[str, Any]) -> tuple[dict[str, Any], bool] | None:
+    """The tool the reply calls, and whether ``tool_choice`` forced it; None for a text reply.
+
+    ``auto`` calls a tool half the time, unless the conversation just returned a tool result.
+    """
+    tools = _client_tools(body)
+    choice = body.get("tool_choice") or {"type": "auto"}
+    kind = choice.get("type")
+    if not tools or kind == "none":
+        return None
+    if kind == "tool":
+        return next(tool for tool in tools if tool["name"] == choice["name"]), True
+    if kind == "any":
+        return rng.choice(tools), True
+    if _has_tool_result(body["messages"][-1]) or rng.random() < 0.5:
+        return None
+    return rng.choice(tools), False
+
+
+def tool_input(rng: random.Random, schema: Any, depth: int = 0) -> Any:
+    """A value that fits a JSON schema (the common keywords), drawn from ``rng``."""
+    if not isinstance(schema, dict):
+        schema = {}
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return rng.choice(schema["enum"])
+    if "const" in schema:
+        return schema["const"]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or "properties" in schema:
+        required = set(schema.get("required") or [])
+        properties = schema.get("properties") or {}
+        return {
+            name: tool_input(rng, sub, depth + 1)
+            for name, sub in properties.items()
+            if depth < 4 and (name in required or rng.random() < 0.7)
+        }
+    if kind == "array":
+        low = int(schema.get("minItems", 1))
+        count = rng.randint(low, max(low, min(int(schema.get("maxItems", 3)), 3)))
+        return [tool_input(rng, schema.get("items"), depth + 1) for _ in range(count if depth < 4 else 0)]
+    if kind == "integer":
+        return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
+    if kind == "number":
+        return round(rng.uniform(float(schema.get("minimum", 0)), float(schema.get("maximum", 100))), 2)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 4))).capitalize()
+
+
+def full_blocks(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> tuple[list[PlannedBlock], str]:
+    """The whole reply (blocks and natural stop reason) before any prefill, stop sequence or max_tokens cut."""
+    key = conversation_key(seed, body)
+    blocks: list[PlannedBlock] = []
+    thinking = body.get("thinking") or {}
+    if thinking.get("type") == "enabled":
+        budget = int(thinking["budget_tokens"])
+        rng = random.Random(key + b":thinking")
+        signature = base64.b64encode(hashlib.sha512(key + b":signature").digest() * 3).decode()
+        length = rng.randint(min(reply_min, budget), min(reply_max, budget))
+        blocks.append(PlannedBlock("thinking", _sentences(rng, length), signature=signature))
+    rng = random.Random(key + b":tool")
+    chosen = _chosen_tool(rng, body)
+    if chosen is None or not chosen[1]:  # a forced tool call has no text before it
+        blocks.append(PlannedBlock("text", full_reply(seed, body, reply_min, reply_max)))
+    if chosen is None:
+        return blocks, "end_turn"
+    tool = chosen[0]
+    arguments = json.dumps(tool_input(rng, tool["input_schema"]))
+    ident = "toolu_01" + hashlib.blake2b(key + b":tool_use", digest_size=11).hexdigest()
+    blocks.append(PlannedBlock("tool_use", tokenize(arguments), name=tool["name"], ident=ident))
+    return blocks, "tool_use"
 
 
 def continuation(tokens: list[str], prefix: str) -> list[str] | None:
@@ -278,29 +452,65 @@ def continuation(tokens: list[str], prefix: str) -> list[str] | None:
     """
     if not "".join(tokens).startswith(prefix):
         return None
+    return _split(tokens, len(prefix))[1]
+
+
+def _split(tokens: list[str], position: int) -> tuple[list[str], list[str]]:
+    """The tokens before and after character ``position``; a token across it is split in two."""
     size = 0
     for index, token in enumerate(tokens):
-        if size == len(prefix):
-            return tokens[index:]
-        if size + len(token) > len(prefix):
-            return [token[len(prefix) - size :], *tokens[index + 1 :]]
+        if size == position:
+            return tokens[:index], tokens[index:]
+        if size + len(token) > position:
+            cut = position - size
+            return [*tokens[:index], token[:cut]], [token[cut:], *tokens[index + 1 :]]
         size += len(token)
-    return []
+    return tokens, []
+
+
+def _first_stop(text: str, context: str, stop_sequences: list[str]) -> tuple[int, str] | None:
+    """Where in ``text`` (generated after ``context``) the first stop sequence starts, and which."""
+    whole = context + text
+    found: list[tuple[int, int, str]] = []
+    for order, sequence in enumerate(stop_sequences):
+        at = whole.find(sequence, max(0, len(context) - len(sequence) + 1))
+        if at >= 0:
+            found.append((at, order, sequence))
+    if not found:
+        return None
+    at, _, sequence = min(found)
+    return max(0, at - len(context)), sequence
+
+
+def _foreign_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> list[str]:
+    """A deterministic reply to a conversation whose prefill is not the start of our reply."""
+    rng = random.Random(_fingerprint(seed, body, body["messages"]))
+    return [token for _ in range(rng.randint(reply_min, reply_max)) for token in tokenize(" " + rng.choice(_WORDS))]
 
 
 def plan_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> ReplyPlan:
-    """The tokens a response emits: the full reply, or what follows a prefill, cut at max_tokens."""
-    full = full_reply(seed, body, reply_min, reply_max)
+    """What a response emits: the full reply or what follows a prefill, cut at a stop sequence and max_tokens."""
+    blocks, stop_reason = full_blocks(seed, body, reply_min, reply_max)
     prefill = prefill_of(body)
-    tokens = full
+    context = ""
     if prefill is not None:
-        rest = continuation(full, prefill)
+        rest = continuation(blocks[0].tokens, prefill) if blocks[0].kind == "text" else None
         if rest is None:
-            # A prefill that is not the start of our reply: answer the whole conversation afresh.
-            rng = random.Random(_fingerprint(seed, body, body["messages"]))
-            rest = [" " + rng.choice(_WORDS) for _ in range(rng.randint(reply_min, reply_max))]
-        tokens = rest
-    limit = int(body["max_tokens"])
-    if len(tokens) > limit:
-        return ReplyPlan(tokens=tokens[:limit], stop_reason="max_tokens")
-    return ReplyPlan(tokens=tokens, stop_reason="end_turn")
+            blocks, stop_reason = [PlannedBlock("text", _foreign_reply(seed, body, reply_min, reply_max))], "end_turn"
+        else:
+            blocks, context = [replace(blocks[0], tokens=rest), *blocks[1:]], prefill
+    stop_sequence = None
+    for index, block in enumerate(blocks):
+        stop = _first_stop(block.text, context, body.get("stop_sequences") or []) if block.kind == "text" else None
+        if stop is not None:
+            blocks = [*blocks[:index], replace(block, tokens=_split(block.tokens, stop[0])[0])]
+            stop_reason, stop_sequence = "stop_sequence", stop[1]
+            break
+        context = ""
+    left = int(body["max_tokens"])
+    for index, block in enumerate(blocks):
+        if len(block.tokens) > left or (left == 0 and index > 0):
+            cut = [replace(block, tokens=block.tokens[:left], complete=False)] if left else []
+            return ReplyPlan(blocks=[*blocks[:index], *cut], stop_reason="max_tokens")
+        left -= len(block.tokens)
+    return ReplyPlan(blocks=blocks, stop_reason=stop_reason, stop_sequence=stop_sequence)

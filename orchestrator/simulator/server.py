@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,16 @@ from aiohttp import web
 
 from orchestrator.simulator.batch_api import BatchAPI
 from orchestrator.simulator.batches import BatchStats
+from orchestrator.simulator.cache import InputUsage, PromptCache
 from orchestrator.simulator.config import SimulatorConfig
+from orchestrator.simulator.events import (
+    ERROR_EVENT,
+    WireEvent,
+    content_of,
+    fault_position,
+    stream_events,
+    with_malformed,
+)
 from orchestrator.simulator.faults import (
     BEFORE_STREAM,
     Fault,
@@ -33,6 +43,7 @@ from orchestrator.simulator.replies import (
     block_text,
     conversation_key,
     count_input_tokens,
+    input_segments,
     last_user,
     plan_reply,
 )
@@ -53,8 +64,11 @@ class Stats:
     streams_now: int = 0
     stalls_now: int = 0
     peak_streams: int = 0
-    input_tokens_billed: int = 0
+    input_tokens_billed: int = 0  # uncached input
+    cache_creation_input_tokens_billed: int = 0
+    cache_read_input_tokens_billed: int = 0
     output_tokens_billed: int = 0
+    count_tokens_calls: int = 0
     batches: BatchStats = field(default_factory=BatchStats)
 
     def as_dict(self) -> dict[str, Any]:
@@ -67,29 +81,12 @@ class Stats:
             "stalls_now": self.stalls_now,
             "peak_streams": self.peak_streams,
             "input_tokens_billed": self.input_tokens_billed,
+            "cache_creation_input_tokens_billed": self.cache_creation_input_tokens_billed,
+            "cache_read_input_tokens_billed": self.cache_read_input_tokens_billed,
             "output_tokens_billed": self.output_tokens_billed,
+            "count_tokens_calls": self.count_tokens_calls,
             "batches": self.batches.as_dict(),
         }
-
-
-def sse(event: str, payload: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
-
-
-_DELTA_HEAD = (
-    b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
-)
-_PING = sse("ping", {"type": "ping"})
-_BLOCK_START = sse(
-    "content_block_start",
-    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-)
-_BLOCK_STOP = sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-_MESSAGE_STOP = sse("message_stop", {"type": "message_stop"})
-
-
-def _delta(text: str) -> bytes:
-    return _DELTA_HEAD + json.dumps(text).encode() + b"}}\n\n"
 
 
 class ClientGone(Exception):
@@ -103,6 +100,8 @@ class Simulator:
         self.config = config or SimulatorConfig()
         self.stats = Stats()
         self.limits = ServerLimits(self.config.limits, clock)
+        self.cache = PromptCache()
+        self._clock = clock
         self._attempts: Counter[bytes] = Counter()
         self._serial = 0
         self._changed = anyio.Event()
@@ -149,27 +148,44 @@ class Simulator:
             body["error"]["details"] = details
         return web.json_response(body, status=status, headers=headers)
 
-    def _usage(self, input_tokens: int, output_tokens: int) -> dict[str, Any]:
-        return {
-            "input_tokens": input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
-            "output_tokens": output_tokens,
-            "service_tier": "standard",
-        }
-
-    def _message(self, model: str, text: str | None, stop: str | None, usage: dict[str, Any]) -> dict[str, Any]:
+    def _message(self, model: str, plan: ReplyPlan | None, usage: InputUsage, output_tokens: int) -> dict[str, Any]:
+        """The message object: the whole non-streamed message, or (``plan`` None) message_start's."""
         return {
             "id": self._next_id("msg"),
             "type": "message",
             "role": "assistant",
             "model": model,
-            "content": [] if text is None else [{"type": "text", "text": text}],
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": usage,
+            "content": [] if plan is None else content_of(plan),
+            "stop_reason": None if plan is None else plan.stop_reason,
+            "stop_sequence": None if plan is None else plan.stop_sequence,
+            "usage": {**usage.fields(), "output_tokens": output_tokens, "service_tier": "standard"},
         }
+
+    def _plan(self, body: dict[str, Any]) -> ReplyPlan:
+        return plan_reply(self.config.seed, body, self.config.reply_min, self.config.reply_max)
+
+    def _bill_input(self, usage: InputUsage) -> None:
+        """A Messages request is served: its cache writes and reads take effect and its input is billed."""
+        self.cache.commit(usage, self._clock())
+        self.stats.input_tokens_billed += usage.input_tokens
+        self.stats.cache_creation_input_tokens_billed += usage.cache_creation
+        self.stats.cache_read_input_tokens_billed += usage.cache_read
+
+    def _bill_output(self, tokens: int) -> None:
+        self.limits.charge_output(tokens)
+        self.stats.output_tokens_billed += tokens
+
+    def render_message(self, body: dict[str, Any], usage: InputUsage | None = None) -> dict[str, Any]:
+        """The whole reply to a valid request body, as ``stream: false`` returns it and a batch result holds it.
+
+        Without ``usage`` (a batch request) the prompt cache is looked up and written here; the
+        Messages endpoint looks it up before admission and bills it itself.
+        """
+        if usage is None:
+            usage = self.cache.lookup(body["model"], input_segments(body), self._clock())
+            self.cache.commit(usage, self._clock())
+        plan = self._plan(body)
+        return self._message(body["model"], plan, usage, plan.output_tokens)
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -189,6 +205,7 @@ class Simulator:
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         request_id = self._next_id("req")
+        self.stats.count_tokens_calls += 1
         if self._rejected(request):
             return self._error(401, "authentication_error", "invalid x-api-key", request_id)
         try:
@@ -235,8 +252,8 @@ class Simulator:
                 details={"error_code": "enforced_spend_limit_reached"},
             )
 
-        input_tokens = count_input_tokens(body)
-        refusal = self.limits.admit(input_tokens)
+        usage = self.cache.lookup(body["model"], input_segments(body), self._clock())
+        refusal = self.limits.admit(usage.rate_limited)
         if refusal is not None:
             outcomes["rate_limited"] += 1
             self.stats.rate_limited += 1
@@ -249,17 +266,11 @@ class Simulator:
             return self._error(429, "rate_limit_error", message, request_id, retry_after=refusal.retry_after)
 
         config = self.config
-        plan = plan_reply(config.seed, body, config.reply_min, config.reply_max)
         fingerprint = conversation_key(config.seed, body)
         self._attempts[fingerprint] += 1
-        deltas = -(-len(plan.tokens) // config.tokens_per_delta)
+        attempt = self._attempts[fingerprint]
         fault = choose_fault(
-            forced=forced,
-            rates=config.faults,
-            seed=config.seed,
-            fingerprint=fingerprint,
-            attempt=self._attempts[fingerprint],
-            deltas=deltas,
+            forced=forced, rates=config.faults, seed=config.seed, fingerprint=fingerprint, attempt=attempt
         )
         if fault is not None:
             self.stats.faults_injected[fault.kind.value] += 1
@@ -269,36 +280,34 @@ class Simulator:
                 return self._error(529, "overloaded_error", "Overloaded", request_id)
             return self._error(500, "api_error", "Internal server error", request_id)
 
-        self.stats.input_tokens_billed += input_tokens  # refused requests are not billed
+        self._bill_input(usage)  # refused requests are not billed
         if not body.get("stream", False):
-            return await self._complete(body, request_id)
-        return await self._stream(request, body, plan, deltas, fault, input_tokens, request_id)
+            return await self._complete(body, usage, request_id)
+        plan = self._plan(body)
+        rng = random.Random(hashlib.sha256(b"stream:%d:" % attempt + fingerprint).digest())
+        start = self._message(body["model"], None, usage, 1)
+        final_usage = {**usage.fields(), "output_tokens": plan.output_tokens}
+        del final_usage["cache_creation"]
+        events = stream_events(
+            plan, start, final_usage, rng, config.tokens_per_delta, config.odd_events, config.unknown_events
+        )
+        return await self._stream(request, events, len(plan.blocks), fault, request_id)
 
-    def render_message(self, body: dict[str, Any]) -> dict[str, Any]:
-        """The whole reply to a valid request body, as ``stream: false`` returns it and a batch result holds it."""
-        config = self.config
-        plan = plan_reply(config.seed, body, config.reply_min, config.reply_max)
-        usage = self._usage(count_input_tokens(body), len(plan.tokens))
-        return self._message(body["model"], "".join(plan.tokens), plan.stop_reason, usage)
-
-    async def _complete(self, body: dict[str, Any], request_id: str) -> web.Response:
-        message = self.render_message(body)
-        n = message["usage"]["output_tokens"]
+    async def _complete(self, body: dict[str, Any], usage: InputUsage, request_id: str) -> web.Response:
+        message = self.render_message(body, usage)
+        output_tokens = message["usage"]["output_tokens"]
         timing = self.config.timing
-        await anyio.sleep(timing.scaled(timing.ttft + n / timing.tokens_per_second))
-        self.limits.charge_output(n)
-        self.stats.output_tokens_billed += n
+        await anyio.sleep(timing.scaled(timing.ttft + output_tokens / timing.tokens_per_second))
+        self._bill_output(output_tokens)
         self.stats.outcomes["ok"] += 1
         return web.json_response(message, headers=self._headers(request_id))
 
     async def _stream(
         self,
         request: web.Request,
-        body: dict[str, Any],
-        plan: ReplyPlan,
-        deltas: int,
+        events: list[WireEvent],
+        blocks: int,
         fault: Fault | None,
-        input_tokens: int,
         request_id: str,
     ) -> web.StreamResponse:
         stats = self.stats
@@ -313,65 +322,36 @@ class Simulator:
         await response.prepare(request)
         stats.streams_now += 1
         stats.peak_streams = max(stats.peak_streams, stats.streams_now)
-        emitter = _Emitter(self, response, plan)
-        start = self._message(body["model"], None, None, self._usage(input_tokens, 1))
-        emitter.pending += [
-            sse("message_start", {"type": "message_start", "message": start}),
-            _BLOCK_START,
-            _PING,
-        ]
+        position = len(events) if fault is None else fault_position(fault, events)
+        if fault is not None and fault.kind is FaultKind.MALFORMED:
+            events = with_malformed(events, position, fault.variant, blocks)
+        emitter = _Emitter(self, response, events)
         outcome = "ok"
         try:
-            if fault is None or fault.kind is FaultKind.STALL:
-                if fault is not None:
-                    await emitter.run_until(fault.after)
+            if fault is None or fault.kind in (FaultKind.STALL, FaultKind.MALFORMED):
+                if fault is not None and fault.kind is FaultKind.STALL:
+                    await emitter.run_until(position)
                     stats.stalls_now += 1
                     self._notify()
                     try:
                         await anyio.sleep(fault.seconds)
                     finally:
                         stats.stalls_now -= 1
-                    outcome = "stalled"
-                await emitter.run_until(deltas)
-                final_usage = {
-                    "input_tokens": input_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": 0,
-                    "output_tokens": emitter.tokens,
-                }
-                emitter.pending += [
-                    _BLOCK_STOP,
-                    sse(
-                        "message_delta",
-                        {
-                            "type": "message_delta",
-                            "delta": {"stop_reason": plan.stop_reason, "stop_sequence": None},
-                            "usage": final_usage,
-                        },
-                    ),
-                    _MESSAGE_STOP,
-                ]
-                await emitter.flush()
+                outcome = "ok" if fault is None else fault.kind.value
+                await emitter.run_until(len(events))
                 await response.write_eof()
                 return response
-            await emitter.run_until(fault.after)
+            await emitter.run_until(position)
             outcome = fault.kind.value
-            if fault.kind is FaultKind.ERROR_EVENT:
-                emitter.pending.append(
-                    sse(
-                        "error",
-                        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
-                    )
-                )
-                await emitter.flush()
-                await response.write_eof()
-            elif fault.kind is FaultKind.TRUNCATE:
-                await emitter.flush()
-                await response.write_eof()
-            else:  # DROP: close the socket without the final chunk
+            if fault.kind is FaultKind.DROP:  # close the socket without the final chunk
                 await emitter.flush()
                 assert request.transport is not None
                 request.transport.close()
+                return response
+            if fault.kind is FaultKind.ERROR_EVENT:
+                emitter.pending.append(ERROR_EVENT)
+            await emitter.flush()  # ERROR_EVENT, TRUNCATE, NO_STOP: a clean end of the body
+            await response.write_eof()
             return response
         except (ClientGone, ConnectionResetError):
             outcome = "client_closed"
@@ -386,21 +366,24 @@ class Simulator:
 
 
 class _Emitter:
-    """Writes a stream's deltas on schedule: tokens due within one tick go out in one write."""
+    """Writes a stream's events on schedule: the events due within one tick go out in one write.
 
-    def __init__(self, simulator: Simulator, response: web.StreamResponse, plan: ReplyPlan) -> None:
+    An event is due once the tokens generated before it are: the first token ``ttft`` seconds
+    after the start, the others at ``tokens_per_second``.
+    """
+
+    def __init__(self, simulator: Simulator, response: web.StreamResponse, events: list[WireEvent]) -> None:
         self._simulator = simulator
         self._response = response
-        self._per_delta = simulator.config.tokens_per_delta
-        self._tokens = plan.tokens
-        self._deltas = _group(plan.tokens, self._per_delta)
+        self._events = events
         timing = simulator.config.timing
         self._tick = timing.scaled(timing.tick)
-        self._interval = timing.scaled(self._per_delta / timing.tokens_per_second)
-        self._first = anyio.current_time() + timing.scaled(timing.ttft)
+        first = anyio.current_time() + timing.scaled(timing.ttft)
+        interval = timing.scaled(1 / timing.tokens_per_second)
+        self._due = [0.0 if event.tokens == 0 else first + (event.tokens - 1) * interval for event in events]
         self.pending: list[bytes] = []
-        self.sent = 0  # deltas sent
-        self.tokens = 0  # output tokens emitted (billed)
+        self.sent = 0  # events sent
+        self.tokens = 0  # output tokens generated (billed)
 
     async def flush(self) -> None:
         if self.pending:
@@ -411,26 +394,22 @@ class _Emitter:
             await self._response.write(data)
 
     async def run_until(self, stop: int) -> None:
+        """Send the events before ``stop``, each when it is due."""
         while True:
             now = anyio.current_time()
-            if now >= self._first:
-                due = stop if self._interval <= 0 else min(stop, 1 + int((now - self._first) / self._interval))
-                if due > self.sent:
-                    batch = self._deltas[self.sent : due]
-                    self.pending.extend(_delta(text) for text in batch)
-                    tokens = min(due * self._per_delta, len(self._tokens)) - self.tokens
-                    self.tokens += tokens
-                    self._simulator.limits.charge_output(tokens)
-                    self.sent = due
+            due = self.sent
+            while due < stop and self._due[due] <= now:
+                due += 1
+            if due > self.sent:
+                self.pending.extend(event.data for event in self._events[self.sent : due])
+                tokens = self._events[due - 1].tokens - self.tokens
+                self.tokens += tokens
+                self._simulator.limits.charge_output(tokens)
+                self.sent = due
             await self.flush()
             if self.sent >= stop:
                 return
-            next_due = self._first + self.sent * self._interval
-            await anyio.sleep(max(next_due - anyio.current_time(), self._tick))
-
-
-def _group(tokens: list[str], per_delta: int) -> list[str]:
-    return ["".join(tokens[i : i + per_delta]) for i in range(0, len(tokens), per_delta)]
+            await anyio.sleep(max(self._due[self.sent] - anyio.current_time(), self._tick))
 
 
 def make_app(simulator: Simulator) -> web.Application:

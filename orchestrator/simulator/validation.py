@@ -9,12 +9,26 @@ from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.simulator.replies import block_text, prefill_of
 
 MESSAGE_FIELDS = MESSAGE_PARAMS | {"stream"}
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control"})
 
 PREFILL_REJECTED = (
     "This model does not support assistant message prefill. The conversation must end with a user message."
 )
 TRAILING_WHITESPACE = "final assistant content cannot end with trailing whitespace"
+THINKING_PREFILL = (
+    "messages.{index}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `text`. When `thinking` "
+    "is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of "
+    "`tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid "
+    "this requirement, disable `thinking`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+)
+THINKING_BUDGET = "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+THINKING_MAX_TOKENS = (
+    "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at "
+    "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size"
+)
+THINKING_FORCED_TOOL = "Thinking may not be enabled when tool_choice forces tool use."
+MAX_BREAKPOINTS = 4
 
 
 class RequestInvalid(Exception):
@@ -45,6 +59,81 @@ def _check_content(index: int, content: Any) -> None:
             raise _bad(f"{where}.{number}: Input should be a content block object with a type")
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             raise _bad(f"{where}.{number}.text: Field required")
+
+
+def _check_tools(body: dict[str, Any]) -> None:
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise _bad("tools: Input should be a valid list")
+    names = []
+    for number, tool in enumerate(tools or []):
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
+            raise _bad(f"tools.{number}.name: Field required")
+        if tool.get("type", "custom") == "custom" and not isinstance(tool.get("input_schema"), dict):
+            raise _bad(f"tools.{number}.custom.input_schema: Field required")
+        names.append(tool["name"])
+    choice = body.get("tool_choice")
+    if choice is None:
+        return
+    if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+        raise _bad("tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'")
+    if choice["type"] == "tool" and choice.get("name") not in names:
+        raise _bad(f"tool_choice: tool {choice.get('name')!r} not found in tools")
+
+
+def _check_thinking(body: dict[str, Any], count_only: bool) -> bool:
+    """Whether extended thinking is enabled (and valid)."""
+    thinking = body.get("thinking")
+    if thinking is None:
+        return False
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+        raise _bad("thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'")
+    if thinking["type"] == "disabled":
+        return False
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        raise _bad("thinking.enabled.budget_tokens: Field required")
+    if budget < 1024:
+        raise _bad(THINKING_BUDGET)
+    if not count_only and budget >= body["max_tokens"]:
+        raise _bad(THINKING_MAX_TOKENS)
+    if (body.get("tool_choice") or {}).get("type") in ("any", "tool"):
+        raise _bad(THINKING_FORCED_TOOL)
+    return True
+
+
+def _check_stop_sequences(body: dict[str, Any]) -> None:
+    sequences = body.get("stop_sequences")
+    if sequences is None:
+        return
+    if not isinstance(sequences, list) or not all(isinstance(s, str) for s in sequences):
+        raise _bad("stop_sequences: Input should be a valid list of strings")
+    if any(not s.strip() for s in sequences):
+        raise _bad("stop_sequences: each stop sequence must contain non-whitespace")
+
+
+def _check_cache_control(body: dict[str, Any]) -> None:
+    marked = [body] if "cache_control" in body else []
+    marked += [tool for tool in body.get("tools") or [] if "cache_control" in tool]
+    system = body.get("system")
+    marked += (
+        [block for block in system if isinstance(block, dict) and "cache_control" in block]
+        if isinstance(system, list)
+        else []
+    )
+    for message in body["messages"]:
+        if isinstance(message["content"], list):
+            marked += [block for block in message["content"] if "cache_control" in block]
+    for block in marked:
+        control = block["cache_control"]
+        if (
+            not isinstance(control, dict)
+            or control.get("type") != "ephemeral"
+            or control.get("ttl", "5m") not in ("5m", "1h")
+        ):
+            raise _bad("cache_control: Input should be {'type': 'ephemeral'} with an optional ttl of '5m' or '1h'")
+    if len(marked) > MAX_BREAKPOINTS:
+        raise _bad(f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(marked)}.")
 
 
 def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
@@ -91,10 +180,17 @@ def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
             raise _bad(f"messages.{index}: all messages must have non-empty content")
     if model_version(model) is None:
         raise RequestInvalid(404, "not_found_error", f"model: {model}")
+    _check_tools(body)
+    thinking = _check_thinking(body, count_only)
+    _check_stop_sequences(body)
+    _check_cache_control(body)
     prefill = prefill_of(body)
-    if prefill is not None and not count_only:
+    if prefill is not None:
         if not accepts_prefill(model):
             raise _bad(PREFILL_REJECTED)
-        if prefill != prefill.rstrip():
+        last = messages[-1]["content"]
+        if thinking and not (isinstance(last, list) and last[0].get("type") in ("thinking", "redacted_thinking")):
+            raise _bad(THINKING_PREFILL.format(index=len(messages) - 1))
+        if prefill != prefill.rstrip() and not count_only:
             raise _bad(TRAILING_WHITESPACE)
     return body
