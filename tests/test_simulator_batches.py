@@ -16,7 +16,7 @@ import httpx2
 import pytest
 
 from orchestrator.cli import build_parser, simulator_config
-from orchestrator.simulator import BatchSettings, SimulatorConfig
+from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig
 from orchestrator.simulator.batch_api import LINES_PER_WRITE
 from orchestrator.simulator.batches import Batches, BatchStats, parse_requests
 from tests.conftest import INSTANT, FakeClock, Running
@@ -323,6 +323,18 @@ async def test_a_rejected_key_gets_401(simulate: Simulate) -> None:
             await client.messages.batches.create(requests=batch_requests(1))  # type: ignore[arg-type]
         with pytest.raises(anthropic.AuthenticationError):
             await client.messages.batches.list()
+
+
+async def test_the_spend_cap_refuses_new_batches(simulate: Simulate) -> None:
+    capped = SimulatorConfig(timing=INSTANT, limits=Limits(spend_cap=True))
+    async with simulate(capped) as (sim, client, _):
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            await client.messages.batches.create(requests=batch_requests(1))  # type: ignore[arg-type]
+        assert (await client.messages.batches.list()).data == []
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["error"]["details"] == {"error_code": "enforced_spend_limit_reached"}
+    assert "retry-after" not in caught.value.response.headers
+    assert sim.stats.batches.created == 0
 
 
 async def test_requests_not_processed_within_24_hours_expire(simulate: Simulate) -> None:

@@ -133,6 +133,8 @@ class BatchAPI:
         return self.store.describe(self.store.get(batch_id), f"{request.scheme}://{request.host}")
 
     async def _create(self, request: web.Request, request_id: str) -> web.StreamResponse:
+        if self._sim.config.limits.spend_cap:
+            return self._sim.spend_limited(request_id)
         settings = self.store.settings
         chunks: list[bytes] = []
         size = 0

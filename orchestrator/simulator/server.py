@@ -187,6 +187,16 @@ class Simulator:
         plan = self._plan(body)
         return self._message(body["model"], plan, usage, plan.output_tokens)
 
+    def spend_limited(self, request_id: str) -> web.Response:
+        """The 429 of an organization past its spend limit: waiting will not clear it (no retry-after)."""
+        return self._error(
+            429,
+            "rate_limit_error",
+            "You have reached your specified API usage limits. You will regain access on the first of next month.",
+            request_id,
+            details={"error_code": "enforced_spend_limit_reached"},
+        )
+
     # -- handlers ---------------------------------------------------------------------
 
     def _rejected(self, request: web.Request) -> bool:
@@ -244,13 +254,7 @@ class Simulator:
 
         if self.config.limits.spend_cap:
             outcomes["spend_limited"] += 1
-            return self._error(
-                429,
-                "rate_limit_error",
-                "You have reached your specified API usage limits. You will regain access on the first of next month.",
-                request_id,
-                details={"error_code": "enforced_spend_limit_reached"},
-            )
+            return self.spend_limited(request_id)
 
         usage = self.cache.lookup(body["model"], input_segments(body), self._clock())
         refusal = self.limits.admit(usage.rate_limited)
