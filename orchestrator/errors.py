@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+MAX_PROBLEMS = 20  # problems listed in one JobFileError; the rest are counted
+
 
 class OrchestratorError(Exception):
     exit_status = 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +42,10 @@ class State(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     ERRORED = "errored"
+
+
+# The reason recorded for an attempt cut short by a stop or a crash (one cause, one name).
+INTERRUPTED_REASON = "job_stopped"
 
 
 class Outcome(StrEnum):
@@ -105,17 +109,40 @@ class Usage:
         )
 
 
-@dataclass
-class JobSettings:
-    """How a job runs; stored with the job so that ``resume`` runs it the same way."""
+# -- what the runner hands the store ---------------------------------------------------
 
-    concurrency: int = 8
-    max_attempts: int = 5
-    retry_max_seconds: float = 600.0  # give up on a request after this long of retrying
-    checkpoint_interval: float = 0.25
-    read_timeout: float = 120.0
-    backoff_base: float = 0.5  # seconds; doubled per attempt, full jitter
-    backoff_cap: float = 30.0
-    recover: str = "auto"  # auto | prefill | continue | restart
-    headroom: float = 0.97  # share of each rate limit the client aims for
-    limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    request_id: int
+    number: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    request_id: int
+    number: int
+    partial: dict[str, Any] | None  # the partial message so far
+    message_id: str | None
+    usage: Usage
+    first_token_at: float | None
+    at: float
+
+
+@dataclass(frozen=True)
+class AttemptEnded:
+    """An attempt's end; with ``final`` set, the request's end too, in the same transaction."""
+
+    checkpoint: Checkpoint
+    outcome: Outcome
+    reason: str | None
+    status: int | None
+    error: dict[str, Any] | None
+    final: tuple[State, dict[str, Any]] | None  # (succeeded|errored, message or error body)
+    next_state: State = State.RUNNING  # the request's state when not final
+    recovery: dict[str, Any] | None = None  # how a broken reply was continued, if it was
+    kept: dict[str, Any] | None = None  # what the reply keeps so far, when not final
+
+
+Record = AttemptStarted | AttemptEnded

@@ -14,8 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from orchestrator.api.modelinfo import family
 from orchestrator.errors import UserError
-from orchestrator.modelinfo import family
 from orchestrator.models import Usage
 
 FIELDS = ("input", "cache_write_5m", "cache_write_1h", "cache_read", "output")

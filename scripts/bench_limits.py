@@ -175,7 +175,8 @@ def measure(limit_name: str, kind: str, warmup: float, duration: float, concurre
 
 def recovery(strategy: str, count: int, concurrency: int) -> dict[str, int]:
     """Billed output tokens beyond the uninterrupted replies, and texts that differ from them."""
-    from orchestrator.jobfile import Loaded, load_spec, read_requests
+    from orchestrator.jobs.read import Loaded, read_requests
+    from orchestrator.jobs.spec import load_spec
     from orchestrator.simulator.replies import plan_reply
 
     simulator, url = start_simulator("--speed", "inf", "--fault", "drop=0.1")

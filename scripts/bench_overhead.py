@@ -129,11 +129,12 @@ async def _run_until(argv: list[str], stop_after: int) -> int:
     """Like ``orchestrator run``, but stop the job after ``stop_after`` requests have finished."""
     import anthropic
 
-    from orchestrator.cli import build_parser
-    from orchestrator.engine import Job
-    from orchestrator.jobfile import load_spec, read_requests
-    from orchestrator.models import JobSettings
-    from orchestrator.progress import Quiet
+    from orchestrator.cli.parser import build_parser
+    from orchestrator.jobs.read import read_requests
+    from orchestrator.jobs.spec import load_spec
+    from orchestrator.run.engine import Job
+    from orchestrator.run.progress import Quiet
+    from orchestrator.settings import JobSettings
     from orchestrator.store import open_store
 
     args = build_parser().parse_args(argv)

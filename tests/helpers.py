@@ -9,10 +9,11 @@ from typing import Any
 
 import anthropic
 
-from orchestrator.engine import Job, Summary
-from orchestrator.jobfile import Loaded, load_spec, read_requests
-from orchestrator.models import JobSettings
-from orchestrator.progress import Quiet
+from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.spec import load_spec
+from orchestrator.run.engine import Job, Summary
+from orchestrator.run.progress import Quiet
+from orchestrator.settings import JobSettings
 from orchestrator.simulator import Simulator
 from orchestrator.simulator.replies import plan_reply
 from orchestrator.store import open_store

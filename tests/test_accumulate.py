@@ -10,11 +10,11 @@ import httpx2
 import pytest
 from anthropic.lib.streaming._messages import accumulate_event
 
-from orchestrator.accumulate import Accumulator
+from orchestrator.api.accumulate import Accumulator
+from orchestrator.api.failures import BrokenStream, classify
+from orchestrator.api.sse import SSEDecoder
 from orchestrator.models import Outcome
-from orchestrator.retry import BrokenStream, classify
-from orchestrator.sse import SSEDecoder
-from orchestrator.stream import LiveAttempt, stream_attempt
+from orchestrator.run.attempt import LiveAttempt, stream_attempt
 from tests.conftest import REAL_STREAMS
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import JobFileError, Problem
-from orchestrator.jobfile import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, Loaded, load_spec, read_requests
+from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.spec import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, load_spec
 
 
 def write_lines(path: Path, lines: list[Any]) -> Path:
@@ -223,9 +224,8 @@ def test_input_is_read_as_a_stream(tmp_path: Path) -> None:
 
 
 def test_spec_limits_for_every_model_and_per_model(tmp_path: Path) -> None:
-    from orchestrator.engine import limit_state
-    from orchestrator.limits import LimitSpec
-    from orchestrator.models import JobSettings
+    from orchestrator.run.engine import limit_state
+    from orchestrator.settings import JobSettings, LimitSpec
 
     (tmp_path / "a.txt").write_text("x\n")
     path = tmp_path / "job.toml"

@@ -8,16 +8,16 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from orchestrator.bucket import TokenBucket
-from orchestrator.limits import (
+from orchestrator.run.bucket import TokenBucket
+from orchestrator.run.limits import (
     DEFAULT_OUTPUT_GUESS,
     Limiter,
-    LimitSpec,
     LimitState,
     Permit,
     estimate_input_tokens,
     parse_headers,
 )
+from orchestrator.settings import LimitSpec
 from orchestrator.simulator.replies import count_input_tokens
 from tests.conftest import FakeClock
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.recover import (
+from orchestrator.run.recover import (
     CONTINUE_PROMPT,
     Recovery,
     Strategy,

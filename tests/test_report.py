@@ -19,10 +19,11 @@ import pytest
 
 from orchestrator.cli import run_command
 from orchestrator.errors import UserError
-from orchestrator.models import JobSettings, Usage
+from orchestrator.models import Usage
 from orchestrator.pricing import load_prices
-from orchestrator.progress import describe
-from orchestrator.report import percentile
+from orchestrator.report.figures import percentile
+from orchestrator.run.progress import describe
+from orchestrator.settings import JobSettings
 from orchestrator.simulator import FaultRates, SimulatorConfig, Timing
 from orchestrator.simulator.replies import plan_reply
 from tests.conftest import INSTANT, Running

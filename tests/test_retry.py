@@ -9,8 +9,9 @@ import anthropic
 import httpx2
 import pytest
 
+from orchestrator.api.failures import BrokenStream, classify
 from orchestrator.models import Outcome
-from orchestrator.retry import Backoff, BrokenStream, classify
+from orchestrator.run.backoff import Backoff
 
 REQUEST = httpx2.Request("POST", "http://api.test/v1/messages")
 

@@ -13,10 +13,11 @@ import anyio
 import pytest
 
 from orchestrator.cli import run_command
-from orchestrator.engine import Job
-from orchestrator.jobfile import load_spec, read_requests
-from orchestrator.models import JobSettings
-from orchestrator.progress import Quiet
+from orchestrator.jobs.read import read_requests
+from orchestrator.jobs.spec import load_spec
+from orchestrator.run.engine import Job
+from orchestrator.run.progress import Quiet
+from orchestrator.settings import JobSettings
 from orchestrator.simulator import SimulatorConfig
 from orchestrator.store import open_store
 from tests.conftest import INSTANT, Running
@@ -283,7 +284,7 @@ async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
             assert reply_of(sim, params[custom_id]).startswith(text)
             assert text
         stopped = query(db, "SELECT outcome, reason, output_tokens FROM attempts ORDER BY request_id")
-        assert stopped == [("interrupted", None, 3 + i) for i in range(4)]
+        assert stopped == [("interrupted", "job_stopped", 3 + i) for i in range(4)]  # one name, as after a crash
         # Resume: the interrupted requests restart and finish; nothing is duplicated.
         summary = await Job(store, client, settings, Quiet()).run(handle_signals=False)
         assert summary.complete

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from orchestrator.cli import run_command
-from orchestrator.models import JobSettings
+from orchestrator.settings import JobSettings
 from orchestrator.simulator import FaultRates, Limits, SimulatorConfig
 from orchestrator.simulator.replies import full_reply
 from tests.conftest import INSTANT, Running

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.bucket import TokenBucket
-from orchestrator.modelinfo import accepts_prefill, family, model_version
+from orchestrator.api.modelinfo import accepts_prefill, family, model_version
+from orchestrator.run.bucket import TokenBucket
 from orchestrator.simulator.config import FaultRates
 from orchestrator.simulator.events import WireEvent, fault_position
 from orchestrator.simulator.faults import FaultKind, FaultSpecError, choose_fault, parse_fault_spec

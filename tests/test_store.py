@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import JobFileError, Problem
-from orchestrator.jobfile import Loaded
-from orchestrator.models import Outcome, State, Usage
-from orchestrator.store import MIGRATIONS, AttemptEnded, AttemptStarted, Checkpoint, open_store
+from orchestrator.jobs.read import Loaded
+from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, State, Usage
+from orchestrator.store import MIGRATIONS, open_store
+from orchestrator.store.schema import migrate, migration_name
 
 pytestmark = pytest.mark.anyio
 
@@ -31,13 +32,13 @@ def checkpoint(request_id: int, number: int, output: int, partial: dict[str, Any
 async def test_migrations_from_blank_are_recorded_once(tmp_path: Path) -> None:
     db = tmp_path / "job.sqlite"
     async with open_store(db) as store:
-        assert await store.migrate() == []  # already applied on open
+        assert await migrate(store.db) == []  # already applied on open
     connection = sqlite3.connect(db)
     names = [row[0] for row in connection.execute("SELECT name FROM migrations")]
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     mode = connection.execute("PRAGMA journal_mode").fetchone()[0]
     connection.close()
-    assert names == [name for name, _ in MIGRATIONS]
+    assert names == [migration_name(step) for step in MIGRATIONS]
     assert {"job", "requests", "attempts", "migrations"} <= tables
     assert mode == "wal"
 
@@ -131,7 +132,7 @@ async def test_recover_after_a_crash(tmp_path: Path) -> None:
         a, _ = await store.pending(0, 10)
         await store.write([AttemptStarted(a.id, 1, 100.0)], [checkpoint(a.id, 1, 3)])
     async with open_store(tmp_path / "job.sqlite") as store:  # a new process after kill -9
-        assert await store.recover() == 1
+        assert await store.reset_interrupted() == 1
         assert (await store.counts())["pending"] == 2
         again = await store.pending(0, 10)
     assert again[0].attempts == 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from orchestrator.modelinfo import family, model_version
+from orchestrator.api.modelinfo import family, model_version
 from orchestrator.simulator.replies import Segment
 
 # Minimum cacheable prompt length by model (tokens); others: 1024.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.modelinfo import accepts_prefill, model_version
+from orchestrator.api.modelinfo import accepts_prefill, model_version
 from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.simulator.replies import block_text, prefill_of
 

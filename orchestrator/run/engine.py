@@ -20,17 +20,19 @@ import anthropic
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from orchestrator.limits import Limiter, LimitSpec, LimitState
-from orchestrator.models import JobSettings, Request, State, Usage
+from orchestrator.api.failures import Failure
+from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import PriceTable
-from orchestrator.progress import Snapshot, View
-from orchestrator.retry import Failure
+from orchestrator.run.limits import Limiter, LimitState
+from orchestrator.run.progress import Snapshot, View
+from orchestrator.run.request import RequestRunner
+from orchestrator.run.writer import Writer
+from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import Store
-from orchestrator.stream import RequestRunner
-from orchestrator.writer import Writer
 
 PAGE = 512
 PROGRESS_EVERY = 0.5
+WRITER_GRACE = 60.0  # seconds the writer gets for its last commit after a stop
 
 
 @dataclass
@@ -66,11 +68,7 @@ async def _consume(receive: MemoryObjectReceiveStream[Request], runner: RequestR
 def limit_state(settings: JobSettings) -> LimitState:
     """The limiter's state from the settings: ``limits`` holds rpm/itpm/otpm for every model and
     tables of the same keys per model id."""
-    limits = settings.limits
-    default = LimitSpec(**{k: limits[k] for k in ("rpm", "itpm", "otpm") if k in limits})
-    per_model = {
-        name: LimitSpec(**{**default.__dict__, **value}) for name, value in limits.items() if isinstance(value, dict)
-    }
+    default, per_model = limit_specs(settings.limits)
     return LimitState(settings.concurrency, per_model, default, headroom=settings.headroom)
 
 
@@ -165,7 +163,7 @@ class Job:
     async def run(self, *, handle_signals: bool = True) -> Summary:
         """Run every pending request to its end, or until stopped or aborted."""
         store, settings, writer = self.store, self.settings, self.writer
-        await store.recover()
+        await store.reset_interrupted()
         self._before = await store.counts()
         self._billed_before = await store.billed_by_model(None, None)
         self._started = anyio.current_time()
@@ -194,7 +192,9 @@ class Job:
                                 group.start_soon(_consume, receive.clone(), self.runner)
             finally:
                 writer.close()
-                with anyio.CancelScope(shield=True):
+                # The writer's last commit (final checkpoints) must happen even while we are being
+                # cancelled, but a writer stuck on its database must not hold the exit forever.
+                with anyio.move_on_after(WRITER_GRACE, shield=True):
                     await writer_done.wait()
                     self.view.update(self.snapshot())
                     self.view.close()

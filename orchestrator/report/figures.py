@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from orchestrator.modelinfo import family
+from orchestrator.api.modelinfo import family
 from orchestrator.models import State, Usage
 from orchestrator.pricing import PriceTable, money
 from orchestrator.store import Store

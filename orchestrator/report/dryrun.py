@@ -19,10 +19,11 @@ from typing import Any
 import anthropic
 import httpx2
 
-from orchestrator.errors import JobFileError, Problem
-from orchestrator.jobfile import Loaded
-from orchestrator.limits import LimitSpec, estimate_input_tokens
+from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
+from orchestrator.jobs.read import Loaded
 from orchestrator.pricing import PriceTable, money
+from orchestrator.run.limits import estimate_input_tokens
+from orchestrator.settings import limit_specs
 
 SAMPLE = 50  # requests per model counted exactly with count_tokens
 COUNT_FIELDS = ("system", "tools", "tool_choice", "thinking")
@@ -68,7 +69,7 @@ def plan(items: Iterable[Loaded | Problem]) -> dict[str, ModelPlan]:
         if len(model.samples) < SAMPLE:
             model.samples.append(item.params)
     if problems:
-        raise JobFileError(problems[:20], max(0, len(problems) - 20))
+        raise JobFileError(problems[:MAX_PROBLEMS], max(0, len(problems) - MAX_PROBLEMS))
     return models
 
 
@@ -95,13 +96,12 @@ def _minutes(amount: float, per_minute: float | None) -> float | None:
 
 def duration(models: dict[str, ModelPlan], limits: dict[str, Any]) -> tuple[float, float, str] | None:
     """(lower, upper minutes, what binds) at the configured limits, or None if none is configured."""
-    default = LimitSpec(**{k: limits[k] for k in ("rpm", "itpm", "otpm") if k in limits})
+    default, per_model = limit_specs(limits)
     lower = upper = 0.0
     binding = ""
     known = False
     for model, found in models.items():
-        per_model = limits.get(model)
-        spec = LimitSpec(**{**default.__dict__, **per_model}) if isinstance(per_model, dict) else default
+        spec = per_model.get(model, default)
         times = {
             "RPM": _minutes(found.requests, spec.rpm),
             "ITPM": _minutes(found.input_tokens, spec.itpm),

@@ -1,4 +1,4 @@
-"""What to do after a failed attempt (pure): classify the exception, and how long to back off.
+"""What a failed attempt stands for (pure): retry it, give it up, or stop the job.
 
 Retried: 408, 409, 429, 5xx, 529, connection failures, broken streams (an in-band error event,
 a dropped connection, a stall, an end without ``message_stop``). Never retried: other 4xx.
@@ -8,7 +8,6 @@ status code either way. Anything else (a bug of ours) is not classified here and
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,17 +89,3 @@ def classify(exc: BaseException) -> Failure | None:
 
 def _shaped(error_type: str, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": message}}
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with full jitter; a server's retry-after wins when longer."""
-
-    base: float = 0.5
-    cap: float = 30.0
-
-    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        jittered = rng.uniform(0, ceiling)
-        return max(jittered, retry_after or 0.0)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from orchestrator.models import Outcome, State, Usage
-from orchestrator.store import AttemptEnded, AttemptStarted, Record, Store
-from orchestrator.stream import LiveAttempt
+from orchestrator.models import AttemptEnded, AttemptStarted, Outcome, Record, State, Usage
+from orchestrator.run.attempt import LiveAttempt
+from orchestrator.store import Store
 
 
 @dataclass
@@ -69,39 +69,42 @@ class Writer:
         return sum(live.acc.output_tokens for live in self.live.values())
 
     async def run(self) -> None:
-        next_checkpoint = anyio.current_time() + self.interval
-        closed = False
-        while not closed:
-            items: list[LiveAttempt | AttemptEnded] = []
-            with anyio.move_on_after(max(0.0, next_checkpoint - anyio.current_time())):
-                try:
-                    items.append(await self._receive.receive())
-                except anyio.EndOfStream:
-                    closed = True
+        """Commit until closed. If the writer dies, its receive side closes with it, so a sender
+        fails at once instead of waiting forever on a stream nobody reads."""
+        async with self._receive:
+            next_checkpoint = anyio.current_time() + self.interval
+            closed = False
             while not closed:
-                try:
-                    items.append(self._receive.receive_nowait())
-                except anyio.WouldBlock:
-                    break
-                except anyio.EndOfStream:
-                    closed = True
-            records = [self._record(item) for item in items]
-            now = time.time()
-            checkpoints = []
-            if closed or anyio.current_time() >= next_checkpoint:
-                checkpoints = [live.checkpoint(now) for live in self.live.values() if live.dirty]
-                next_checkpoint = anyio.current_time() + self.interval
-            if closed:
-                for live in self.live.values():
-                    ended = live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING)
-                    self._bill(live, ended.checkpoint.usage)
-                    records.append(ended)
+                items: list[LiveAttempt | AttemptEnded] = []
+                with anyio.move_on_after(max(0.0, next_checkpoint - anyio.current_time())):
+                    try:
+                        items.append(await self._receive.receive())
+                    except anyio.EndOfStream:
+                        closed = True
+                while not closed:
+                    try:
+                        items.append(self._receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                    except anyio.EndOfStream:
+                        closed = True
+                records = [self._record(item) for item in items]
+                now = time.time()
                 checkpoints = []
-                self.live.clear()
-            if records or checkpoints:
-                with anyio.CancelScope(shield=True):
-                    await self.store.write(records, checkpoints)
-                self._count(records, len(checkpoints))
+                if closed or anyio.current_time() >= next_checkpoint:
+                    checkpoints = [live.checkpoint(now) for live in self.live.values() if live.dirty]
+                    next_checkpoint = anyio.current_time() + self.interval
+                if closed:
+                    for live in self.live.values():
+                        ended = live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING)
+                        self._bill(live, ended.checkpoint.usage)
+                        records.append(ended)
+                    checkpoints = []
+                    self.live.clear()
+                if records or checkpoints:
+                    with anyio.CancelScope(shield=True):
+                        await self.store.write(records, checkpoints)
+                    self._count(records, len(checkpoints))
 
     def _record(self, item: LiveAttempt | AttemptEnded) -> Record:
         if isinstance(item, LiveAttempt):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from orchestrator.modelinfo import accepts_prefill
+from orchestrator.api.modelinfo import accepts_prefill
 
 CONTINUE_PROMPT = (
     "Your previous reply was cut off. Here is everything you wrote so far, between the markers:\n"

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from orchestrator.models import State
 from orchestrator.pricing import PriceTable, money
-from orchestrator.report import PERCENTILES, Figures, JobReport, as_dict, rate_text, seconds_text
+from orchestrator.report.figures import PERCENTILES, Figures, JobReport, as_dict, rate_text, seconds_text
 
 WIDTH, HEIGHT, PAD = 500, 190, 40
 BLUE, ORANGE, GREEN = "#3b6fd8", "#e07b39", "#3a9d5d"

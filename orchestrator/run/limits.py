@@ -32,24 +32,13 @@ from typing import Any
 
 import anyio
 
-from orchestrator.bucket import TokenBucket
+from orchestrator.run.bucket import TokenBucket
+from orchestrator.settings import LimitSpec
 
 CLASSES = ("requests", "input-tokens", "output-tokens")
 DEFAULT_OUTPUT_GUESS = 256  # expected output tokens of a model's first requests
 OVERLOAD_FACTOR = 0.7
 OVERLOAD_COOLDOWN = 2.0  # seconds between two cuts of the concurrency
-
-
-@dataclass(frozen=True)
-class LimitSpec:
-    """Per-minute limits for one model (None: learn it from the headers, or no limit)."""
-
-    rpm: float | None = None
-    itpm: float | None = None
-    otpm: float | None = None
-
-    def of(self, name: str) -> float | None:
-        return {"requests": self.rpm, "input-tokens": self.itpm, "output-tokens": self.otpm}[name]
 
 
 def parse_headers(headers: Mapping[str, str]) -> dict[str, tuple[int, int]]:

@@ -1,0 +1,1 @@
+"""The wire: SSE decoding, accumulation of events into messages, failure classification, model facts (pure)."""

@@ -1,0 +1,136 @@
+"""The commands: each reads its parsed options, calls the library and prints what it got."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import anyio
+
+from orchestrator.cli.output import print_status, print_summary
+from orchestrator.cli.parser import build_parser, simulator_config
+from orchestrator.errors import UserError
+from orchestrator.job import RunOptions, aborted_error, dry_run, run, stored_argv
+from orchestrator.pricing import load_prices
+from orchestrator.report.dryrun import render as render_dry_run
+from orchestrator.report.export import export_results
+from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
+from orchestrator.report.html import render_html
+from orchestrator.settings import LIMITS, SETTINGS
+from orchestrator.simulator import Simulator, serve
+from orchestrator.store import open_store
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    job = Path(args.job)
+    # Stored for resume: the job file by its absolute path, so a resume works from anywhere.
+    argv = [arg if arg != args.job else str(job.resolve()) for arg in args.argv]
+    given = {"model": args.model, "max_tokens": args.max_tokens, "system": args.system, "temperature": args.temperature}
+    return RunOptions(
+        job=job,
+        db=Path(args.db) if args.db else None,
+        results=Path(args.results) if args.results else None,
+        simulator=simulator_config(args) if args.simulate else None,
+        base_url=args.base_url,
+        allow_changed=args.allow_changed,
+        quiet=args.quiet,
+        prices=Path(args.prices) if args.prices else None,
+        settings={setting.name: getattr(args, setting.name) for setting in (*SETTINGS, *LIMITS)},
+        defaults={key: value for key, value in given.items() if value is not None},
+        argv=argv,
+    )
+
+
+async def run_job(args: argparse.Namespace) -> int:
+    options = run_options(args)
+    if args.dry_run:
+        result, settings = await dry_run(options)
+        print(render_dry_run(result, load_prices(options.prices), settings.limits, args.job), end="")
+        return 0
+    outcome = await run(options)
+    summary = outcome.summary
+    if not args.quiet or summary.aborted or summary.stopped:
+        print_summary(summary, outcome.db, outcome.results, outcome.written)
+    error = aborted_error(outcome)
+    if error is not None:
+        raise error
+    if summary.stopped:
+        print(f"Stopped. Resume with: orchestrator resume {outcome.db}", file=sys.stderr)
+        return 130
+    if not summary.complete:
+        print(f"Some requests did not finish. Run again with: orchestrator resume {outcome.db}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def resume(args: argparse.Namespace) -> int:
+    argv = await stored_argv(Path(args.db))
+    resumed = build_parser().parse_args(argv)
+    resumed.argv = argv
+    resumed.db = args.db
+    resumed.quiet = resumed.quiet or args.quiet
+    return await run_job(resumed)
+
+
+async def simulate(args: argparse.Namespace) -> int:
+    simulator = Simulator(simulator_config(args))
+    async with serve(simulator, args.host, args.port) as url:
+        print(f"simulator listening on {url}  (stats: {url}/_simulator/stats; Ctrl-C stops)", flush=True)
+        await anyio.sleep_forever()
+    return 0
+
+
+async def status(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    async with open_store(db, create=False) as store:
+        job = await store.job()
+        counts = await store.counts()
+        billed = await store.billed()
+        first = await store.first_start()
+    if job is None:
+        raise UserError(f"{db} holds no job")
+    print_status(db, job, counts, billed, first, args.json)
+    return 0
+
+
+async def export(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    out = Path(args.out) if args.out else db.parent / "results.jsonl"
+    async with open_store(db, create=False) as store:
+        written, unfinished = await export_results(store, out)
+    note = f" ({unfinished:,} unfinished requests left out)" if unfinished else ""
+    print(f"wrote {written:,} results to {out}{note}", file=sys.stderr)
+    return 0
+
+
+async def report(args: argparse.Namespace) -> int:
+    prices = load_prices(Path(args.prices) if args.prices else None)
+    databases = find_databases([Path(p) for p in args.db])
+    if not databases:
+        raise UserError(f"no job database found in {', '.join(args.db)}")
+    filters = Filters(since=args.since, until=args.until, models=tuple(args.model))
+    reports = []
+    for db in databases:
+        if not db.exists():
+            raise UserError(f"{db}: no such job database")
+        async with open_store(db, create=False) as store:
+            reports.append(await job_report(store, db, prices, filters))
+    if args.format == "json":
+        text = render_json(reports, prices)
+    elif args.format == "csv":
+        text = render_csv(reports)
+    elif args.format == "html":
+        text = render_html(reports, prices)
+    else:
+        text = render_text(reports, prices)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0

@@ -1,0 +1,60 @@
+"""What the commands print: a run's summary and a job's status."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from orchestrator.models import State, Usage
+from orchestrator.run.engine import Summary
+from orchestrator.run.progress import Snapshot, describe
+from orchestrator.store.queries import JobRow
+
+
+def print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
+    counts = summary.counts
+    billed = summary.billed
+    print(
+        f"{counts[State.SUCCEEDED]:,} succeeded, {counts[State.ERRORED]:,} errored, "
+        f"{counts[State.PENDING] + counts[State.RUNNING]:,} not done, in {summary.elapsed:.1f} s; "
+        f"billed {billed.input_tokens:,} input and {billed.output_tokens:,} output tokens over all attempts",
+        file=sys.stderr,
+    )
+    if summary.pauses or summary.cuts:
+        print(
+            f"rate limits: {summary.pauses:,} pool-wide pauses after a 429, concurrency cut {summary.cuts:,} times "
+            "after overloads",
+            file=sys.stderr,
+        )
+    print(f"results: {out} ({written:,} lines); database: {db}", file=sys.stderr)
+
+
+def print_status(
+    db: Path, job: JobRow, counts: dict[str, int], billed: Usage, first: float | None, as_json: bool
+) -> None:
+    total = sum(counts.values())
+    done = counts[State.SUCCEEDED] + counts[State.ERRORED]
+    elapsed = (job.updated_at - first) if first else 0.0
+    snapshot = Snapshot(
+        done=done,
+        total=total,
+        in_flight=counts[State.RUNNING],
+        failed=counts[State.ERRORED],
+        retries=0,
+        output_tokens=billed.output_tokens,
+        elapsed=elapsed,
+        done_this_run=done,
+    )
+    if as_json:
+        print(json.dumps({"job": job.name, "counts": counts, "billed": billed.as_dict(), "elapsed": elapsed}))
+        return
+    created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
+    print(f"job {job.name}  ({db}, created {created})")
+    print("  " + ", ".join(f"{state}: {counts[state]:,}" for state in State))
+    print(f"  billed: {billed.input_tokens:,} input, {billed.output_tokens:,} output tokens")
+    print(
+        f"  elapsed {elapsed:.1f} s, last update {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.updated_at))}"
+    )
+    print("  " + describe(snapshot))

@@ -1,0 +1,185 @@
+"""The command line's grammar: commands and options (the run options come from ``settings.SETTINGS``)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from orchestrator.settings import DEFAULTS, LIMITS, SETTINGS
+from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits, SimulatorConfig, Timing
+
+STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
+BATCH_FAULTS = ("errored", "expired", "rate_limited", "overloaded")
+
+
+def _probability(text: str, known: Sequence[str] = STREAM_FAULTS) -> tuple[str, float]:
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in known:
+        raise argparse.ArgumentTypeError(f"expected KIND=P with KIND one of {', '.join(known)}")
+    probability = float(value)
+    if not 0 <= probability <= 1:
+        raise argparse.ArgumentTypeError("a probability is between 0 and 1")
+    return kind, probability
+
+
+def _batch_probability(text: str) -> tuple[str, float]:
+    return _probability(text, BATCH_FAULTS)
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    """``N`` or ``MIN:MAX``, positive integers."""
+    low, _, high = text.partition(":")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected N or MIN:MAX") from None
+    if not 1 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError("expected 1 <= MIN <= MAX")
+    return bounds
+
+
+def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("simulator")
+    group.add_argument("--seed", type=int, default=0, help="seed of replies and faults (default 0)")
+    group.add_argument("--speed", type=float, default=1.0, help="time factor; 'inf' for no delays (default 1)")
+    group.add_argument("--ttft", type=float, default=0.5, help="seconds to first token (default 0.5)")
+    group.add_argument("--tps", type=float, default=60.0, help="output tokens per second per stream (default 60)")
+    group.add_argument(
+        "--reply-tokens", type=_int_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
+    )
+    group.add_argument(
+        "--tokens-per-delta", type=_int_range, default=(1, 1), metavar="N|MIN:MAX", help="tokens per delta (default 1)"
+    )
+    group.add_argument("--sim-rpm", type=float, help="requests per minute the simulator allows")
+    group.add_argument("--sim-itpm", type=float, help="input tokens per minute the simulator allows")
+    group.add_argument("--sim-otpm", type=float, help="output tokens per minute the simulator allows")
+    group.add_argument("--burst-seconds", type=float, default=1.0, help="bucket capacity in seconds of refill")
+    group.add_argument("--spend-cap", action="store_true", help="answer every request with the spend-limit 429")
+    group.add_argument(
+        "--fault",
+        type=_probability,
+        action="append",
+        default=[],
+        metavar="KIND=P",
+        help=f"inject a fault with probability P; KIND: {', '.join(k.value for k in FaultKind)}",
+    )
+    group.add_argument("--stall-seconds", type=float, default=30.0)
+    group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
+    group.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=BatchSettings.seconds,
+        help=f"seconds a message batch takes to end, not scaled by --speed (default {BatchSettings.seconds:g})",
+    )
+    group.add_argument(
+        "--batch-fault",
+        type=_batch_probability,
+        action="append",
+        default=[],
+        metavar="KIND=P",
+        help="batch requests errored/expired, or batch endpoints answering 429 (rate_limited) or 529 (overloaded), "
+        "with probability P",
+    )
+
+
+def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
+    rates = dict(args.fault)
+    return SimulatorConfig(
+        seed=args.seed,
+        reply_min=args.reply_tokens[0],
+        reply_max=args.reply_tokens[1],
+        tokens_per_delta=args.tokens_per_delta,
+        timing=Timing(ttft=args.ttft, tokens_per_second=args.tps, speed=args.speed),
+        limits=Limits(
+            rpm=args.sim_rpm,
+            itpm=args.sim_itpm,
+            otpm=args.sim_otpm,
+            burst_seconds=args.burst_seconds,
+            spend_cap=args.spend_cap,
+        ),
+        faults=FaultRates(stall_seconds=args.stall_seconds, **rates),
+        batches=BatchSettings(seconds=args.batch_seconds, **dict(args.batch_fault)),
+        reject_api_keys=frozenset(args.reject_key),
+    )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no API key)")
+    parser.add_argument("--base-url", help="API base URL (default: ANTHROPIC_BASE_URL or the real API)")
+    parser.add_argument("--db", help="job database (default: RESULTS/job.sqlite)")
+    parser.add_argument("--results", help="results folder (default: results/<job name>)")
+    parser.add_argument("--allow-changed", action="store_true", help="update a job whose job file has changed")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count requests, estimate tokens, cost and duration; send nothing"
+    )
+    parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
+    group = parser.add_argument_group("running (these override a job spec's [run])")
+    for setting in SETTINGS:
+        default = getattr(DEFAULTS, setting.name)
+        group.add_argument(
+            setting.flag,
+            dest=setting.name,
+            type=setting.kind,
+            choices=setting.choices or None,
+            help=f"{setting.help} (default {default})",
+        )
+    group = parser.add_argument_group(
+        "rate limits (per minute, for every model; a spec's [limits] can set them per model). "
+        "Limits not given are learned from the API's anthropic-ratelimit-* headers"
+    )
+    for setting in LIMITS:
+        group.add_argument(setting.flag, dest=setting.name, type=float, help=setting.help)
+    group = parser.add_argument_group(
+        "request defaults (these override a job spec's [defaults]; each line's own fields override these)"
+    )
+    group.add_argument("--model")
+    group.add_argument("--max-tokens", type=int)
+    group.add_argument("--system")
+    group.add_argument("--temperature", type=float)
+    _add_simulator_options(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Concurrent, resumable batch runs against the Anthropic Messages API.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a job (JSONL, text file, folder of prompts, or .toml spec)")
+    run.add_argument("job")
+    _add_run_options(run)
+    resume = commands.add_parser("resume", help="continue the job stored in a database")
+    resume.add_argument("db")
+    resume.add_argument("--quiet", action="store_true")
+    status = commands.add_parser("status", help="counts, tokens and ETA of a job")
+    status.add_argument("db")
+    status.add_argument("--json", action="store_true")
+    export = commands.add_parser("export", help="rewrite results.jsonl from the database")
+    export.add_argument("db")
+    export.add_argument("--out")
+    report = commands.add_parser("report", help="usage, cost, latency and throughput of jobs")
+    report.add_argument("db", nargs="+", help="job databases, or folders of them (such as results/)")
+    report.add_argument("--format", choices=["text", "json", "csv", "html"], default="text")
+    report.add_argument("--out", help="write to this file instead of standard output")
+    report.add_argument("--prices", help="a prices file (JSON, as orchestrator/data/prices.json) to override with")
+    report.add_argument("--since", type=_when, help="requests finished (attempts started) from this date-time")
+    report.add_argument("--until", type=_when, help="... and before this one")
+    report.add_argument("--model", action="append", default=[], help="only this model (id or family); repeatable")
+    simulate = commands.add_parser("simulate", help="run the Anthropic-compatible simulator")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8765)
+    _add_simulator_options(simulate)
+    return parser
+
+
+def _when(text: str) -> float:
+    """A date or date-time (ISO 8601; UTC unless it says otherwise) as unix time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()

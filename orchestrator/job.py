@@ -1,0 +1,188 @@
+"""Running a job: from a job file (or the job stored in a database) to its results.
+
+What ``orchestrator run``/``resume`` do, without any printing of their own: find the job's
+store, refuse or apply a changed job file, merge the settings, build the SDK client (against the
+built-in simulator or an endpoint), run the job, export its results. The command line and the
+Python API are thin layers over ``run`` and ``dry_run``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx2
+
+from orchestrator.errors import JobAborted, JobChangedError, UserError
+from orchestrator.jobs.read import read_requests
+from orchestrator.jobs.spec import JobSpec, load_spec
+from orchestrator.models import State
+from orchestrator.pricing import load_prices
+from orchestrator.report.dryrun import DryRun, count_samples, plan
+from orchestrator.report.export import export_results
+from orchestrator.run.engine import Job, Summary
+from orchestrator.run.progress import make_view
+from orchestrator.settings import JobSettings, merge
+from orchestrator.simulator import Simulator, SimulatorConfig, serve
+from orchestrator.store import Store, open_store
+
+RESULTS_ROOT = Path("results")
+
+
+@dataclass
+class RunOptions:
+    """One run of a job, as the command line or the API asks for it."""
+
+    job: Path  # a job file or spec (it may be gone if ``db`` holds the job)
+    db: Path | None = None
+    results: Path | None = None
+    simulator: SimulatorConfig | None = None  # run against the built-in simulator
+    base_url: str | None = None
+    allow_changed: bool = False
+    quiet: bool = False
+    prices: Path | None = None
+    settings: Mapping[str, Any] = field(default_factory=dict)  # by setting name; None: not given
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # request defaults (model, max_tokens, ...)
+    argv: list[str] = field(default_factory=list)  # the command line that runs it again (stored for resume)
+
+
+@dataclass
+class Outcome:
+    summary: Summary
+    db: Path
+    results: Path  # results.jsonl
+    written: int  # lines in it
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@asynccontextmanager
+async def open_client(
+    simulator: SimulatorConfig | None, base_url: str | None, settings: JobSettings
+) -> AsyncIterator[anthropic.AsyncAnthropic]:
+    """The SDK client: against the built-in simulator when given one, else the endpoint."""
+    limits = httpx2.Limits(max_connections=settings.concurrency + 8, max_keepalive_connections=settings.concurrency)
+    timeout = httpx2.Timeout(settings.read_timeout, connect=10.0)
+    if simulator is not None:
+        async with serve(Simulator(simulator)) as url:
+            http = anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+            async with anthropic.AsyncAnthropic(
+                base_url=url, api_key="sk-simulator", max_retries=0, http_client=http
+            ) as client:
+                yield client
+        return
+    if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        raise UserError("no API key: set ANTHROPIC_API_KEY, or run against the built-in simulator with --simulate")
+    http = anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=timeout)
+    async with anthropic.AsyncAnthropic(base_url=base_url, max_retries=0, http_client=http) as client:
+        yield client
+
+
+def _spec(options: RunOptions) -> JobSpec | None:
+    """The job file's spec; None when it is gone and a database is named (the stored job runs)."""
+    if options.job.exists() or options.db is None:
+        return load_spec(options.job, dict(options.defaults))
+    return None
+
+
+def _places(options: RunOptions, spec: JobSpec | None) -> tuple[Path, Path]:
+    """(results folder, database) of a job."""
+    results = options.results or (spec.results if spec else None)
+    if results is None:
+        results = options.db.parent if options.db else RESULTS_ROOT / (spec.name if spec else options.job.stem)
+    return results, options.db or results / "job.sqlite"
+
+
+async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path, db: Path) -> None:
+    """Load the job file into the store: the first time, or when it changed and that is allowed."""
+    job = await store.job()
+    fingerprint = spec.fingerprint()
+    if job is not None and job.fingerprint == fingerprint:
+        return
+    if job is not None and not options.allow_changed:
+        raise JobChangedError(
+            f"{options.job} has changed since the job in {db} was created from it. "
+            "Run it as a new job with --db/--results elsewhere, or pass --allow-changed to update "
+            "the job (changed and new requests run; unchanged results are kept)."
+        )
+    stored = {
+        "argv": options.argv,
+        "job": str(options.job.resolve()),
+        "results": str(results.resolve()),
+        "run": spec.run,  # so that the job runs the same if its file is gone
+        "limits": spec.limits,
+    }
+    added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec))
+    if job is not None:
+        _note(f"job updated: {added:,} new and {changed:,} changed requests")
+
+
+async def run(options: RunOptions) -> Outcome:
+    """Run a job to its end (or until stopped); raises JobAborted when the API stopped it."""
+    spec = _spec(options)
+    results, db = _places(options, spec)
+    settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.settings)
+    prices = load_prices(options.prices)
+    async with open_store(db) as store:
+        if spec is None:
+            job = await store.job()
+            if job is None:
+                raise UserError(f"{options.job}: no such job file, and {db} holds no job")
+            _note(f"note: {options.job} is gone; running the job as stored in {db}")
+            settings = merge(job.spec.get("run", {}), job.spec.get("limits", {}), options.settings)
+        else:
+            await _load(store, options, spec, results, db)
+        counts = await store.counts()
+        done = counts[State.SUCCEEDED] + counts[State.ERRORED]
+        async with open_client(options.simulator, options.base_url, settings) as client:
+            view = make_view(sum(counts.values()), done, quiet=options.quiet)
+            summary = await Job(store, client, settings, view, prices).run()
+        out = results / "results.jsonl"
+        written, _ = await export_results(store, out)
+    return Outcome(summary, db, out, written)
+
+
+def aborted_error(outcome: Outcome) -> JobAborted | None:
+    """The error a run stopped by the API ends with (bad key, no permission, spend cap), if it was."""
+    failure = outcome.summary.aborted
+    if failure is None:
+        return None
+    error = failure.error.get("error", {})
+    return JobAborted(
+        f"the job stopped: {failure.reason} ({error.get('type')}: {error.get('message')}). "
+        f"Fix the cause, then resume with: orchestrator resume {outcome.db}"
+    )
+
+
+async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
+    """What a job would cost and take, sending no message and writing nothing."""
+    if not options.job.exists():
+        raise UserError(f"{options.job}: no such job file")
+    spec = load_spec(options.job, dict(options.defaults))
+    settings = merge(spec.run, spec.limits, options.settings)
+    models = plan(read_requests(spec))
+    note: str | None = "no API key: input tokens are estimated (count_tokens needs one, or --simulate)"
+    if options.simulator is not None or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        async with open_client(options.simulator, options.base_url, settings) as client:
+            note = await count_samples(client, models)
+    return DryRun(models=models, counted=note is None, note=note), settings
+
+
+async def stored_argv(db: Path) -> list[str]:
+    """The command line a job stored in ``db`` was run with (``resume`` runs it again)."""
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    async with open_store(db, create=False) as store:
+        job = await store.job()
+    if job is None:
+        raise UserError(f"{db} holds no job")
+    argv: list[str] = job.spec["argv"]
+    return argv

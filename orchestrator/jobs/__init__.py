@@ -1,0 +1,1 @@
+"""Job files and specs into validated requests, streamed."""

@@ -1,0 +1,124 @@
+"""Read a job's inputs into requests, as a stream: nothing holds a whole input in memory.
+
+Every line (or prompt file) becomes a valid request or a ``Problem`` naming its file and line.
+Missing ``custom_id``s get stable ones: ``<file stem>-<line>``, or the file stem for a prompt
+file. Duplicates across the whole job are found by the store while loading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.errors import Problem
+from orchestrator.jobs.spec import JobSpec, stem_id
+from orchestrator.models import MESSAGE_PARAMS
+
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+SIMPLE_FIELDS = (MESSAGE_PARAMS - {"messages"}) | {"prompt", "custom_id"}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One valid request read from an input, with where it came from."""
+
+    custom_id: str
+    params: dict[str, Any]
+    path: str
+    line: int | None
+
+
+def _check_params(params: dict[str, Any]) -> str | None:
+    """Why these params cannot be sent, or None."""
+    for key in params:
+        if key not in MESSAGE_PARAMS:
+            return f"unknown request field {key!r}"
+    if not isinstance(params.get("model"), str) or not params["model"]:
+        return "'model' must be a non-empty string"
+    max_tokens = params.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        return "'max_tokens' must be an integer >= 1"
+    messages = params.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list"
+    return None
+
+
+def _check_id(custom_id: Any) -> str | None:
+    if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+        return f"invalid custom_id {custom_id!r}: it must match ^[a-zA-Z0-9_-]{{1,64}}$"
+    return None
+
+
+def _from_json_line(obj: Any, defaults: dict[str, Any], generated_id: str) -> tuple[str, dict[str, Any]] | str:
+    """(custom_id, params) of one JSONL line, or why it is invalid."""
+    if not isinstance(obj, dict):
+        return "a line must be a JSON object"
+    custom_id = obj.get("custom_id", generated_id)
+    if "params" in obj:
+        extra = set(obj) - {"custom_id", "params"}
+        if extra:
+            return f"unknown field {sorted(extra)[0]!r} (a Batches line has only custom_id and params)"
+        if not isinstance(obj["params"], dict):
+            return "'params' must be an object"
+        params = {**defaults, **obj["params"]}
+    elif "prompt" in obj:
+        unknown = set(obj) - SIMPLE_FIELDS
+        if unknown:
+            return f"unknown field {sorted(unknown)[0]!r}"
+        prompt = obj["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            return "'prompt' must be a non-empty string"
+        overrides = {k: v for k, v in obj.items() if k not in ("prompt", "custom_id")}
+        params = {**defaults, **overrides, "messages": [{"role": "user", "content": prompt}]}
+    else:
+        return "missing prompt: a line needs 'prompt' (or 'params' in the Batches shape)"
+    problem = _check_id(custom_id) or _check_params(params)
+    return problem if problem else (custom_id, params)
+
+
+def read_requests(spec: JobSpec) -> Iterator[Loaded | Problem]:
+    """Every request of the job in input order, or a Problem where a line is bad."""
+    defaults = spec.defaults
+    for source in spec.sources:
+        name = str(source.path)
+        stem = stem_id(source.path)
+        if source.kind == "file":
+            try:
+                prompt = source.path.read_text()
+            except UnicodeDecodeError:
+                yield Problem(name, None, "not UTF-8 text")
+                continue
+            if not prompt.strip():
+                yield Problem(name, None, "empty prompt file")
+                continue
+            params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
+            yield Loaded(stem, params, name, None)
+            continue
+        with source.path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode()
+                except UnicodeDecodeError:
+                    yield Problem(name, number, "not UTF-8 text")
+                    continue
+                if not line.strip():
+                    continue
+                generated = f"{stem}-{number}"
+                if source.kind == "lines":
+                    params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
+                    yield Loaded(generated, params, name, number)
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    yield Problem(name, number, f"malformed JSON: {exc}")
+                    continue
+                parsed = _from_json_line(obj, defaults, generated)
+                if isinstance(parsed, str):
+                    yield Problem(name, number, parsed)
+                else:
+                    yield Loaded(parsed[0], parsed[1], name, number)

@@ -1,0 +1,127 @@
+"""What a job is: a job file or a ``.toml`` spec, resolved into its sources, defaults and settings.
+
+A job is any of:
+- ``.jsonl`` lines in the Message Batches request shape ``{"custom_id": ..., "params": {...}}``,
+  or simple lines ``{"prompt": ..., "custom_id"?: ..., <any Messages param>?: ...}``;
+- a text file (any other extension), one prompt per non-blank line;
+- a directory of ``.txt`` / ``.md`` files, one prompt per file;
+- a ``.toml`` job spec naming its inputs (paths, or globs whose matches are one prompt per
+  file), defaults for every request, run settings and where results go.
+
+Missing ``custom_id``s get stable ones: ``<file stem>-<line>``, or the file stem for a
+prompt file. Duplicates across the whole job are found by the store while loading.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import JobFileError, Problem
+from orchestrator.models import MESSAGE_PARAMS
+from orchestrator.settings import limit_problems, run_problems
+
+PROMPT_SUFFIXES = (".txt", ".md")
+SPEC_KEYS = frozenset({"name", "inputs", "results", "defaults", "run", "limits"})
+DEFAULT_MODEL = "claude-haiku-4-5"
+DEFAULT_MAX_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    kind: str  # "jsonl", "lines", "file"
+
+
+@dataclass
+class JobSpec:
+    """What to run: inputs, request defaults, run settings, where results go."""
+
+    name: str
+    sources: list[Source]
+    defaults: dict[str, Any]
+    run: dict[str, Any] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    results: Path | None = None
+
+    def fingerprint(self) -> str:
+        """A hash of every input byte and the defaults: a changed job has another fingerprint."""
+        digest = hashlib.sha256(json.dumps(self.defaults, sort_keys=True).encode())
+        for source in self.sources:
+            digest.update(f"\0{source.kind}\0{source.path.name}\0".encode())
+            with source.path.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+        return digest.hexdigest()
+
+
+def stem_id(path: Path) -> str:
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", path.stem)[:48] or "input"
+
+
+def _sources_of(path: Path, *, as_glob: bool = False) -> list[Source]:
+    if as_glob:
+        return [Source(Path(p), "file") for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
+    if path.is_dir():
+        return [Source(p, "file") for p in sorted(path.iterdir()) if p.suffix in PROMPT_SUFFIXES and p.is_file()]
+    return [Source(path, "jsonl" if path.suffix == ".jsonl" else "lines")]
+
+
+def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
+    """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
+    if not path.exists():
+        raise JobFileError([Problem(str(path), None, "no such file or directory")])
+    if path.suffix != ".toml":
+        defaults = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **cli_defaults}
+        return JobSpec(name=stem_id(path), sources=_sources_of(path), defaults=defaults)
+    try:
+        spec = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise JobFileError([Problem(str(path), None, f"not valid TOML: {exc}")]) from None
+    problems = [
+        Problem(str(path), None, f"unknown key {key!r} (known: {', '.join(sorted(SPEC_KEYS))})")
+        for key in spec
+        if key not in SPEC_KEYS
+    ]
+    inputs = spec.get("inputs")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+        problems.append(Problem(str(path), None, "'inputs' must be a non-empty list of paths or globs"))
+        inputs = []
+    defaults = spec.get("defaults", {})
+    if not isinstance(defaults, dict):
+        problems.append(Problem(str(path), None, "[defaults] must be a table"))
+        defaults = {}
+    for key in defaults:
+        if key not in MESSAGE_PARAMS - {"messages"}:
+            problems.append(Problem(str(path), None, f"[defaults] has unknown request field {key!r}"))
+    run = spec.get("run", {})
+    limits = spec.get("limits", {})
+    if not isinstance(run, dict) or not isinstance(limits, dict):
+        problems.append(Problem(str(path), None, "[run] and [limits] must be tables"))
+        run, limits = {}, {}
+    problems += [Problem(str(path), None, message) for message in (*run_problems(run), *limit_problems(limits))]
+    sources: list[Source] = []
+    for entry in inputs:
+        target = path.parent / entry
+        is_glob = any(ch in entry for ch in "*?[")
+        found = _sources_of(target, as_glob=is_glob)
+        if not found or (not is_glob and not target.exists()):
+            problems.append(Problem(str(path), None, f"input {entry!r} matches no file"))
+        sources.extend(found)
+    if problems:
+        raise JobFileError(problems)
+    results = spec.get("results")
+    return JobSpec(
+        name=str(spec.get("name") or stem_id(path)),
+        sources=sources,
+        defaults={"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **defaults, **cli_defaults},
+        run=dict(run),
+        limits=dict(limits),
+        results=None if results is None else path.parent / results,
+    )

@@ -1,0 +1,1 @@
+"""Usage, cost, latency and throughput from job stores; text, JSON, CSV, HTML; dry runs; exports."""

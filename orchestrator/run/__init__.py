@@ -1,0 +1,1 @@
+"""Streaming mode: the engine, one request's attempts, recovery, limits, the store writer, progress."""

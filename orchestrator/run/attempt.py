@@ -1,0 +1,154 @@
+"""One attempt: stream a request into an accumulator that the writer checkpoints while it fills."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import anthropic
+import httpx2
+
+from orchestrator.api.accumulate import Accumulator
+from orchestrator.api.failures import BrokenStream, Failure
+from orchestrator.api.sse import SSEDecoder
+from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, Checkpoint, Outcome, State, Usage
+from orchestrator.run.limits import Limiter, Permit
+
+_REQUIRED = ("model", "max_tokens", "messages")
+
+
+@dataclass
+class LiveAttempt:
+    """An attempt in flight: the writer checkpoints it while the stream fills it."""
+
+    request_id: int
+    number: int
+    started_at: float
+    model: str = ""
+    acc: Accumulator = field(default_factory=Accumulator)
+    first_token_at: float | None = None
+    checkpointed: int = -1  # deltas at the last checkpoint
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.request_id, self.number)
+
+    @property
+    def dirty(self) -> bool:
+        return self.acc.deltas != self.checkpointed
+
+    def usage(self) -> Usage:
+        """What this attempt has been billed so far."""
+        usage = Usage.from_dict(self.acc.usage)
+        usage.output_tokens = self.acc.output_tokens
+        return usage
+
+    def checkpoint(self, now: float) -> Checkpoint:
+        self.checkpointed = self.acc.deltas
+        acc = self.acc
+        usage = self.usage()
+        return Checkpoint(
+            request_id=self.request_id,
+            number=self.number,
+            partial=acc.snapshot() if acc.started else None,
+            message_id=acc.message_id,
+            usage=usage,
+            first_token_at=self.first_token_at,
+            at=now,
+        )
+
+    def ended(
+        self,
+        now: float,
+        outcome: Outcome,
+        failure: Failure | None = None,
+        final: tuple[State, dict[str, Any]] | None = None,
+        next_state: State = State.RUNNING,
+    ) -> AttemptEnded:
+        checkpoint = self.checkpoint(now)
+        if final is not None and final[0] is State.SUCCEEDED:
+            checkpoint = replace(checkpoint, partial=None)  # the message is the result
+        return AttemptEnded(
+            checkpoint=checkpoint,
+            outcome=outcome,
+            reason=failure.reason
+            if failure is not None
+            else INTERRUPTED_REASON
+            if outcome is Outcome.INTERRUPTED
+            else None,
+            status=None if failure is None else failure.status,
+            error=None if failure is None else failure.error,
+            final=final,
+            next_state=next_state,
+        )
+
+
+def _reason_without_failure(outcome: Outcome) -> str | None:
+    return INTERRUPTED_REASON if outcome is Outcome.INTERRUPTED else None
+
+
+class Sink(Protocol):
+    """Where a request's attempts are reported: the writer."""
+
+    async def started(self, live: LiveAttempt) -> None: ...
+
+    async def ended(self, live: LiveAttempt, record: AttemptEnded) -> None: ...
+
+
+async def stream_attempt(
+    client: anthropic.AsyncAnthropic,
+    params: dict[str, Any],
+    live: LiveAttempt,
+    limiter: Limiter | None = None,
+    permit: Permit | None = None,
+) -> None:
+    """Stream one attempt into ``live.acc``; raise if it does not end with ``message_stop``.
+
+    The SDK sends the request (auth, headers, retries off, status errors raised as its own
+    exceptions); the body is read raw and decoded here, which costs a fraction of the SDK's
+    typed events. An in-band ``error`` event is raised as the SDK raises it: an
+    ``APIStatusError`` whose status is the stream's 200.
+    """
+    acc = live.acc
+    decoder = SSEDecoder()
+    # Job files hold raw Messages params: send the required ones as arguments and the rest
+    # verbatim, so any field the API accepts goes through whatever this SDK version types.
+    rest = {key: value for key, value in params.items() if key not in _REQUIRED}
+    async with client.messages.with_streaming_response.create(
+        model=params["model"],
+        max_tokens=params["max_tokens"],
+        messages=params["messages"],
+        stream=True,
+        extra_body=rest or None,
+    ) as response:
+        http = response.http_response
+        if limiter is not None:
+            limiter.observe(params["model"], http.headers)
+        async for chunk in http.aiter_bytes():
+            for name, data in decoder.feed(chunk):
+                if name == "ping":
+                    continue
+                if name == "error":
+                    raise _in_band_error(http, data)
+                acc.feed(json.loads(data))
+            if live.first_token_at is None and acc.deltas:
+                live.first_token_at = time.time()
+            if limiter is not None and permit is not None and acc.started:
+                if not permit.input_corrected:
+                    usage = acc.usage
+                    limiter.input_known(
+                        permit, (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+                    )
+                limiter.output_streamed(permit, acc.output_tokens)
+    if not acc.done:
+        raise BrokenStream("the stream ended without message_stop")
+
+
+def _in_band_error(response: httpx2.Response, data: bytes) -> anthropic.APIStatusError:
+    try:
+        body: Any = json.loads(data)
+    except ValueError:
+        body = data.decode(errors="replace")
+    return anthropic.APIStatusError(f"error event in the stream: {body}", response=response, body=body)

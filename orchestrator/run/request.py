@@ -1,0 +1,110 @@
+"""One request's life: limits, attempts, recovery of broken streams, retries, the final record."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import anthropic
+import anyio
+
+from orchestrator.api.failures import Failure, classify
+from orchestrator.models import AttemptEnded, Outcome, Request, State
+from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
+from orchestrator.run.backoff import Backoff
+from orchestrator.run.limits import Limiter, estimate_input_tokens
+from orchestrator.run.recover import Recovery, Strategy, after_break, finish_without_continuation, join, next_params
+from orchestrator.settings import JobSettings
+
+
+@dataclass
+class RequestRunner:
+    """Runs requests to their end: limits, attempts, recovery of broken streams, retries, the final record."""
+
+    client: anthropic.AsyncAnthropic
+    sink: Sink
+    settings: JobSettings
+    limiter: Limiter
+    on_fatal: Callable[[Failure], None]
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
+        self.strategy = Strategy(self.settings.recover)
+
+    async def run(self, request: Request) -> None:
+        settings = self.settings
+        give_up_at = self.clock() + settings.retry_max_seconds
+        number = request.attempts
+        recovery = Recovery.from_dict(request.kept)
+        if request.interrupted is not None:  # cut by a stop or a crash: continue from its last checkpoint
+            recovery = after_break(
+                recovery, self.strategy, request.params, request.interrupted, request.interrupted_tokens
+            )
+        estimate = estimate_input_tokens(request.params)
+        while True:
+            params = next_params(request.params, recovery)
+            number += 1
+            live = LiveAttempt(request.id, number, time.time(), request.params["model"])
+            if params is None:  # the kept reply already holds every token asked for
+                await self.sink.started(live)
+                message = finish_without_continuation(recovery)
+                final = (State.SUCCEEDED, message)
+                await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
+                return
+            permit = await self.limiter.acquire(params["model"], estimate, params["max_tokens"])
+            await self.sink.started(live)
+            failure: Failure | None = None
+            try:
+                await stream_attempt(self.client, params, live, self.limiter, permit)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is None:
+                    raise
+            finally:
+                self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done)
+            if failure is None:
+                message = join(recovery, live.acc.message())
+                final = (State.SUCCEEDED, message)
+                await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
+                return
+            self._feedback(params["model"], failure)
+            if failure.outcome is Outcome.FATAL:
+                ended = live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING)
+                await self._end(live, ended, recovery)
+                self.on_fatal(failure)
+                return
+            out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
+            if failure.outcome is Outcome.PERMANENT or out_of_tries:
+                final = (State.ERRORED, failure.error)
+                await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final), recovery)
+                return
+            if failure.outcome is Outcome.BROKEN:
+                partial = live.acc.snapshot() if live.acc.started else None
+                recovery = after_break(recovery, self.strategy, params, partial, live.acc.output_tokens)
+            await self._end(live, live.ended(time.time(), failure.outcome, failure), recovery)
+            await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
+
+    def _feedback(self, model: str, failure: Failure) -> None:
+        """What the limiter learns from a failure: headers, a 429's cool-down, an overload."""
+        if failure.headers is not None:
+            self.limiter.observe(model, failure.headers)
+        if failure.status == 429:
+            self.limiter.pause(failure.retry_after if failure.retry_after is not None else self.backoff.base)
+        if failure.status == 529 or failure.reason == "in_band_overloaded_error":
+            self.limiter.overloaded()
+
+    async def _end(self, live: LiveAttempt, record: AttemptEnded, recovery: Recovery) -> None:
+        """Report an attempt's end with what the reply keeps: while the request goes on, the kept
+        reply (for a later attempt, or a resume); with a success, how it was recovered."""
+        if record.final is None:
+            record = replace(record, kept=recovery.to_dict())
+        elif record.final[0] is State.SUCCEEDED and recovery.summary() is not None:
+            record = replace(record, recovery=recovery.summary())
+        # The attempt's end is its final checkpoint: it must reach the writer even if we are
+        # being cancelled right now.
+        with anyio.CancelScope(shield=True):
+            await self.sink.ended(live, record)

@@ -1,0 +1,198 @@
+"""How a job runs: every setting's name, type, range, default and help, in one place.
+
+``SETTINGS`` is the one source: the job spec's ``[run]`` and ``[limits]`` tables, the command
+line's options and the Python API are all read and checked through it, and ``JobSettings`` (stored
+with the job, so that ``resume`` runs it the same way) has exactly its fields. Precedence: built-in
+defaults < the spec < the command line (or the API's keyword arguments).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from orchestrator.errors import UserError
+
+LIMIT_NAMES = ("rpm", "itpm", "otpm")
+LIMIT_HELP = {"rpm": "requests per minute", "itpm": "input tokens per minute", "otpm": "output tokens per minute"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``kind`` is int, float or str; ``low`` is inclusive unless ``low_open``."""
+
+    name: str
+    kind: type
+    help: str
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    option: str = ""  # the command line's name, when it is not --<name with dashes>
+
+    @property
+    def flag(self) -> str:
+        return self.option or "--" + self.name.replace("_", "-")
+
+    def describe(self) -> str:
+        """What a valid value is, for messages."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        kind = "an integer" if self.kind is int else "a number"
+        if self.low is None:
+            return kind
+        bound = f"above {_plain(self.low)}" if self.low_open else f"at least {_plain(self.low)}"
+        if self.high is not None:
+            bound += f" and at most {_plain(self.high)}"
+        return f"{kind} {bound}"
+
+    def check(self, value: Any) -> Any:
+        """``value`` as this setting's type, or ValueError saying what a valid one is."""
+        if self.kind is str:
+            if isinstance(value, str) and (not self.choices or value in self.choices):
+                return value
+            raise ValueError(f"must be {self.describe()}, not {value!r}")
+        number_ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if self.kind is int and (not number_ok or (isinstance(value, float) and not value.is_integer())):
+            raise ValueError(f"must be {self.describe()}, not {value!r}")
+        if not number_ok or math.isnan(value):
+            raise ValueError(f"must be {self.describe()}, not {value!r}")
+        number = int(value) if self.kind is int else float(value)
+        too_low = self.low is not None and (number <= self.low if self.low_open else number < self.low)
+        if too_low or (self.high is not None and number > self.high) or (self.kind is float and math.isinf(number)):
+            raise ValueError(f"must be {self.describe()}, not {value!r}")
+        return number
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("concurrency", int, "streams at once", low=1),
+    Setting("max_attempts", int, "attempts per request", low=1),
+    Setting("retry_max_seconds", float, "stop retrying a request after this many seconds", low=0),
+    Setting("checkpoint_interval", float, "seconds between checkpoints of partial output", low=0, low_open=True),
+    Setting("read_timeout", float, "seconds without a byte before a stream counts as stalled", low=0, low_open=True),
+    Setting("backoff_base", float, "seconds of the first retry's backoff (doubled per attempt)", low=0),
+    Setting("backoff_cap", float, "longest backoff between attempts, in seconds", low=0),
+    Setting(
+        "recover",
+        str,
+        "how a broken stream goes on: prefill (exact), continue (4.6+ models, not exact), restart; "
+        "auto: prefill where the model accepts it, else restart",
+        choices=("auto", "prefill", "continue", "restart"),
+    ),
+    Setting(
+        "headroom",
+        float,
+        "share of each rate limit to aim for",
+        low=0,
+        low_open=True,
+        high=1,
+        option="--limit-headroom",
+    ),
+)
+LIMITS: tuple[Setting, ...] = tuple(
+    Setting(name, float, LIMIT_HELP[name], low=0, low_open=True) for name in LIMIT_NAMES
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass
+class JobSettings:
+    """How a job runs; stored with the job so that ``resume`` runs it the same way."""
+
+    concurrency: int = 8
+    max_attempts: int = 5
+    retry_max_seconds: float = 600.0  # give up on a request after this long of retrying
+    checkpoint_interval: float = 0.25
+    read_timeout: float = 120.0
+    backoff_base: float = 0.5  # seconds; doubled per attempt, full jitter
+    backoff_cap: float = 30.0
+    recover: str = "auto"  # auto | prefill | continue | restart
+    headroom: float = 0.97  # share of each rate limit the client aims for
+    limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}
+
+
+DEFAULTS = JobSettings()
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def run_problems(run: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a spec's ``[run]`` table, one message per key."""
+    problems = []
+    for key, value in run.items():
+        setting = BY_NAME.get(key)
+        if setting is None:
+            problems.append(f"[run] has unknown key {key!r} (known: {', '.join(sorted(BY_NAME))})")
+            continue
+        try:
+            setting.check(value)
+        except ValueError as exc:
+            problems.append(f"[run] {key} {exc}")
+    return problems
+
+
+def limit_problems(limits: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a spec's ``[limits]`` table (limits for every model, or tables per model)."""
+    problems = []
+    for key, value in limits.items():
+        table = value if isinstance(value, dict) else {key: value}
+        where = f"[limits] model {key!r}:" if isinstance(value, dict) else "[limits]"
+        for name, number in table.items():
+            if name not in LIMIT_NAMES:
+                problems.append(f"{where} has unknown key {name!r}: use rpm, itpm, otpm, for every model or per model")
+                continue
+            try:
+                LIMITS[LIMIT_NAMES.index(name)].check(number)
+            except ValueError as exc:
+                problems.append(f"{where} {name} {exc}")
+    return problems
+
+
+def merge(spec_run: Mapping[str, Any], spec_limits: Mapping[str, Any], given: Mapping[str, Any]) -> JobSettings:
+    """Built-in defaults, then a spec's ``[run]`` and ``[limits]``, then ``given`` (options or API arguments,
+    by setting name; None means not given). Raises UserError naming the option of a bad value."""
+    values: dict[str, Any] = {f.name: getattr(DEFAULTS, f.name) for f in fields(JobSettings) if f.name != "limits"}
+    for key, value in spec_run.items():
+        try:
+            values[key] = BY_NAME[key].check(value)
+        except (KeyError, ValueError):
+            raise UserError("; ".join(run_problems(spec_run))) from None
+    limits = dict(spec_limits)
+    for setting in (*SETTINGS, *LIMITS):
+        value = given.get(setting.name)
+        if value is None:
+            continue
+        try:
+            checked = setting.check(value)
+        except ValueError as exc:
+            raise UserError(f"{setting.flag} {exc}") from None
+        if setting in LIMITS:
+            limits[setting.name] = checked
+        else:
+            values[setting.name] = checked
+    return JobSettings(**values, limits=limits)
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """Per-minute limits for one model (None: learn it from the headers, or no limit)."""
+
+    rpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
+
+    def of(self, name: str) -> float | None:
+        return {"requests": self.rpm, "input-tokens": self.itpm, "output-tokens": self.otpm}[name]
+
+
+def limit_specs(limits: Mapping[str, Any]) -> tuple[LimitSpec, dict[str, LimitSpec]]:
+    """(the limits for every model, the limits of each model with a table of its own)."""
+    default = LimitSpec(**{k: limits[k] for k in LIMIT_NAMES if k in limits})
+    per_model = {
+        name: LimitSpec(**{**default.__dict__, **value}) for name, value in limits.items() if isinstance(value, dict)
+    }
+    return default, per_model

@@ -1,0 +1,126 @@
+"""What the store answers: the job, counts, usage, results in input order, and the report's figures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.models import State, Usage
+from orchestrator.store.base import Base
+
+
+@dataclass(frozen=True)
+class JobRow:
+    name: str
+    spec: dict[str, Any]
+    fingerprint: str
+    created_at: float
+    updated_at: float
+
+
+class Queries(Base):
+    async def job(self) -> JobRow | None:
+        async with self.db.execute("SELECT name, spec, fingerprint, created_at, updated_at FROM job") as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return JobRow(row[0], json.loads(row[1]), row[2], row[3], row[4])
+
+    async def counts(self) -> dict[str, int]:
+        async with self.db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state") as cursor:
+            found = {row[0]: row[1] async for row in cursor}
+        return {state.value: found.get(state.value, 0) for state in State}
+
+    async def billed(self) -> Usage:
+        """Tokens billed over every attempt of the job."""
+        async with self.db.execute(
+            "SELECT COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), "
+            "COALESCE(SUM(cache_creation_input_tokens), 0), COALESCE(SUM(cache_read_input_tokens), 0), "
+            "COALESCE(SUM(cache_creation_1h_input_tokens), 0) FROM attempts"
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return Usage(*row)
+
+    async def first_start(self) -> float | None:
+        async with self.db.execute("SELECT MIN(started_at) FROM attempts") as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def results(self) -> AsyncIterator[dict[str, Any]]:
+        """Every request in input order, with its result, usage summed over attempts and timings."""
+        async with self.db.execute(
+            """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
+                      r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
+                      COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
+                      COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery
+               FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
+        ) as cursor:
+            async for row in cursor:
+                yield {
+                    "custom_id": row[0],
+                    "state": row[1],
+                    "result": None if row[2] is None else json.loads(row[2]),
+                    "attempts": row[3],
+                    "timing": {
+                        "queued_at": row[4],
+                        "started_at": row[5],
+                        "first_token_at": row[6],
+                        "finished_at": row[7],
+                    },
+                    "billed": Usage(*row[8:13]),
+                    "recovery": None if row[13] is None else json.loads(row[13]),
+                }
+
+    async def billed_by_model(self, since: float | None, until: float | None) -> dict[str, Usage]:
+        """Tokens billed over the attempts started in [since, until), by requested model."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), SUM(a.input_tokens), SUM(a.output_tokens),
+                      SUM(a.cache_creation_input_tokens), SUM(a.cache_read_input_tokens),
+                      SUM(a.cache_creation_1h_input_tokens)
+               FROM attempts a JOIN requests r ON r.id = a.request_id
+               WHERE a.started_at >= COALESCE(?, a.started_at) AND a.started_at < COALESCE(?, a.started_at + 1)
+               GROUP BY 1""",
+            (since, until),
+        ) as cursor:
+            return {row[0]: Usage(*row[1:]) async for row in cursor}
+
+    async def failed_attempts(self, since: float | None, until: float | None) -> list[tuple[str, str, int]]:
+        """(model, reason, count) of the attempts that did not succeed, started in [since, until)."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), COALESCE(a.reason, a.outcome), COUNT(*)
+               FROM attempts a JOIN requests r ON r.id = a.request_id
+               WHERE a.outcome != 'succeeded'
+                 AND a.started_at >= COALESCE(?, a.started_at) AND a.started_at < COALESCE(?, a.started_at + 1)
+               GROUP BY 1, 2""",
+            (since, until),
+        ) as cursor:
+            return [(row[0], row[1], row[2]) async for row in cursor]
+
+    async def request_outcomes(self, since: float | None, until: float | None) -> AsyncIterator[dict[str, Any]]:
+        """Each request (finished in [since, until) when a range is given): model, state, times, what
+        its final message holds, its error, and the time to first token of its successful attempt."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), r.state, r.started_at, r.finished_at,
+                      json_extract(r.result, '$.usage'), json_extract(r.result, '$.error.type'),
+                      json_extract(r.result, '$.error.message'),
+                      (SELECT a.first_token_at - a.started_at FROM attempts a
+                       WHERE a.request_id = r.id AND a.outcome = 'succeeded')
+               FROM requests r
+               WHERE (? IS NULL AND ? IS NULL)
+                  OR (r.finished_at >= COALESCE(?, r.finished_at) AND r.finished_at < COALESCE(?, r.finished_at + 1))
+               ORDER BY r.id""",
+            (since, until, since, until),
+        ) as cursor:
+            async for row in cursor:
+                yield {
+                    "model": row[0],
+                    "state": row[1],
+                    "started_at": row[2],
+                    "finished_at": row[3],
+                    "kept": None if row[4] is None else Usage.from_dict(json.loads(row[4])),
+                    "error": None if row[5] is None else (row[5], row[6] or ""),
+                    "ttft": row[7],
+                }

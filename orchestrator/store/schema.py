@@ -1,0 +1,127 @@
+"""The schema: named migrations, applied in order and recorded once applied (append only)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiosqlite
+import anyio
+
+Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+# Append only: a migration, once released, is never edited or reordered. Its name is its
+# function's name (without the leading underscore), recorded in the database once applied.
+MIGRATIONS: list[Migration] = []
+
+
+def migration(step: Migration) -> Migration:
+    MIGRATIONS.append(step)
+    return step
+
+
+def migration_name(step: Migration) -> str:
+    return getattr(step, "__name__", "").lstrip("_")
+
+
+@asynccontextmanager
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any exception (cancellation included) a shielded ``ROLLBACK``."""
+    await db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await db.execute("ROLLBACK")
+        raise
+    await db.execute("COMMIT")
+
+
+async def _execute_all(db: aiosqlite.Connection, script: str) -> None:
+    """Run each statement of ``script`` inside the caller's transaction (executescript would commit)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            await db.execute(statement)
+
+
+@migration
+async def _0001_initial(db: aiosqlite.Connection) -> None:
+    await _execute_all(
+        db,
+        """
+        CREATE TABLE job (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            name TEXT NOT NULL,
+            spec TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            custom_id TEXT NOT NULL UNIQUE,
+            params TEXT NOT NULL,
+            source TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            queued_at REAL NOT NULL,
+            started_at REAL,
+            first_token_at REAL,
+            finished_at REAL
+        );
+        CREATE INDEX requests_by_state ON requests (state, id);
+        CREATE TABLE attempts (
+            request_id INTEGER NOT NULL REFERENCES requests (id) ON DELETE CASCADE,
+            number INTEGER NOT NULL,
+            started_at REAL NOT NULL,
+            first_token_at REAL,
+            ended_at REAL,
+            outcome TEXT,
+            reason TEXT,
+            status INTEGER,
+            error TEXT,
+            message_id TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_input_tokens INTEGER NOT NULL DEFAULT 0,
+            partial TEXT,
+            checkpoint_at REAL,
+            PRIMARY KEY (request_id, number)
+        );
+        """,
+    )
+
+
+@migration
+async def _0002_request_recovery(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE requests ADD COLUMN recovery TEXT")
+
+
+@migration
+async def _0003_attempt_cache_1h(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE attempts ADD COLUMN cache_creation_1h_input_tokens INTEGER NOT NULL DEFAULT 0")
+
+
+@migration
+async def _0004_request_kept(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE requests ADD COLUMN kept TEXT")
+
+
+async def migrate(db: aiosqlite.Connection) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+    await db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+    async with db.execute("SELECT name FROM migrations") as cursor:
+        done = {row[0] async for row in cursor}
+    applied = []
+    for step in MIGRATIONS:
+        name = migration_name(step)
+        if name in done:
+            continue
+        async with transaction(db):
+            await step(db)
+            await db.execute("INSERT INTO migrations VALUES (?, ?)", (name, time.time()))
+        applied.append(name)
+    return applied

@@ -1,0 +1,130 @@
+"""The write path of a run: attempt starts, checkpoints and ends, request states and results."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, Request
+from orchestrator.store.base import Base
+from orchestrator.store.schema import transaction
+
+
+class Writing(Base):
+    async def reset_interrupted(self) -> int:
+        """After a crash or a stop: running requests become pending, open attempts interrupted."""
+        async with transaction(self.db):
+            await self.db.execute(
+                "UPDATE attempts SET outcome = ?, reason = ?, ended_at = COALESCE(checkpoint_at, started_at) "
+                "WHERE outcome IS NULL",
+                (Outcome.INTERRUPTED.value, INTERRUPTED_REASON),
+            )
+            cursor = await self.db.execute("UPDATE requests SET state = 'pending' WHERE state = 'running'")
+        return cursor.rowcount
+
+    async def pending(self, after_id: int, limit: int) -> list[Request]:
+        """Requests still to run, with what their reply kept and the checkpoint of an attempt cut short."""
+        async with self.db.execute(
+            """SELECT r.id, r.custom_id, r.params, r.attempts, r.kept, a.partial, a.output_tokens
+               FROM requests r
+               LEFT JOIN attempts a ON a.request_id = r.id AND a.number = r.attempts AND a.outcome = 'interrupted'
+               WHERE r.state IN ('pending', 'running') AND r.id > ? ORDER BY r.id LIMIT ?""",
+            (after_id, limit),
+        ) as cursor:
+            return [
+                Request(
+                    id=row[0],
+                    custom_id=row[1],
+                    params=json.loads(row[2]),
+                    attempts=row[3],
+                    kept=None if row[4] is None else json.loads(row[4]),
+                    interrupted=None if row[5] is None else json.loads(row[5]),
+                    interrupted_tokens=row[6] or 0,
+                )
+                async for row in cursor
+            ]
+
+    async def write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
+        """Apply attempt starts, checkpoints and ends in one transaction."""
+        started = [(r.request_id, r.number, r.at) for r in records if isinstance(r, AttemptStarted)]
+        ended = [r for r in records if isinstance(r, AttemptEnded)]
+        db = self.db
+        async with transaction(db):
+            if started:
+                await db.executemany("INSERT INTO attempts (request_id, number, started_at) VALUES (?, ?, ?)", started)
+                await db.executemany(
+                    "UPDATE requests SET state = 'running', attempts = ?, started_at = COALESCE(started_at, ?) "
+                    "WHERE id = ?",
+                    [(number, at, request_id) for request_id, number, at in started],
+                )
+            all_checkpoints = [*checkpoints, *(r.checkpoint for r in ended)]
+            if all_checkpoints:
+                await db.executemany(
+                    """UPDATE attempts SET partial = ?, message_id = ?, input_tokens = ?, output_tokens = ?,
+                         cache_creation_input_tokens = ?, cache_read_input_tokens = ?,
+                         cache_creation_1h_input_tokens = ?, first_token_at = ?, checkpoint_at = ?
+                       WHERE request_id = ? AND number = ?""",
+                    [_checkpoint_row(c) for c in all_checkpoints],
+                )
+            if ended:
+                await db.executemany(
+                    "UPDATE attempts SET ended_at = ?, outcome = ?, reason = ?, status = ?, error = ? "
+                    "WHERE request_id = ? AND number = ?",
+                    [
+                        (
+                            r.checkpoint.at,
+                            r.outcome.value,
+                            r.reason,
+                            r.status,
+                            None if r.error is None else json.dumps(r.error),
+                            r.checkpoint.request_id,
+                            r.checkpoint.number,
+                        )
+                        for r in ended
+                    ],
+                )
+                # A request's final record is its last: apply the others' states first, so that a
+                # retry and its success in one batch leave the request succeeded.
+                await db.executemany(
+                    "UPDATE requests SET state = ?, kept = COALESCE(?, kept) WHERE id = ?",
+                    [
+                        (r.next_state.value, None if r.kept is None else json.dumps(r.kept), r.checkpoint.request_id)
+                        for r in ended
+                        if r.final is None
+                    ],
+                )
+                finals = [r for r in ended if r.final is not None]
+                await db.executemany(
+                    "UPDATE requests SET state = ?, result = ?, finished_at = ?, first_token_at = ?, recovery = ?, "
+                    "kept = NULL WHERE id = ?",
+                    [
+                        (
+                            r.final[0].value,
+                            json.dumps(r.final[1]),
+                            r.checkpoint.at,
+                            r.checkpoint.first_token_at,
+                            None if r.recovery is None else json.dumps(r.recovery),
+                            r.checkpoint.request_id,
+                        )
+                        for r in finals
+                        if r.final is not None
+                    ],
+                )
+            await db.execute("UPDATE job SET updated_at = ?", (time.time(),))
+
+
+def _checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
+    return (
+        None if c.partial is None else json.dumps(c.partial, separators=(",", ":")),
+        c.message_id,
+        c.usage.input_tokens,
+        c.usage.output_tokens,
+        c.usage.cache_creation_input_tokens,
+        c.usage.cache_read_input_tokens,
+        c.usage.cache_creation_1h_input_tokens,
+        c.first_token_at,
+        c.at,
+        c.request_id,
+        c.number,
+    )
