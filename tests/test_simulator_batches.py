@@ -101,6 +101,40 @@ async def test_a_batch_runs_to_its_end_and_its_results_equal_the_direct_replies(
     assert billed.tokens_billed["output_tokens"] == sum(e.result.message.usage.output_tokens for e in results)
 
 
+TOOL: dict[str, Any] = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+async def test_tool_use_thinking_and_stop_sequences_come_out_of_a_batch_as_they_stream(simulate: Simulate) -> None:
+    requests: list[dict[str, Any]] = [
+        {"custom_id": "tool", "params": params("Weather?", tools=[TOOL], tool_choice={"type": "any"})},
+        {"custom_id": "auto-tool", "params": params("Weather in Paris?", tools=[TOOL])},
+        {
+            "custom_id": "thinking",
+            "params": params("Think", max_tokens=2000, thinking={"type": "enabled", "budget_tokens": 1024}),
+        },
+        {"custom_id": "stop", "params": params("Tell me a story", stop_sequences=[" the", " of", " and"])},
+    ]
+    async with simulate(config(seconds=0)) as (_, client, _):
+        batch = await client.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        await client.messages.batches.retrieve(batch.id)
+        results = {entry.custom_id: entry.result for entry in await results_of(client, batch.id)}
+        for request in requests:
+            async with client.messages.stream(**request["params"]) as stream:
+                streamed = (await stream.get_final_message()).model_dump(exclude={"id"})
+            result = results[request["custom_id"]]
+            assert result.type == "succeeded"
+            batched = result.message.model_dump(exclude={"id"})
+            batched["usage"]["service_tier"] = "standard"
+            assert batched == streamed
+    assert results["tool"].message.stop_reason == "tool_use"
+    assert results["thinking"].message.content[0].type == "thinking"
+    assert results["stop"].message.stop_reason == "stop_sequence"
+
+
 async def test_results_are_shuffled_and_streamed_in_chunks(simulate: Simulate) -> None:
     count = 2 * LINES_PER_WRITE + 10
     async with simulate(config(seconds=0)) as (sim, client, _):
