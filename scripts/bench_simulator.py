@@ -64,6 +64,8 @@ def simulator_server(speed: str) -> tuple[subprocess.Popen[str], str]:
             speed,
             "--reply-tokens",
             f"{REPLY_TOKENS}:{REPLY_TOKENS}",
+            "--tokens-per-delta",
+            "1",  # one token per delta, as the baseline's body
         ]
     )
 

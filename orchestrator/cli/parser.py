@@ -49,7 +49,11 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
         "--reply-tokens", type=_int_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
     )
     group.add_argument(
-        "--tokens-per-delta", type=_int_range, default=(1, 1), metavar="N|MIN:MAX", help="tokens per delta (default 1)"
+        "--tokens-per-delta",
+        type=_int_range,
+        default=SimulatorConfig.tokens_per_delta,
+        metavar="N|MIN:MAX",
+        help="tokens per content delta, drawn per delta (default %(default)s)",
     )
     group.add_argument("--sim-rpm", type=float, help="requests per minute the simulator allows")
     group.add_argument("--sim-itpm", type=float, help="input tokens per minute the simulator allows")
