@@ -14,7 +14,7 @@ from orchestrator.errors import UserError
 from orchestrator.job import RunOptions, aborted_error, dry_run, run, stored_argv
 from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
-from orchestrator.report.export import export_results
+from orchestrator.report.export import export_csv, export_results
 from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
 from orchestrator.report.html import render_html
 from orchestrator.settings import LIMITS, SETTINGS
@@ -100,10 +100,14 @@ async def export(args: argparse.Namespace) -> int:
     db = Path(args.db)
     if not db.exists():
         raise UserError(f"{db}: no such job database")
-    out = Path(args.out) if args.out else db.parent / "results.jsonl"
+    out = Path(args.out) if args.out else db.parent / f"results.{args.format}"
     async with open_store(db, create=False) as store:
-        written, unfinished = await export_results(store, out)
-    note = f" ({unfinished:,} unfinished requests left out)" if unfinished else ""
+        if args.format == "csv":
+            written, unfinished = await export_csv(store, out, load_prices(Path(args.prices) if args.prices else None))
+            note = f" ({unfinished:,} of them unfinished)" if unfinished else ""
+        else:
+            written, unfinished = await export_results(store, out)
+            note = f" ({unfinished:,} unfinished requests left out)" if unfinished else ""
     print(f"wrote {written:,} results to {out}{note}", file=sys.stderr)
     return 0
 

@@ -160,9 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts, tokens and ETA of a job")
     status.add_argument("db")
     status.add_argument("--json", action="store_true")
-    export = commands.add_parser("export", help="rewrite results.jsonl from the database")
+    export = commands.add_parser("export", help="rewrite results.jsonl from the database, or write a CSV")
     export.add_argument("db")
-    export.add_argument("--out")
+    export.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        default="jsonl",
+        help="jsonl: the Batches results shape (default); csv: one row per request, a table's columns joined "
+        "with custom_id, result type, reply text, stop_reason, error, tokens and cost",
+    )
+    export.add_argument("--out", help="default: results.jsonl or results.csv beside the database")
+    export.add_argument("--prices", help="a prices file overriding the shipped one (for the CSV's cost)")
     report = commands.add_parser("report", help="usage, cost, latency and throughput of jobs")
     report.add_argument("db", nargs="+", help="job databases, or folders of them (such as results/)")
     report.add_argument("--format", choices=["text", "json", "csv", "html"], default="text")

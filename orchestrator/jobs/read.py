@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import Problem
-from orchestrator.jobs.spec import JobSpec, stem_id
+from orchestrator.jobs.spec import JobSpec, Source, stem_id
+from orchestrator.jobs.tables import row_request, table_rows
 from orchestrator.models import MESSAGE_PARAMS
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -29,6 +30,7 @@ class Loaded:
     params: dict[str, Any]
     path: str
     line: int | None
+    row: dict[str, Any] | None = None  # a table row's columns (joined back to its result by the CSV export)
 
 
 def _check_params(params: dict[str, Any]) -> str | None:
@@ -80,12 +82,33 @@ def _from_json_line(obj: Any, defaults: dict[str, Any], generated_id: str) -> tu
     return problem if problem else (custom_id, params)
 
 
+def _table_requests(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded | Problem]:
+    """Every row of a table as a request through its template, or a Problem naming its row."""
+    assert source.table is not None
+    name, stem = str(source.path), stem_id(source.path)
+    for item in table_rows(source.table):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        number, row = item
+        parsed = row_request(source.table, row, defaults, f"{stem}-{number}")
+        problem = parsed if isinstance(parsed, str) else _check_id(parsed[0]) or _check_params(parsed[1])
+        if problem is not None:
+            yield Problem(name, number, problem)
+        else:
+            assert not isinstance(parsed, str)
+            yield Loaded(parsed[0], parsed[1], name, number, row)
+
+
 def read_requests(spec: JobSpec) -> Iterator[Loaded | Problem]:
     """Every request of the job in input order, or a Problem where a line is bad."""
     defaults = spec.defaults
     for source in spec.sources:
         name = str(source.path)
         stem = stem_id(source.path)
+        if source.kind == "table":
+            yield from _table_requests(source, defaults)
+            continue
         if source.kind == "file":
             try:
                 prompt = source.path.read_text()

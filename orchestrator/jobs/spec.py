@@ -6,7 +6,8 @@ A job is any of:
 - a text file (any other extension), one prompt per non-blank line;
 - a directory of ``.txt`` / ``.md`` files, one prompt per file;
 - a ``.toml`` job spec naming its inputs (paths, or globs whose matches are one prompt per
-  file), defaults for every request, run settings and where results go.
+  file) and tables (``[[tables]]`` rows through a ``[template]``, see ``tables.py``), defaults
+  for every request, run settings and where results go.
 
 Missing ``custom_id``s get stable ones: ``<file stem>-<line>``, or the file stem for a
 prompt file. Duplicates across the whole job are found by the store while loading.
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobFileError, Problem
+from orchestrator.jobs.tables import Table, table_of, template_of
 from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.settings import limit_problems, run_problems
 
 PROMPT_SUFFIXES = (".txt", ".md")
-SPEC_KEYS = frozenset({"name", "inputs", "results", "defaults", "run", "limits"})
+SPEC_KEYS = frozenset({"name", "inputs", "tables", "template", "results", "defaults", "run", "limits"})
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_MAX_TOKENS = 1024
 
@@ -36,7 +38,8 @@ DEFAULT_MAX_TOKENS = 1024
 @dataclass(frozen=True)
 class Source:
     path: Path
-    kind: str  # "jsonl", "lines", "file"
+    kind: str  # "jsonl", "lines", "file", "table"
+    table: Table | None = None  # for a table: its format, template and columns
 
 
 @dataclass
@@ -55,6 +58,8 @@ class JobSpec:
         digest = hashlib.sha256(json.dumps(self.defaults, sort_keys=True).encode())
         for source in self.sources:
             digest.update(f"\0{source.kind}\0{source.path.name}\0".encode())
+            if source.table is not None:
+                digest.update(source.table.describe().encode())
             with source.path.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
                     digest.update(chunk)
@@ -73,6 +78,28 @@ def _sources_of(path: Path, *, as_glob: bool = False) -> list[Source]:
     return [Source(path, "jsonl" if path.suffix == ".jsonl" else "lines")]
 
 
+def _tables(spec: dict[str, Any], base: Path) -> tuple[list[Table], list[str]]:
+    """A spec's ``[[tables]]`` through its ``[template]``, or what is wrong with them."""
+    entries, template = spec.get("tables"), spec.get("template")
+    if entries is None:
+        return [], [] if template is None else ["[template] is set but no [[tables]] use it"]
+    if not isinstance(entries, list) or not entries:
+        return [], ["'tables' must be a list of [[tables]] entries"]
+    if template is None:
+        return [], ["[[tables]] need a [template] with a prompt"]
+    parsed = template_of(template)
+    if isinstance(parsed, list):
+        return [], parsed
+    tables, problems = [], []
+    for entry in entries:
+        table = table_of(entry, base, parsed)
+        if isinstance(table, list):
+            problems += table
+        else:
+            tables.append(table)
+    return tables, problems
+
+
 def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
     if not path.exists():
@@ -89,10 +116,12 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         for key in spec
         if key not in SPEC_KEYS
     ]
-    inputs = spec.get("inputs")
-    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, str) for i in inputs):
+    inputs = spec.get("inputs", [] if "tables" in spec else None)
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs) or not (inputs or "tables" in spec):
         problems.append(Problem(str(path), None, "'inputs' must be a non-empty list of paths or globs"))
         inputs = []
+    tables, table_problems = _tables(spec, path.parent)
+    problems += [Problem(str(path), None, message) for message in table_problems]
     defaults = spec.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append(Problem(str(path), None, "[defaults] must be a table"))
@@ -114,6 +143,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         if not found or (not is_glob and not target.exists()):
             problems.append(Problem(str(path), None, f"input {entry!r} matches no file"))
         sources.extend(found)
+    sources += [Source(table.path, "table", table) for table in tables]
     if problems:
         raise JobFileError(problems)
     results = spec.get("results")

@@ -1,15 +1,31 @@
-"""Exports of the store: ``results.jsonl`` in the Message Batches results shape, plus our fields."""
+"""Exports of the store: ``results.jsonl`` in the Message Batches results shape, plus our fields;
+or a CSV, one row per request in input order, its table row's columns joined with its result."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestrator.jobs.tables import cell_text
 from orchestrator.models import State
+from orchestrator.pricing import PriceTable
 from orchestrator.store import Store
+
+# The CSV export's own columns, after the input row's (an input column of the same name gets "input_").
+RESULT_COLUMNS = (
+    "custom_id",
+    "result_type",
+    "reply_text",
+    "stop_reason",
+    "error",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)
 
 
 def _iso(stamp: float | None) -> str | None:
@@ -47,5 +63,51 @@ async def export_results(store: Store, out: Path) -> tuple[int, int]:
                 continue
             handle.write(json.dumps(result_line(row), ensure_ascii=False) + "\n")
             written += 1
+    os.replace(partial, out)
+    return written, unfinished
+
+
+def _csv_fields(row: dict[str, Any], prices: PriceTable) -> list[Any]:
+    """The CSV export's own columns of one request: its result, tokens billed over every attempt, their cost."""
+    result = row["result"] or {}
+    state = row["state"]
+    text = stop_reason = error = ""
+    if state == State.SUCCEEDED:
+        text = "".join(block.get("text", "") for block in result.get("content", []) if block.get("type") == "text")
+        stop_reason = result.get("stop_reason") or ""
+    elif state == State.ERRORED:
+        detail = result.get("error", {})
+        error = f"{detail.get('type')}: {detail.get('message')}"
+    billed = row["billed"]
+    cost = prices.cost(row["model"], billed)
+    return [
+        row["custom_id"],
+        state,
+        text,
+        stop_reason,
+        error,
+        billed.input_tokens,
+        billed.output_tokens,
+        "" if cost is None else str(cost),
+    ]
+
+
+async def export_csv(store: Store, out: Path, prices: PriceTable) -> tuple[int, int]:
+    """Every request in input order as a CSV row (atomically): the input row's columns (table inputs),
+    then ``RESULT_COLUMNS``; (rows written, of them unfinished)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".tmp")
+    columns = await store.input_columns()
+    header = [f"input_{name}" if name in RESULT_COLUMNS else name for name in columns] + list(RESULT_COLUMNS)
+    written = unfinished = 0
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        async for row in store.results():
+            values = row["input_row"] or {}
+            cells = [cell_text(values.get(name)) or "" for name in columns]
+            writer.writerow(cells + _csv_fields(row, prices))
+            written += 1
+            unfinished += row["state"] not in (State.SUCCEEDED, State.ERRORED)
     os.replace(partial, out)
     return written, unfinished

@@ -15,6 +15,7 @@ from orchestrator.store.base import Base
 from orchestrator.store.schema import transaction
 
 LOAD_BATCH = 2000
+INSERT_INCOMING = "INSERT INTO incoming (custom_id, params, source, input_row) VALUES (?, ?, ?, ?)"
 
 
 class Loading(Base):
@@ -32,11 +33,12 @@ class Loading(Base):
         try:
             async with transaction(db):
                 await db.execute(
-                    "CREATE TEMP TABLE incoming (ord INTEGER PRIMARY KEY, custom_id TEXT, params TEXT, source TEXT)"
+                    "CREATE TEMP TABLE incoming "
+                    "(ord INTEGER PRIMARY KEY, custom_id TEXT, params TEXT, source TEXT, input_row TEXT)"
                 )
                 problems: list[Problem] = []
                 more = 0
-                batch: list[tuple[str, str, str]] = []
+                batch: list[tuple[str, str, str, str | None]] = []
                 for item in items:
                     if isinstance(item, Problem):
                         if len(problems) < MAX_PROBLEMS:
@@ -45,12 +47,13 @@ class Loading(Base):
                             more += 1
                         continue
                     source = item.path if item.line is None else f"{item.path}:{item.line}"
-                    batch.append((item.custom_id, json.dumps(item.params, separators=(",", ":")), source))
+                    row = None if item.row is None else json.dumps(item.row, separators=(",", ":"), default=str)
+                    batch.append((item.custom_id, json.dumps(item.params, separators=(",", ":")), source, row))
                     if len(batch) >= LOAD_BATCH:
-                        await db.executemany("INSERT INTO incoming (custom_id, params, source) VALUES (?, ?, ?)", batch)
+                        await db.executemany(INSERT_INCOMING, batch)
                         batch.clear()
                 if batch:
-                    await db.executemany("INSERT INTO incoming (custom_id, params, source) VALUES (?, ?, ?)", batch)
+                    await db.executemany(INSERT_INCOMING, batch)
                 await db.execute("CREATE INDEX temp.incoming_ids ON incoming (custom_id)")
                 async with db.execute(
                     """SELECT i.custom_id, i.source,
@@ -86,9 +89,13 @@ class Loading(Base):
                        FROM incoming i WHERE i.custom_id = requests.custom_id AND requests.params != i.params""",
                     (now,),
                 )
+                await db.execute(
+                    """UPDATE requests SET input_row = i.input_row FROM incoming i
+                       WHERE i.custom_id = requests.custom_id AND requests.input_row IS NOT i.input_row"""
+                )
                 cursor = await db.execute(
-                    """INSERT INTO requests (custom_id, params, source, queued_at)
-                       SELECT custom_id, params, source, ? FROM incoming WHERE true
+                    """INSERT INTO requests (custom_id, params, source, input_row, queued_at)
+                       SELECT custom_id, params, source, input_row, ? FROM incoming WHERE true
                        ON CONFLICT (custom_id) DO NOTHING""",
                     (now,),
                 )

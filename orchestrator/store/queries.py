@@ -55,7 +55,8 @@ class Queries(Base):
             """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
                       r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
                       COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
-                      COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery
+                      COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery,
+                      json_extract(r.params, '$.model'), r.input_row
                FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
         ) as cursor:
             async for row in cursor:
@@ -72,7 +73,17 @@ class Queries(Base):
                     },
                     "billed": Usage(*row[8:13]),
                     "recovery": None if row[13] is None else json.loads(row[13]),
+                    "model": row[14],
+                    "input_row": None if row[15] is None else json.loads(row[15]),
                 }
+
+    async def input_columns(self) -> list[str]:
+        """The columns of the job's table rows, in order of first appearance (none for other inputs)."""
+        columns: dict[str, None] = {}
+        async with self.db.execute("SELECT input_row FROM requests WHERE input_row IS NOT NULL ORDER BY id") as cursor:
+            async for (row,) in cursor:
+                columns.update(dict.fromkeys(json.loads(row)))
+        return list(columns)
 
     async def billed_by_model(self, since: float | None, until: float | None) -> dict[str, Usage]:
         """Tokens billed over the attempts started in [since, until), by requested model."""
