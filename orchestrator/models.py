@@ -69,7 +69,7 @@ class Request:
     attempts: int  # attempts made so far
     kept: dict[str, Any] | None = None  # what earlier attempts kept of the reply (recover.Recovery)
     interrupted: dict[str, Any] | None = None  # the last checkpoint of an attempt cut by a stop or a crash
-    interrupted_tokens: int = 0  # the output tokens that checkpoint holds
+    interrupted_estimated: bool = False  # whether that checkpoint's output tokens are our estimate
 
 
 @dataclass
@@ -117,6 +117,8 @@ class AttemptStarted:
     request_id: int
     number: int
     at: float
+    kept: dict[str, Any] | None = None  # what the reply keeps as this attempt starts (recover.Recovery)
+    corrects: tuple[int, int] | None = None  # (number, output tokens): an interrupted attempt's recount
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class Checkpoint:
     usage: Usage
     first_token_at: float | None
     at: float
+    output_estimated: bool = False  # the output tokens are our estimate (the stream broke before its count)
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class AttemptEnded:
     final: tuple[State, dict[str, Any]] | None  # (succeeded|errored, message or error body)
     next_state: State = State.RUNNING  # the request's state when not final
     recovery: dict[str, Any] | None = None  # how a broken reply was continued, if it was
-    kept: dict[str, Any] | None = None  # what the reply keeps so far, when not final
+    kept: dict[str, Any] | None = None  # what the reply keeps so far (None: nothing), when not final
 
 
 Record = AttemptStarted | AttemptEnded

@@ -213,7 +213,8 @@ async def test_broken_streams_are_retried_and_their_partial_output_is_kept(
     else:  # continued by prefill: nothing is paid twice, and the result says how it was recovered
         assert billed == final
         assert [line.get("recovery") for line in lines] == [
-            {"strategy": "prefill", "exact": True, "kept_output_tokens": kept, "breaks": 1} for kept in (5, 6, 7)
+            {"strategy": "prefill", "exact": True, "kept_output_tokens": kept, "kept_tokens": "counted", "breaks": 1}
+            for kept in (5, 6, 7)
         ] + [None, None]
 
 
@@ -297,7 +298,8 @@ async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
         # Continued from the checkpoint by prefill: no output token received before the stop is paid again.
         assert row["billed"].output_tokens == row["result"]["usage"]["output_tokens"]
     assert [row["recovery"] for row in results] == [
-        {"strategy": "prefill", "exact": True, "kept_output_tokens": 3 + i, "breaks": 1} for i in range(4)
+        {"strategy": "prefill", "exact": True, "kept_output_tokens": 3 + i, "kept_tokens": "counted", "breaks": 1}
+        for i in range(4)
     ]
 
 

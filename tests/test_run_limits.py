@@ -106,7 +106,13 @@ async def test_models_that_reject_prefill_restart_in_auto_and_continue_on_reques
     assert "recovery" not in restarted
     assert restarted["billed_usage"]["output_tokens"] == restarted["result"]["message"]["usage"]["output_tokens"] + 10
     continued = read_results(tmp_path / "cont")[0]
-    assert continued["recovery"] == {"strategy": "continue", "exact": False, "kept_output_tokens": 10, "breaks": 1}
+    assert continued["recovery"] == {
+        "strategy": "continue",
+        "exact": False,
+        "kept_output_tokens": 10,
+        "kept_tokens": "counted",
+        "breaks": 1,
+    }
     assert text_of(continued).startswith(expected["j-1"][:20])
 
 

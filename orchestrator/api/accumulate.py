@@ -138,6 +138,11 @@ class Accumulator:
         return {} if self._message is None else self._message.get("usage", {})
 
     @property
+    def counted(self) -> bool:
+        """Whether ``output_tokens`` is the server's count (a message_delta gave it)."""
+        return self._counted
+
+    @property
     def output_tokens(self) -> int:
         """Output tokens so far: the server's count once a message_delta gave it, else one per delta
         received (message_start's count is a placeholder)."""

@@ -71,6 +71,11 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stall-seconds", type=float, default=30.0)
     group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
     group.add_argument(
+        "--no-count-tokens",
+        action="store_true",
+        help="answer POST /v1/messages/count_tokens with 404, as some servers do",
+    )
+    group.add_argument(
         "--batch-seconds",
         type=float,
         default=BatchSettings.seconds,
@@ -105,6 +110,7 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         faults=FaultRates(stall_seconds=args.stall_seconds, **rates),
         batches=BatchSettings(seconds=args.batch_seconds, **dict(args.batch_fault)),
         reject_api_keys=frozenset(args.reject_key),
+        count_tokens_endpoint=not args.no_count_tokens,
     )
 
 

@@ -43,6 +43,7 @@ def result_line(row: dict[str, Any]) -> dict[str, Any]:
         "custom_id": row["custom_id"],
         "result": result,
         "billed_usage": row["billed"].as_dict(),
+        "billed_usage_estimated": row["billed_estimated"],
         "attempts": row["attempts"],
         "timing": {key: _iso(value) for key, value in timing.items()},
     }

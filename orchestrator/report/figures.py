@@ -44,6 +44,7 @@ class Figures:
 
     requests: Counter[str] = field(default_factory=Counter)  # by state
     billed: Usage = field(default_factory=Usage)
+    estimated_output: int = 0  # of the billed output tokens: our estimate (streams broken before their count)
     kept: Usage = field(default_factory=Usage)
     billed_cost: Decimal | None = Decimal(0)
     kept_cost: Decimal | None = Decimal(0)
@@ -59,6 +60,7 @@ class Figures:
     def merge(self, other: Figures) -> None:
         self.requests.update(other.requests)
         self.billed.add(other.billed)
+        self.estimated_output += other.estimated_output
         self.kept.add(other.kept)
         self.billed_cost = _add(self.billed_cost, other.billed_cost)
         self.kept_cost = _add(self.kept_cost, other.kept_cost)
@@ -158,6 +160,9 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
     for model, usage in (await store.billed_by_model(filters.since, filters.until)).items():
         if filters.keeps(model):
             figures(model).billed = usage
+    for model, tokens in (await store.estimated_output_by_model(filters.since, filters.until)).items():
+        if filters.keeps(model):
+            figures(model).estimated_output = tokens
     for model, reason, count in await store.failed_attempts(filters.since, filters.until):
         if filters.keeps(model):
             figures(model).failed_attempts[reason] += count
@@ -221,6 +226,7 @@ def as_dict(figures: Figures) -> dict[str, Any]:
             "unfinished": figures.requests["unfinished"],
         },
         "billed_tokens": figures.billed.as_dict(),
+        "billed_output_tokens_estimated": figures.estimated_output,
         "kept_tokens": figures.kept.as_dict(),
         "wasted_tokens": figures.wasted.as_dict(),
         "cost_usd": money(figures.billed_cost),
@@ -333,6 +339,11 @@ def _text_details(f: Figures) -> list[str]:
         f"  throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
         f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s",
     ]
+    if f.estimated_output:
+        lines.append(
+            f"  billed output tokens: {f.estimated_output:,} of {f.billed.output_tokens:,} are our estimate "
+            "(streams that broke before the server counted them)"
+        )
     if f.failed_attempts:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in f.failed_attempts.most_common())
         lines.append(f"  failed attempts by reason: {reasons}")

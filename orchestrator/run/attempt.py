@@ -30,6 +30,14 @@ class LiveAttempt:
     acc: Accumulator = field(default_factory=Accumulator)
     first_token_at: float | None = None
     checkpointed: int = -1  # deltas at the last checkpoint
+    kept: dict[str, Any] | None = None  # what the reply kept before this attempt (written with its start)
+    corrects: tuple[int, int] | None = None  # (number, output tokens) of an interrupted attempt, recounted
+    output_estimate: int | None = None  # the output the server counted in the broken stream's text
+
+    @property
+    def output_estimated(self) -> bool:
+        """Whether the output billed is our estimate: a stream that broke before its message_delta."""
+        return self.acc.started and not self.acc.counted
 
     @property
     def key(self) -> tuple[int, int]:
@@ -43,6 +51,8 @@ class LiveAttempt:
         """What this attempt has been billed so far."""
         usage = Usage.from_dict(self.acc.usage)
         usage.output_tokens = self.acc.output_tokens
+        if self.output_estimate is not None and self.output_estimated:
+            usage.output_tokens = max(usage.output_tokens, self.output_estimate)
         return usage
 
     def checkpoint(self, now: float) -> Checkpoint:
@@ -57,6 +67,7 @@ class LiveAttempt:
             usage=usage,
             first_token_at=self.first_token_at,
             at=now,
+            output_estimated=self.output_estimated,
         )
 
     def ended(
@@ -82,6 +93,7 @@ class LiveAttempt:
             error=None if failure is None else failure.error,
             final=final,
             next_state=next_state,
+            kept=self.kept,
         )
 
 

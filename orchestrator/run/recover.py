@@ -12,8 +12,12 @@ the rest:
 - ``restart``: the request again from scratch.
 - ``auto``: prefill where it can be used, restart otherwise.
 
-The continuation's ``max_tokens`` is what the original had left, so the joined reply stops
-where the uninterrupted one would have. The final message looks like an uninterrupted one:
+The continuation's ``max_tokens`` is what the original had left after the tokens of what it
+prefills (the kept text as sent, trailing whitespace trimmed: the continuation regenerates
+that whitespace and pays for it), so the joined reply stops where the uninterrupted one would
+have. Those tokens are counted by the server where it can (``count.py``); until then, and
+where it can't, they are bounded by the text's UTF-8 bytes, so a reply stops short of
+``max_tokens`` rather than past it. The final message looks like an uninterrupted one:
 content joined, ``stop_reason`` from the last attempt, ``usage`` with the input of the original
 request and every output token the message holds.
 """
@@ -26,6 +30,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.api.modelinfo import accepts_prefill
+from orchestrator.run.count import upper_bound
 
 CONTINUE_PROMPT = (
     "Your previous reply was cut off. Here is everything you wrote so far, between the markers:\n"
@@ -47,7 +52,8 @@ class Recovery:
     """What has been kept of one request's reply over its broken attempts."""
 
     text: str = ""  # the reply so far (after any prefill of the request's own)
-    output_tokens: int = 0  # output tokens of the kept text
+    output_tokens: int = 0  # output tokens of ``counted_text``: the server's count, or an upper bound
+    counted: bool = True  # whether ``output_tokens`` is the server's count (else its upper bound)
     shell: dict[str, Any] | None = None  # the first started attempt's message without content (id, usage, ...)
     mode: str | None = None  # "prefill" or "continue" once a continuation is asked for
     breaks: int = 0  # attempts whose output was kept
@@ -56,8 +62,19 @@ class Recovery:
     def exact(self) -> bool:
         return self.mode != "continue"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @property
+    def counted_text(self) -> str:
+        """The part of the kept text the next attempt does not regenerate: what prefill sends
+        (trailing whitespace trimmed), or all of it for ``continue``."""
+        return self.text.rstrip() if self.mode == Strategy.PREFILL else self.text
+
+    def with_count(self, tokens: int) -> Recovery:
+        """This recovery with ``counted_text`` counted by the server."""
+        return replace(self, output_tokens=tokens, counted=True)
+
+    def to_dict(self) -> dict[str, Any] | None:
+        """As stored with the request; None when nothing is kept."""
+        return None if self == Recovery() else asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Recovery:
@@ -71,6 +88,7 @@ class Recovery:
             "strategy": self.mode,
             "exact": self.exact,
             "kept_output_tokens": self.output_tokens,
+            "kept_tokens": "counted" if self.counted else "upper_bound",
             "breaks": self.breaks,
         }
 
@@ -103,9 +121,11 @@ def resolve(strategy: Strategy, params: dict[str, Any]) -> Strategy:
 
 
 def after_break(
-    recovery: Recovery, strategy: Strategy, params: dict[str, Any], partial: dict[str, Any] | None, output_tokens: int
+    recovery: Recovery, strategy: Strategy, params: dict[str, Any], partial: dict[str, Any] | None
 ) -> Recovery:
-    """The recovery after an attempt broke having received ``partial`` (its snapshot, or None)."""
+    """The recovery after an attempt broke having received ``partial`` (its snapshot, or None).
+
+    Its ``output_tokens`` is the upper bound of the kept text until ``with_count`` says better."""
     chosen = resolve(strategy, params)
     if chosen is Strategy.RESTART:
         return Recovery()
@@ -118,13 +138,8 @@ def after_break(
     shell = recovery.shell or {key: value for key, value in partial.items() if key != "content"}
     if not text:
         return replace(recovery, shell=shell)
-    return Recovery(
-        text=_joined_text(recovery, text),
-        output_tokens=recovery.output_tokens + output_tokens,
-        shell=shell,
-        mode=chosen.value,
-        breaks=recovery.breaks + 1,
-    )
+    kept = Recovery(text=_joined_text(recovery, text), shell=shell, mode=chosen.value, breaks=recovery.breaks + 1)
+    return replace(kept, output_tokens=upper_bound(kept.counted_text), counted=False)
 
 
 def next_params(params: dict[str, Any], recovery: Recovery) -> dict[str, Any] | None:
@@ -173,8 +188,9 @@ def join(recovery: Recovery, message: dict[str, Any]) -> dict[str, Any]:
     return {**message, "content": content, "usage": usage}
 
 
-def finish_without_continuation(recovery: Recovery) -> dict[str, Any]:
-    """The final message when the kept reply already reached ``max_tokens``: no request needed."""
+def finish_without_continuation(recovery: Recovery, max_tokens: int) -> dict[str, Any]:
+    """The final message when the kept reply already reached ``max_tokens`` (or its upper bound
+    did: no attempt ever asked for more than was left, so the text holds at most ``max_tokens``)."""
     shell = recovery.shell or {"type": "message", "role": "assistant"}
-    usage = {**shell.get("usage", {}), "output_tokens": recovery.output_tokens}
+    usage = {**shell.get("usage", {}), "output_tokens": min(recovery.output_tokens, max_tokens)}
     return {**shell, "content": [{"type": "text", "text": recovery.text}], "stop_reason": "max_tokens", "usage": usage}

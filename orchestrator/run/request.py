@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import anthropic
 import anyio
@@ -14,6 +15,7 @@ from orchestrator.api.failures import Failure, classify
 from orchestrator.models import AttemptEnded, Outcome, Request, State
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
 from orchestrator.run.backoff import Backoff
+from orchestrator.run.count import TokenCounter, generated_text
 from orchestrator.run.limits import Limiter, estimate_input_tokens
 from orchestrator.run.recover import Recovery, Strategy, after_break, finish_without_continuation, join, next_params
 from orchestrator.settings import JobSettings
@@ -34,24 +36,31 @@ class RequestRunner:
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
         self.strategy = Strategy(self.settings.recover)
+        self.counter = TokenCounter(self.client)
 
     async def run(self, request: Request) -> None:
         settings = self.settings
         give_up_at = self.clock() + settings.retry_max_seconds
         number = request.attempts
         recovery = Recovery.from_dict(request.kept)
+        correction: tuple[int, int] | None = None
         if request.interrupted is not None:  # cut by a stop or a crash: continue from its last checkpoint
-            recovery = after_break(
-                recovery, self.strategy, request.params, request.interrupted, request.interrupted_tokens
-            )
+            recovery, tokens = await self._keep(recovery, request.params, request.interrupted)
+            if tokens is not None and request.interrupted_estimated:
+                correction = (request.attempts, tokens)
         estimate = estimate_input_tokens(request.params)
         while True:
             params = next_params(request.params, recovery)
             number += 1
-            live = LiveAttempt(request.id, number, time.time(), request.params["model"])
+            # What the reply keeps is written with the attempt's start, before anything is sent:
+            # an attempt cut short is then joined to it, however many times that happens.
+            live = LiveAttempt(
+                request.id, number, time.time(), request.params["model"], kept=recovery.to_dict(), corrects=correction
+            )
+            correction = None
             if params is None:  # the kept reply already holds every token asked for
                 await self.sink.started(live)
-                message = finish_without_continuation(recovery)
+                message = finish_without_continuation(recovery, request.params["max_tokens"])
                 final = (State.SUCCEEDED, message)
                 await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
                 return
@@ -82,11 +91,25 @@ class RequestRunner:
                 final = (State.ERRORED, failure.error)
                 await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final), recovery)
                 return
-            if failure.outcome is Outcome.BROKEN:
-                partial = live.acc.snapshot() if live.acc.started else None
-                recovery = after_break(recovery, self.strategy, params, partial, live.acc.output_tokens)
+            if failure.outcome is Outcome.BROKEN and live.acc.started:
+                recovery, live.output_estimate = await self._keep(recovery, params, live.acc.snapshot())
             await self._end(live, live.ended(time.time(), failure.outcome, failure), recovery)
             await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
+
+    async def _keep(
+        self, recovery: Recovery, params: dict[str, Any], partial: dict[str, Any]
+    ) -> tuple[Recovery, int | None]:
+        """The recovery after an attempt broke with ``partial``, its kept text counted by the server
+        where it can be; and the server's count of what the attempt generated, if it gave one."""
+        model = params["model"]
+        kept = after_break(recovery, self.strategy, params, partial)
+        generated = generated_text(partial)
+        tokens = await self.counter.count(model, generated)
+        if kept.mode is not None and kept.text != recovery.text:
+            counted = tokens if kept.counted_text == generated else await self.counter.count(model, kept.counted_text)
+            if counted is not None:
+                kept = kept.with_count(counted)
+        return kept, tokens
 
     def _feedback(self, model: str, failure: Failure) -> None:
         """What the limiter learns from a failure: headers, a 429's cool-down, an overload."""

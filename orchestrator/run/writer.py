@@ -109,7 +109,7 @@ class Writer:
     def _record(self, item: LiveAttempt | AttemptEnded) -> Record:
         if isinstance(item, LiveAttempt):
             self.live[item.key] = item
-            return AttemptStarted(item.request_id, item.number, item.started_at)
+            return AttemptStarted(item.request_id, item.number, item.started_at, item.kept, item.corrects)
         live = self.live.pop((item.checkpoint.request_id, item.checkpoint.number), None)
         if live is not None:
             self._bill(live, item.checkpoint.usage)

@@ -78,3 +78,4 @@ class SimulatorConfig:
     faults: FaultRates = field(default_factory=FaultRates)
     batches: BatchSettings = field(default_factory=BatchSettings)
     reject_api_keys: frozenset[str] = frozenset()
+    count_tokens_endpoint: bool = True  # False: /v1/messages/count_tokens answers 404, as on some servers

@@ -218,6 +218,8 @@ class Simulator:
         self.stats.count_tokens_calls += 1
         if self._rejected(request):
             return self._error(401, "authentication_error", "invalid x-api-key", request_id)
+        if not self.config.count_tokens_endpoint:
+            return self._error(404, "not_found_error", "Not Found", request_id)
         try:
             body = await self._read_body(request, count_only=True)
         except RequestInvalid as exc:

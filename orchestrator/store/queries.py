@@ -56,7 +56,7 @@ class Queries(Base):
                       r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
                       COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
                       COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery,
-                      json_extract(r.params, '$.model'), r.input_row
+                      json_extract(r.params, '$.model'), r.input_row, COALESCE(MAX(a.output_estimated), 0)
                FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
         ) as cursor:
             async for row in cursor:
@@ -75,6 +75,7 @@ class Queries(Base):
                     "recovery": None if row[13] is None else json.loads(row[13]),
                     "model": row[14],
                     "input_row": None if row[15] is None else json.loads(row[15]),
+                    "billed_estimated": bool(row[16]),
                 }
 
     async def input_columns(self) -> list[str]:
@@ -97,6 +98,19 @@ class Queries(Base):
             (since, until),
         ) as cursor:
             return {row[0]: Usage(*row[1:]) async for row in cursor}
+
+    async def estimated_output_by_model(self, since: float | None, until: float | None) -> dict[str, int]:
+        """Output tokens of the attempts started in [since, until) that are our estimate (streams that
+        broke before the server counted them), by requested model."""
+        async with self.db.execute(
+            """SELECT json_extract(r.params, '$.model'), SUM(a.output_tokens)
+               FROM attempts a JOIN requests r ON r.id = a.request_id
+               WHERE a.output_estimated
+                 AND a.started_at >= COALESCE(?, a.started_at) AND a.started_at < COALESCE(?, a.started_at + 1)
+               GROUP BY 1""",
+            (since, until),
+        ) as cursor:
+            return {row[0]: row[1] async for row in cursor}
 
     async def failed_attempts(self, since: float | None, until: float | None) -> list[tuple[str, str, int]]:
         """(model, reason, count) of the attempts that did not succeed, started in [since, until)."""

@@ -115,6 +115,11 @@ async def _0005_request_input_row(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE requests ADD COLUMN input_row TEXT")  # a table row's columns (JSON object)
 
 
+@migration
+async def _0006_attempt_output_estimated(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE attempts ADD COLUMN output_estimated INTEGER NOT NULL DEFAULT 0")
+
+
 async def migrate(db: aiosqlite.Connection) -> list[str]:
     """Apply the migrations not yet applied, each in its own transaction; return their names."""
     await db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")

@@ -26,7 +26,7 @@ class Writing(Base):
     async def pending(self, after_id: int, limit: int) -> list[Request]:
         """Requests still to run, with what their reply kept and the checkpoint of an attempt cut short."""
         async with self.db.execute(
-            """SELECT r.id, r.custom_id, r.params, r.attempts, r.kept, a.partial, a.output_tokens
+            """SELECT r.id, r.custom_id, r.params, r.attempts, r.kept, a.partial, a.output_estimated
                FROM requests r
                LEFT JOIN attempts a ON a.request_id = r.id AND a.number = r.attempts AND a.outcome = 'interrupted'
                WHERE r.state IN ('pending', 'running') AND r.id > ? ORDER BY r.id LIMIT ?""",
@@ -40,30 +40,39 @@ class Writing(Base):
                     attempts=row[3],
                     kept=None if row[4] is None else json.loads(row[4]),
                     interrupted=None if row[5] is None else json.loads(row[5]),
-                    interrupted_tokens=row[6] or 0,
+                    interrupted_estimated=bool(row[6]),
                 )
                 async for row in cursor
             ]
 
     async def write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
         """Apply attempt starts, checkpoints and ends in one transaction."""
-        started = [(r.request_id, r.number, r.at) for r in records if isinstance(r, AttemptStarted)]
+        started = [r for r in records if isinstance(r, AttemptStarted)]
         ended = [r for r in records if isinstance(r, AttemptEnded)]
         db = self.db
         async with transaction(db):
             if started:
-                await db.executemany("INSERT INTO attempts (request_id, number, started_at) VALUES (?, ?, ?)", started)
                 await db.executemany(
-                    "UPDATE requests SET state = 'running', attempts = ?, started_at = COALESCE(started_at, ?) "
-                    "WHERE id = ?",
-                    [(number, at, request_id) for request_id, number, at in started],
+                    "INSERT INTO attempts (request_id, number, started_at) VALUES (?, ?, ?)",
+                    [(r.request_id, r.number, r.at) for r in started],
+                )
+                # The reply kept so far is durable before the attempt that continues it is sent.
+                await db.executemany(
+                    "UPDATE requests SET state = 'running', attempts = ?, started_at = COALESCE(started_at, ?), "
+                    "kept = ? WHERE id = ?",
+                    [(r.number, r.at, None if r.kept is None else json.dumps(r.kept), r.request_id) for r in started],
+                )
+                await db.executemany(
+                    "UPDATE attempts SET output_tokens = ? WHERE request_id = ? AND number = ? AND output_estimated",
+                    [(r.corrects[1], r.request_id, r.corrects[0]) for r in started if r.corrects is not None],
                 )
             all_checkpoints = [*checkpoints, *(r.checkpoint for r in ended)]
             if all_checkpoints:
                 await db.executemany(
                     """UPDATE attempts SET partial = ?, message_id = ?, input_tokens = ?, output_tokens = ?,
                          cache_creation_input_tokens = ?, cache_read_input_tokens = ?,
-                         cache_creation_1h_input_tokens = ?, first_token_at = ?, checkpoint_at = ?
+                         cache_creation_1h_input_tokens = ?, first_token_at = ?, checkpoint_at = ?,
+                         output_estimated = ?
                        WHERE request_id = ? AND number = ?""",
                     [_checkpoint_row(c) for c in all_checkpoints],
                 )
@@ -87,7 +96,7 @@ class Writing(Base):
                 # A request's final record is its last: apply the others' states first, so that a
                 # retry and its success in one batch leave the request succeeded.
                 await db.executemany(
-                    "UPDATE requests SET state = ?, kept = COALESCE(?, kept) WHERE id = ?",
+                    "UPDATE requests SET state = ?, kept = ? WHERE id = ?",
                     [
                         (r.next_state.value, None if r.kept is None else json.dumps(r.kept), r.checkpoint.request_id)
                         for r in ended
@@ -125,6 +134,7 @@ def _checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
         c.usage.cache_creation_1h_input_tokens,
         c.first_token_at,
         c.at,
+        c.output_estimated,
         c.request_id,
         c.number,
     )
