@@ -122,9 +122,11 @@ def stream_events(
             events.append(WireEvent(_delta(index, "signature_delta", "signature", block.signature), tokens, True))
         events.append(WireEvent(_stop(index), tokens))
     delta = {"stop_reason": plan.stop_reason, "stop_sequence": plan.stop_sequence}
-    events.append(
-        WireEvent(sse("message_delta", {"type": "message_delta", "delta": delta, "usage": final_usage}), tokens)
+    message_delta = WireEvent(
+        sse("message_delta", {"type": "message_delta", "delta": delta, "usage": final_usage}), tokens
     )
+    # The API sends "one or more" message_delta events, their usage cumulative: now and then, two.
+    events += [message_delta] * (2 if odd and rng.random() < 0.1 else 1)
     events.append(WireEvent(MESSAGE_STOP, tokens))
     extras: list[bytes] = []
     if odd:
