@@ -4,10 +4,17 @@
     ├── UserError                 bad input or options; exit status 2, nothing sent
     │   ├── JobFileError          a job file problem, with file and line
     │   └── JobChangedError       the job file differs from the job already in the database
-    └── JobAborted                the job cannot go on (bad key, no permission, spend cap); exit 3
+    ├── JobAborted                the job cannot go on (bad key, no permission, spend cap); exit 3
+    └── StreamError               one attempt's stream is not a reply: the attempt is broken
+        ├── BrokenStream          the body ended cleanly before the message was complete
+        └── MalformedStream       an event the accumulation cannot take (undecodable data,
+            │                     an event missing its fields, tool input that is not JSON)
+            └── EventOrderError   an event out of order: before ``message_start``, or for a
+                                  block never started
 
-Errors of single requests are not exceptions of ours: ``retry.classify`` turns whatever the
-SDK raised into a decision (retry, permanent, or abort the job).
+Errors of single requests (the SDK's, or a StreamError of our own reading of a stream) do not
+go past the request: ``api.failures.classify`` turns them into a decision (retry, permanent, or
+abort the job).
 """
 
 from __future__ import annotations
@@ -57,3 +64,26 @@ class JobChangedError(UserError):
 
 class JobAborted(OrchestratorError):
     exit_status = 3
+
+
+class StreamError(OrchestratorError):
+    """A stream that does not make a reply; ``reason`` names it in the attempt's record."""
+
+    reason = "stream_error"
+
+
+class BrokenStream(StreamError):
+    """The body ended without ``message_stop`` and without a complete message: no exception from
+    the SDK, but not a reply."""
+
+    reason = "no_message_stop"
+
+
+class MalformedStream(StreamError):
+    """An event the SDK's accumulation would fail on too."""
+
+    reason = "malformed_stream"
+
+
+class EventOrderError(MalformedStream):
+    """An event out of order (the SDK raises ``Unexpected event order`` or an IndexError for it)."""

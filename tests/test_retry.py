@@ -9,7 +9,8 @@ import anthropic
 import httpx2
 import pytest
 
-from orchestrator.api.failures import BrokenStream, classify
+from orchestrator.api.failures import classify
+from orchestrator.errors import BrokenStream
 from orchestrator.models import Outcome
 from orchestrator.run.backoff import Backoff
 

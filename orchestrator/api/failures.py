@@ -1,7 +1,8 @@
 """What a failed attempt stands for (pure): retry it, give it up, or stop the job.
 
 Retried: 408, 409, 429, 5xx, 529, connection failures, broken streams (an in-band error event,
-a dropped connection, a stall, an end without ``message_stop``). Never retried: other 4xx.
+a dropped connection, a stall, an end before the message is complete, a malformed stream).
+Never retried: other 4xx.
 Stopping the whole job: 401, 402, 403 and the spend-cap 429. ``x-should-retry`` overrides the
 status code either way. Anything else (a bug of ours) is not classified here and propagates.
 """
@@ -15,15 +16,12 @@ from typing import Any
 import anthropic
 import httpx2
 
+from orchestrator.errors import StreamError
 from orchestrator.models import Outcome
 
 FATAL_STATUSES = frozenset({401, 402, 403})
 RETRY_STATUSES = frozenset({408, 409, 429})
 SPEND_CAP_CODE = "enforced_spend_limit_reached"
-
-
-class BrokenStream(Exception):
-    """The body ended without ``message_stop``: no exception from the SDK, but not a reply."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ def _retry_after(headers: httpx2.Headers) -> float | None:
 
 def classify(exc: BaseException) -> Failure | None:
     """The failure an exception stands for, or None if it is not a request failure (a bug)."""
-    if isinstance(exc, BrokenStream):
-        return Failure(Outcome.BROKEN, "no_message_stop", None, _shaped("api_error", str(exc)))
+    if isinstance(exc, StreamError):  # no_message_stop, malformed_stream
+        return Failure(Outcome.BROKEN, exc.reason, None, _shaped("api_error", str(exc)))
     if isinstance(exc, anthropic.APIStatusError):
         status = exc.status_code
         body = _error_body(exc)

@@ -11,8 +11,9 @@ import anthropic
 import httpx2
 
 from orchestrator.api.accumulate import Accumulator
-from orchestrator.api.failures import BrokenStream, Failure
+from orchestrator.api.failures import Failure
 from orchestrator.api.sse import SSEDecoder
+from orchestrator.errors import BrokenStream, MalformedStream
 from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, Checkpoint, Outcome, State, Usage
 from orchestrator.run.limits import Limiter, Permit
 
@@ -97,10 +98,6 @@ class LiveAttempt:
         )
 
 
-def _reason_without_failure(outcome: Outcome) -> str | None:
-    return INTERRUPTED_REASON if outcome is Outcome.INTERRUPTED else None
-
-
 class Sink(Protocol):
     """Where a request's attempts are reported: the writer."""
 
@@ -116,12 +113,14 @@ async def stream_attempt(
     limiter: Limiter | None = None,
     permit: Permit | None = None,
 ) -> None:
-    """Stream one attempt into ``live.acc``; raise if it does not end with ``message_stop``.
+    """Stream one attempt into ``live.acc``; raise unless it ends with the whole message.
 
     The SDK sends the request (auth, headers, retries off, status errors raised as its own
     exceptions); the body is read raw and decoded here, which costs a fraction of the SDK's
     typed events. An in-band ``error`` event is raised as the SDK raises it: an
-    ``APIStatusError`` whose status is the stream's 200.
+    ``APIStatusError`` whose status is the stream's 200. Data that is not UTF-8 JSON, or an
+    event the accumulation cannot take, raises ``MalformedStream``; a body that ends before
+    the message is complete (see ``Accumulator.done``), ``BrokenStream``.
     """
     acc = live.acc
     decoder = SSEDecoder()
@@ -144,7 +143,13 @@ async def stream_attempt(
                     continue
                 if name == "error":
                     raise _in_band_error(http, data)
-                acc.feed(json.loads(data))
+                if not data:  # the SDK skips an event without data
+                    continue
+                try:
+                    event = json.loads(data.decode())
+                except ValueError as exc:  # not UTF-8, or not JSON
+                    raise MalformedStream(f"undecodable {name} event ({exc}): {data[:200]!r}") from None
+                acc.feed(event)
             if live.first_token_at is None and acc.deltas:
                 live.first_token_at = time.time()
             if limiter is not None and permit is not None and acc.started:
@@ -154,8 +159,9 @@ async def stream_attempt(
                         permit, (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
                     )
                 limiter.output_streamed(permit, acc.output_tokens)
+        decoder.finish()
     if not acc.done:
-        raise BrokenStream("the stream ended without message_stop")
+        raise BrokenStream("the stream ended without message_stop, its message incomplete")
 
 
 def _in_band_error(response: httpx2.Response, data: bytes) -> anthropic.APIStatusError:
