@@ -19,6 +19,10 @@ from typing import Any
 import anthropic
 import httpx2
 
+from orchestrator.batch.calls import Caller, CallFailed
+from orchestrator.batch.cancel import cancel_batches
+from orchestrator.batch.engine import BatchJob
+from orchestrator.batch.plan import Splitter
 from orchestrator.errors import JobAborted, JobChangedError, UserError
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import JobSpec, load_spec
@@ -28,7 +32,7 @@ from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
 from orchestrator.run.engine import Job, Summary
 from orchestrator.run.progress import make_view
-from orchestrator.settings import JobSettings, merge
+from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import Simulator, SimulatorConfig, serve
 from orchestrator.store import Store, open_store
 
@@ -142,9 +146,18 @@ async def run(options: RunOptions) -> Outcome:
             await _load(store, options, spec, results, db)
         counts = await store.counts()
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
+        in_flight = await store.batches(open_only=True)
+        if in_flight and settings.mode != BATCH:
+            raise UserError(
+                f"{db} has {len(in_flight)} message batches in flight: resume it in batch mode "
+                f"(orchestrator resume {db}, or --batch), or cancel them first (orchestrator cancel {db})"
+            )
         async with open_client(options.simulator, options.base_url, settings) as client:
             view = make_view(sum(counts.values()), done, quiet=options.quiet)
-            summary = await Job(store, client, settings, view, prices).run()
+            if settings.mode == BATCH:
+                summary = await BatchJob(store, client, settings, view, prices).run()
+            else:
+                summary = await Job(store, client, settings, view, prices).run()
         out = results / "results.jsonl"
         written, _ = await export_results(store, out)
     return Outcome(summary, db, out, written)
@@ -168,12 +181,29 @@ async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
         raise UserError(f"{options.job}: no such job file")
     spec = load_spec(options.job, dict(options.defaults))
     settings = merge(spec.run, spec.limits, options.settings)
-    models = plan(read_requests(spec))
+    splitter = Splitter(settings.batch_size)
+    models = plan(read_requests(spec), splitter)
     note: str | None = "no API key: input tokens are estimated (count_tokens needs one, or --simulate)"
     if options.simulator is not None or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"):
         async with open_client(options.simulator, options.base_url, settings) as client:
             note = await count_samples(client, models)
-    return DryRun(models=models, counted=note is None, note=note), settings
+    return DryRun(models=models, counted=note is None, note=note, batches=splitter.batches), settings
+
+
+async def cancel(db: Path, base_url: str | None) -> list[str]:
+    """Cancel the message batches of the job in ``db`` still in flight; the ids of those asked to cancel."""
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    async with open_store(db, create=False) as store:
+        if await store.job() is None:
+            raise UserError(f"{db} holds no job")
+        if not await store.batches(open_only=True):
+            return []
+        async with open_client(None, base_url, DEFAULTS) as client:
+            try:
+                return await cancel_batches(client, Caller(DEFAULTS), store)
+            except CallFailed as exc:
+                raise JobAborted(f"the batches could not be canceled: {exc}") from None
 
 
 async def stored_argv(db: Path) -> list[str]:

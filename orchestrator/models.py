@@ -149,3 +149,17 @@ class AttemptEnded:
 
 
 Record = AttemptStarted | AttemptEnded
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one line of a message batch's results means for its request (``batch.results`` decides)."""
+
+    custom_id: str
+    outcome: Outcome
+    reason: str | None  # the error type, "expired" or "canceled"; None for a success
+    usage: Usage
+    message_id: str | None
+    error: dict[str, Any] | None  # the API's error body, or one in its shape
+    final: tuple[State, dict[str, Any]] | None  # a success, or an error not worth another batch
+    retry: bool = False  # worth another batch while attempts remain (else it becomes an errored result)

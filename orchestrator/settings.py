@@ -31,6 +31,7 @@ class Setting:
     high: float | None = None
     choices: tuple[str, ...] = ()
     option: str = ""  # the command line's name, when it is not --<name with dashes>
+    modes: tuple[str, ...] = ("stream", "batch")  # the modes it applies to (given for another: refused)
 
     @property
     def flag(self) -> str:
@@ -66,12 +67,36 @@ class Setting:
         return number
 
 
+STREAM, BATCH = "stream", "batch"
+MAX_BATCH_REQUESTS = 100_000  # the API's limit of requests per message batch
+
 SETTINGS: tuple[Setting, ...] = (
-    Setting("concurrency", int, "streams at once", low=1),
+    Setting(
+        "mode",
+        str,
+        "stream: concurrent streams, results in minutes at the standard price; "
+        "batch: the Message Batches API, results within 24 h at half the price",
+        choices=(STREAM, BATCH),
+    ),
+    Setting("concurrency", int, "streams at once", low=1, modes=(STREAM,)),
     Setting("max_attempts", int, "attempts per request", low=1),
     Setting("retry_max_seconds", float, "stop retrying a request after this many seconds", low=0),
-    Setting("checkpoint_interval", float, "seconds between checkpoints of partial output", low=0, low_open=True),
-    Setting("read_timeout", float, "seconds without a byte before a stream counts as stalled", low=0, low_open=True),
+    Setting(
+        "checkpoint_interval",
+        float,
+        "seconds between checkpoints of partial output",
+        low=0,
+        low_open=True,
+        modes=(STREAM,),
+    ),
+    Setting(
+        "read_timeout",
+        float,
+        "seconds without a byte before a stream counts as stalled",
+        low=0,
+        low_open=True,
+        modes=(STREAM,),
+    ),
     Setting("backoff_base", float, "seconds of the first retry's backoff (doubled per attempt)", low=0),
     Setting("backoff_cap", float, "longest backoff between attempts, in seconds", low=0),
     Setting(
@@ -80,6 +105,7 @@ SETTINGS: tuple[Setting, ...] = (
         "how a broken stream goes on: prefill (exact), continue (4.6+ models, not exact), restart; "
         "auto: prefill where the model accepts it, else restart",
         choices=("auto", "prefill", "continue", "restart"),
+        modes=(STREAM,),
     ),
     Setting(
         "headroom",
@@ -89,10 +115,27 @@ SETTINGS: tuple[Setting, ...] = (
         low_open=True,
         high=1,
         option="--limit-headroom",
+        modes=(STREAM,),
+    ),
+    Setting(
+        "batch_size",
+        int,
+        "requests per message batch at most (batch mode; each batch also stays under 256 MB)",
+        low=1,
+        high=MAX_BATCH_REQUESTS,
+        modes=(BATCH,),
+    ),
+    Setting(
+        "poll_interval",
+        float,
+        "seconds between polls of the batches in flight at first; doubled while none ends, up to 60 (batch mode)",
+        low=0,
+        low_open=True,
+        modes=(BATCH,),
     ),
 )
 LIMITS: tuple[Setting, ...] = tuple(
-    Setting(name, float, LIMIT_HELP[name], low=0, low_open=True) for name in LIMIT_NAMES
+    Setting(name, float, LIMIT_HELP[name], low=0, low_open=True, modes=(STREAM,)) for name in LIMIT_NAMES
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -101,6 +144,7 @@ BY_NAME = {setting.name: setting for setting in SETTINGS}
 class JobSettings:
     """How a job runs; stored with the job so that ``resume`` runs it the same way."""
 
+    mode: str = STREAM  # stream | batch
     concurrency: int = 8
     max_attempts: int = 5
     retry_max_seconds: float = 600.0  # give up on a request after this long of retrying
@@ -110,6 +154,8 @@ class JobSettings:
     backoff_cap: float = 30.0
     recover: str = "auto"  # auto | prefill | continue | restart
     headroom: float = 0.97  # share of each rate limit the client aims for
+    batch_size: int = MAX_BATCH_REQUESTS  # requests per message batch at most
+    poll_interval: float = 5.0  # seconds between the first polls of batches in flight
     limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}
 
 
@@ -154,7 +200,8 @@ def limit_problems(limits: Mapping[str, Any]) -> list[str]:
 
 def merge(spec_run: Mapping[str, Any], spec_limits: Mapping[str, Any], given: Mapping[str, Any]) -> JobSettings:
     """Built-in defaults, then a spec's ``[run]`` and ``[limits]``, then ``given`` (options or API arguments,
-    by setting name; None means not given). Raises UserError naming the option of a bad value."""
+    by setting name; None means not given). Raises UserError naming the option of a bad value, or of
+    one given for the other mode (a spec's ``[run]`` may hold both modes' settings: those are ignored)."""
     values: dict[str, Any] = {f.name: getattr(DEFAULTS, f.name) for f in fields(JobSettings) if f.name != "limits"}
     for key, value in spec_run.items():
         try:
@@ -174,6 +221,13 @@ def merge(spec_run: Mapping[str, Any], spec_limits: Mapping[str, Any], given: Ma
             limits[setting.name] = checked
         else:
             values[setting.name] = checked
+    mode = values["mode"]
+    for setting in (*SETTINGS, *LIMITS):
+        if given.get(setting.name) is not None and mode not in setting.modes:
+            raise UserError(
+                f"{setting.flag} is for {' and '.join(setting.modes)} mode only, and this job runs in {mode} mode: "
+                f"drop {setting.flag}" + (" (message batches are paced by the API itself)" if mode == BATCH else "")
+            )
     return JobSettings(**values, limits=limits)
 
 

@@ -18,6 +18,7 @@ HANDLERS = {
     "run": commands.run_job,
     "resume": commands.resume,
     "status": commands.status,
+    "cancel": commands.cancel_job,
     "export": commands.export,
     "report": commands.report,
     "simulate": commands.simulate,

@@ -11,7 +11,7 @@ import anyio
 from orchestrator.cli.output import print_status, print_summary
 from orchestrator.cli.parser import build_parser, simulator_config
 from orchestrator.errors import UserError
-from orchestrator.job import RunOptions, aborted_error, dry_run, run, stored_argv
+from orchestrator.job import RunOptions, aborted_error, cancel, dry_run, run, stored_argv
 from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
 from orchestrator.report.export import export_csv, export_results
@@ -55,6 +55,14 @@ async def run_job(args: argparse.Namespace) -> int:
     error = aborted_error(outcome)
     if error is not None:
         raise error
+    if summary.stopped and summary.detached:
+        print(
+            f"Detached: {summary.detached:,} message batches keep running on the server. "
+            f"Resume with: orchestrator resume {outcome.db} (it polls them and collects their results), "
+            f"or cancel them: orchestrator cancel {outcome.db}",
+            file=sys.stderr,
+        )
+        return 130
     if summary.stopped:
         print(f"Stopped. Resume with: orchestrator resume {outcome.db}", file=sys.stderr)
         return 130
@@ -71,6 +79,26 @@ async def resume(args: argparse.Namespace) -> int:
     resumed.db = args.db
     resumed.quiet = resumed.quiet or args.quiet
     return await run_job(resumed)
+
+
+async def cancel_job(args: argparse.Namespace) -> int:
+    db = Path(args.db)
+    stored = build_parser().parse_args(await stored_argv(db))
+    if stored.simulate and not args.base_url:
+        raise UserError(
+            f"{db} ran against the built-in simulator (--simulate): its batches ended with that process; "
+            "give --base-url to cancel them on a server"
+        )
+    canceled = await cancel(db, args.base_url or stored.base_url)
+    if not canceled:
+        print(f"{db}: no message batches in progress", file=sys.stderr)
+        return 0
+    print(
+        f"canceling {len(canceled):,} message batches ({', '.join(canceled)}); what they finished is kept and the "
+        f"rest stays pending: orchestrator resume {db} collects their results",
+        file=sys.stderr,
+    )
+    return 0
 
 
 async def simulate(args: argparse.Namespace) -> int:
@@ -90,9 +118,10 @@ async def status(args: argparse.Namespace) -> int:
         counts = await store.counts()
         billed = await store.billed()
         first = await store.first_start()
+        batches = await store.batches()
     if job is None:
         raise UserError(f"{db} holds no job")
-    print_status(db, job, counts, billed, first, args.json)
+    print_status(db, job, counts, billed, first, batches, args.json)
     return 0
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from orchestrator.models import State, Usage
 from orchestrator.run.engine import Summary
 from orchestrator.run.progress import Snapshot, describe
+from orchestrator.store import BatchRow
 from orchestrator.store.queries import JobRow
 
 
@@ -31,8 +33,23 @@ def print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
     print(f"results: {out} ({written:,} lines); database: {db}", file=sys.stderr)
 
 
+def _batch_line(row: BatchRow) -> str:
+    expires = "" if row.expires_at is None else f", expires {_when(row.expires_at)}"
+    return f"    {row.id or '(being created)'}: {row.state}, {row.requests:,} requests{expires}"
+
+
+def _when(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
 def print_status(
-    db: Path, job: JobRow, counts: dict[str, int], billed: Usage, first: float | None, as_json: bool
+    db: Path,
+    job: JobRow,
+    counts: dict[str, int],
+    billed: Usage,
+    first: float | None,
+    batches: list[BatchRow],
+    as_json: bool,
 ) -> None:
     total = sum(counts.values())
     done = counts[State.SUCCEEDED] + counts[State.ERRORED]
@@ -48,7 +65,12 @@ def print_status(
         done_this_run=done,
     )
     if as_json:
-        print(json.dumps({"job": job.name, "counts": counts, "billed": billed.as_dict(), "elapsed": elapsed}))
+        shown = [{"id": b.id, "state": b.state, "requests": b.requests, "expires_at": b.expires_at} for b in batches]
+        print(
+            json.dumps(
+                {"job": job.name, "counts": counts, "billed": billed.as_dict(), "elapsed": elapsed, "batches": shown}
+            )
+        )
         return
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
     print(f"job {job.name}  ({db}, created {created})")
@@ -58,3 +80,9 @@ def print_status(
         f"  elapsed {elapsed:.1f} s, last update {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.updated_at))}"
     )
     print("  " + describe(snapshot))
+    if batches:
+        states = Counter(row.state for row in batches)
+        print(f"  message batches: {len(batches):,} (" + ", ".join(f"{n:,} {s}" for s, n in states.items()) + ")")
+        for row in batches:
+            if row.open:
+                print(_batch_line(row))

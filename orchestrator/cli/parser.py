@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from orchestrator.settings import DEFAULTS, LIMITS, SETTINGS
+from orchestrator.settings import BATCH, DEFAULTS, LIMITS, SETTINGS
 from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits, SimulatorConfig, Timing
 
 STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
@@ -126,6 +126,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
     group = parser.add_argument_group("running (these override a job spec's [run])")
+    group.add_argument(
+        "--batch",
+        dest="mode",
+        action="store_const",
+        const=BATCH,
+        help="run through the Message Batches API (half the price, results within 24 h): --mode batch",
+    )
     for setting in SETTINGS:
         default = getattr(DEFAULTS, setting.name)
         group.add_argument(
@@ -163,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue the job stored in a database")
     resume.add_argument("db")
     resume.add_argument("--quiet", action="store_true")
+    cancel = commands.add_parser("cancel", help="cancel the message batches of a job in batch mode")
+    cancel.add_argument("db")
+    cancel.add_argument("--base-url", help="API base URL (default: the one the job ran with)")
     status = commands.add_parser("status", help="counts, tokens and ETA of a job")
     status.add_argument("db")
     status.add_argument("--json", action="store_true")

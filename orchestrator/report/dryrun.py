@@ -4,13 +4,15 @@ Reads the job as a run would (bad input is reported the same way), and per model
 requests, estimates the input tokens and adds up ``max_tokens``. When the server answers
 ``count_tokens`` (the API does, and so does the simulator), the first requests of each model are
 counted exactly and the estimate of the rest is scaled by what that sample showed. Costs: the
-lower bound is the input alone, the upper bound adds every ``max_tokens`` used. Duration: what
+lower bound is the input alone, the upper bound adds every ``max_tokens`` used; streamed, and
+in batch mode (the batch share of the price, and the number of message batches). Duration: what
 the configured limits allow, from the requests and input tokens (lower) and every
 ``max_tokens`` of output (upper). Nothing is written and no message is sent.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,6 +21,7 @@ from typing import Any
 import anthropic
 import httpx2
 
+from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
 from orchestrator.jobs.read import Loaded
 from orchestrator.pricing import PriceTable, money
@@ -52,16 +55,20 @@ class DryRun:
     models: dict[str, ModelPlan]
     counted: bool  # count_tokens answered
     note: str | None = None  # why it did not
+    batches: int = 0  # message batches the job makes in batch mode
 
 
-def plan(items: Iterable[Loaded | Problem]) -> dict[str, ModelPlan]:
-    """Per-model counts and estimates of a job's requests; its problems raise as a run's would."""
+def plan(items: Iterable[Loaded | Problem], splitter: Splitter | None = None) -> dict[str, ModelPlan]:
+    """Per-model counts and estimates of a job's requests (and, given a splitter, its message batches);
+    its problems raise as a run's would."""
     models: dict[str, ModelPlan] = {}
     problems: list[Problem] = []
     for item in items:
         if isinstance(item, Problem):
             problems.append(item)
             continue
+        if splitter is not None:
+            splitter.add(request_size(item.custom_id, json.dumps(item.params, separators=(",", ":"))))
         model = models.setdefault(item.params["model"], ModelPlan())
         model.requests += 1
         model.estimated_input += estimate_input_tokens(item.params)
@@ -118,6 +125,10 @@ def duration(models: dict[str, ModelPlan], limits: dict[str, Any]) -> tuple[floa
     return (lower, upper, binding) if known else None
 
 
+def _times(value: Decimal | None, share: Decimal) -> Decimal | None:
+    return None if value is None else value * share
+
+
 def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: str) -> str:
     lines = [f"dry run of {source}: nothing was sent and nothing was written.", ""]
     lines.append(
@@ -145,6 +156,11 @@ def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: s
     )
     lines.append("")
     lines.append(f"  prices: {prices.source}; low = input only, high = every max_tokens used")
+    share = prices.batch
+    lines.append(
+        f"  batch mode (--batch): {result.batches:,} message batches, cost {money(_times(low_total, share))} to "
+        f"{money(_times(high_total, share))} ({share:.0%} of the streamed price), results within 24 h"
+    )
     if result.note:
         lines.append(f"  note: {result.note}")
     span = duration(result.models, limits)

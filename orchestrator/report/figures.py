@@ -157,9 +157,11 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
     def figures(model: str) -> Figures:
         return models.setdefault(model, Figures())
 
-    for model, usage in (await store.billed_by_model(filters.since, filters.until)).items():
+    for (model, tier), usage in (await store.billed_by_tier(filters.since, filters.until)).items():
         if filters.keeps(model):
-            figures(model).billed = usage
+            f = figures(model)
+            f.billed.add(usage)
+            f.billed_cost = _add(f.billed_cost, prices.cost(model, usage, tier))
     for model, tokens in (await store.estimated_output_by_model(filters.since, filters.until)).items():
         if filters.keeps(model):
             figures(model).estimated_output = tokens
@@ -178,6 +180,7 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
             f.last_finish = _max(f.last_finish, row["finished_at"])
         if state == State.SUCCEEDED and row["kept"] is not None:
             f.kept.add(row["kept"])
+            f.kept_cost = _add(f.kept_cost, prices.cost(model, row["kept"], row["tier"]))
             f.finishes.append((row["finished_at"], row["kept"].output_tokens))
             if row["ttft"] is not None:
                 f.ttft.append(row["ttft"])
@@ -185,9 +188,8 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
         if state == State.ERRORED and row["error"] is not None:
             f.errors[row["error"]] += 1
     for model, f in models.items():
-        f.billed_cost = prices.cost(model, f.billed)
-        f.kept_cost = prices.cost(model, f.kept)
-        if f.billed_cost is None:
+        if prices.price(model) is None:
+            f.billed_cost = f.kept_cost = None
             f.unpriced.add(model)
     return JobReport(name=job.name if job else path.stem, path=str(path), models=models)
 

@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from orchestrator.api.failures import Failure
 from orchestrator.models import Request, State, Usage
-from orchestrator.pricing import PriceTable
+from orchestrator.pricing import STANDARD, PriceTable
 from orchestrator.run.limits import Limiter, LimitState
 from orchestrator.run.progress import Snapshot, View
 from orchestrator.run.request import RequestRunner
@@ -44,6 +44,7 @@ class Summary:
     aborted: Failure | None  # why the job could not go on
     pauses: int = 0  # pool-wide cool-downs after a 429
     cuts: int = 0  # times an overload cut the concurrency
+    detached: int = 0  # message batches left running on the server by a stop (batch mode)
 
     @property
     def complete(self) -> bool:
@@ -85,7 +86,7 @@ class Job:
     ) -> None:
         self.store = store
         self.prices = prices
-        self._billed_before: dict[str, Usage] = {}
+        self._billed_before: dict[tuple[str, str], Usage] = {}  # by (model, service tier)
         self.settings = settings
         self.view = view
         self.writer = Writer(store, settings.checkpoint_interval)
@@ -113,18 +114,13 @@ class Job:
         """USD billed so far by the whole job (earlier runs, ended and live attempts of this one)."""
         if self.prices is None:
             return None
-        billed: dict[str, Usage] = {}
-        usages = [*self._billed_before.items(), *self.writer.tally.billed_by_model.items()]
-        usages += [(live.model, live.usage()) for live in self.writer.live.values()]
-        for model, usage in usages:
-            billed.setdefault(model, Usage()).add(usage)
-        total = Decimal(0)
-        for model, usage in billed.items():
-            cost = self.prices.cost(model, usage)
-            if cost is None:
-                return None
-            total += cost
-        return total
+        billed: dict[tuple[str, str], Usage] = {}
+        usages = [*self._billed_before.items()]
+        usages += [((model, STANDARD), usage) for model, usage in self.writer.tally.billed_by_model.items()]
+        usages += [((live.model, STANDARD), live.usage()) for live in self.writer.live.values()]
+        for key, usage in usages:
+            billed.setdefault(key, Usage()).add(usage)
+        return self.prices.total(billed)
 
     def snapshot(self) -> Snapshot:
         writer, before = self.writer, self._before
@@ -165,7 +161,7 @@ class Job:
         store, settings, writer = self.store, self.settings, self.writer
         await store.reset_interrupted()
         self._before = await store.counts()
-        self._billed_before = await store.billed_by_model(None, None)
+        self._billed_before = await store.billed_by_tier(None, None)
         self._started = anyio.current_time()
         writer_done = anyio.Event()
 

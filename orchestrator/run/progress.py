@@ -27,6 +27,7 @@ class Snapshot:
     elapsed: float  # seconds of this run
     done_this_run: int
     cost: Decimal | None = None  # USD billed so far by the whole job; None if a model is unpriced
+    detail: str = ""  # what else the mode has to say (batch mode: batches ended, expiry)
 
 
 def _rates(s: Snapshot) -> tuple[float, float, float | None]:
@@ -55,6 +56,7 @@ def describe(s: Snapshot) -> str:
     return (
         f"{s.done:,}/{s.total:,} done, {s.in_flight} in flight, {s.failed} failed, {s.retries} retries, "
         f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(s)}, ETA {_duration(eta)}"
+        + (f", {s.detail}" if s.detail else "")
     )
 
 
@@ -81,7 +83,8 @@ class Bar:
         per_minute, tokens_per_second, _ = _rates(snapshot)
         self._bar.set_postfix_str(
             f"in flight {snapshot.in_flight}, failed {snapshot.failed}, retries {snapshot.retries}, "
-            f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(snapshot)}",
+            f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(snapshot)}"
+            + (f", {snapshot.detail}" if snapshot.detail else ""),
             refresh=False,
         )
         self._bar.update(snapshot.done - self._done)

@@ -8,6 +8,7 @@ exports of it.
 
     schema.py   migrations            load.py     job files -> requests (validated, de-duplicated)
     write.py    the run's write path  queries.py  everything read back (status, export, report)
+    batches.py  message batches: intents, server states, results applied
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from pathlib import Path
 
 import aiosqlite
 
+from orchestrator.store.batches import Batching, BatchRow
 from orchestrator.store.load import Loading
 from orchestrator.store.queries import JobRow, Queries
 from orchestrator.store.schema import MIGRATIONS, migrate
 from orchestrator.store.write import Writing
 
-__all__ = ["MIGRATIONS", "JobRow", "Store", "open_store"]
+__all__ = ["MIGRATIONS", "BatchRow", "JobRow", "Store", "open_store"]
 
 
-class Store(Loading, Writing, Queries):
+class Store(Loading, Writing, Batching, Queries):
     """One job's database: load, write and read it."""
 
 

@@ -88,16 +88,26 @@ class Queries(Base):
 
     async def billed_by_model(self, since: float | None, until: float | None) -> dict[str, Usage]:
         """Tokens billed over the attempts started in [since, until), by requested model."""
+        billed: dict[str, Usage] = {}
+        for (model, _), usage in (await self.billed_by_tier(since, until)).items():
+            billed.setdefault(model, Usage()).add(usage)
+        return billed
+
+    async def billed_by_tier(self, since: float | None, until: float | None) -> dict[tuple[str, str], Usage]:
+        """Tokens billed over the attempts started in [since, until), by (requested model, service tier):
+        ``batch`` for the attempts of message batches, ``standard`` for streamed ones."""
         async with self.db.execute(
-            """SELECT json_extract(r.params, '$.model'), SUM(a.input_tokens), SUM(a.output_tokens),
+            """SELECT json_extract(r.params, '$.model'),
+                      CASE WHEN a.batch_key IS NULL THEN 'standard' ELSE 'batch' END,
+                      SUM(a.input_tokens), SUM(a.output_tokens),
                       SUM(a.cache_creation_input_tokens), SUM(a.cache_read_input_tokens),
                       SUM(a.cache_creation_1h_input_tokens)
                FROM attempts a JOIN requests r ON r.id = a.request_id
                WHERE a.started_at >= COALESCE(?, a.started_at) AND a.started_at < COALESCE(?, a.started_at + 1)
-               GROUP BY 1""",
+               GROUP BY 1, 2""",
             (since, until),
         ) as cursor:
-            return {row[0]: Usage(*row[1:]) async for row in cursor}
+            return {(row[0], row[1]): Usage(*row[2:]) async for row in cursor}
 
     async def estimated_output_by_model(self, since: float | None, until: float | None) -> dict[str, int]:
         """Output tokens of the attempts started in [since, until) that are our estimate (streams that
@@ -132,7 +142,8 @@ class Queries(Base):
                       json_extract(r.result, '$.usage'), json_extract(r.result, '$.error.type'),
                       json_extract(r.result, '$.error.message'),
                       (SELECT a.first_token_at - a.started_at FROM attempts a
-                       WHERE a.request_id = r.id AND a.outcome = 'succeeded')
+                       WHERE a.request_id = r.id AND a.outcome = 'succeeded'),
+                      COALESCE(json_extract(r.result, '$.usage.service_tier'), 'standard')
                FROM requests r
                WHERE (? IS NULL AND ? IS NULL)
                   OR (r.finished_at >= COALESCE(?, r.finished_at) AND r.finished_at < COALESCE(?, r.finished_at + 1))
@@ -148,4 +159,5 @@ class Queries(Base):
                     "kept": None if row[4] is None else Usage.from_dict(json.loads(row[4])),
                     "error": None if row[5] is None else (row[5], row[6] or ""),
                     "ttft": row[7],
+                    "tier": row[8],  # how the final message was billed: standard, or batch
                 }

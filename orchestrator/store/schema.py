@@ -120,6 +120,33 @@ async def _0006_attempt_output_estimated(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE attempts ADD COLUMN output_estimated INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+async def _0007_batches(db: aiosqlite.Connection) -> None:
+    """Message batches: one row per batch from the moment it is intended (before its create is sent),
+    and each batch attempt (the request's membership) tied to it."""
+    await _execute_all(
+        db,
+        """
+        CREATE TABLE batches (
+            key INTEGER PRIMARY KEY,
+            id TEXT UNIQUE,
+            state TEXT NOT NULL,
+            watermark TEXT,
+            requests INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            intended_at REAL NOT NULL,
+            created_at REAL,
+            ended_at REAL,
+            expires_at REAL,
+            counts TEXT,
+            error TEXT
+        );
+        ALTER TABLE attempts ADD COLUMN batch_key INTEGER REFERENCES batches (key);
+        CREATE INDEX attempts_by_batch ON attempts (batch_key) WHERE batch_key IS NOT NULL
+        """,
+    )
+
+
 async def migrate(db: aiosqlite.Connection) -> list[str]:
     """Apply the migrations not yet applied, each in its own transaction; return their names."""
     await db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")

@@ -13,14 +13,20 @@ from orchestrator.store.schema import transaction
 
 class Writing(Base):
     async def reset_interrupted(self) -> int:
-        """After a crash or a stop: running requests become pending, open attempts interrupted."""
+        """After a crash or a stop: running requests become pending, open attempts interrupted.
+
+        Not a request in a message batch: its attempt stays open while the batch runs on the server.
+        """
         async with transaction(self.db):
             await self.db.execute(
                 "UPDATE attempts SET outcome = ?, reason = ?, ended_at = COALESCE(checkpoint_at, started_at) "
-                "WHERE outcome IS NULL",
+                "WHERE outcome IS NULL AND batch_key IS NULL",
                 (Outcome.INTERRUPTED.value, INTERRUPTED_REASON),
             )
-            cursor = await self.db.execute("UPDATE requests SET state = 'pending' WHERE state = 'running'")
+            cursor = await self.db.execute(
+                "UPDATE requests SET state = 'pending' WHERE state = 'running' AND NOT EXISTS ("
+                "SELECT 1 FROM attempts a WHERE a.request_id = requests.id AND a.outcome IS NULL)"
+            )
         return cursor.rowcount
 
     async def pending(self, after_id: int, limit: int) -> list[Request]:

@@ -1,0 +1,1 @@
+"""Message Batches mode: the job through the Message Batches API, over the same store and report."""

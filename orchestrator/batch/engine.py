@@ -1,0 +1,237 @@
+"""The job in batch mode: submit the pending requests in message batches, poll them, collect their results.
+
+    reconcile intents -> [ submit pending -> poll open batches -> collect ended ones ]* -> done
+
+One loop, every step durable before the next (see ``submit``): a crash or a stop at any moment
+loses nothing and submits nothing twice; the next run reconciles, polls and collects. Polls of
+batches in flight start ``poll_interval`` apart and double while none ends (up to a minute).
+Results worth another try (``api_error``, ``overloaded_error``, ``expired``) go into the next
+batch, within ``max_attempts``; ``canceled`` ones wait for a later run. The first Ctrl-C (or
+SIGTERM) detaches: the batches keep running on the server and ``resume`` picks them up; a
+second exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+
+import anthropic
+import anyio
+
+from orchestrator.api.failures import Failure
+from orchestrator.batch.calls import Caller, CallFailed
+from orchestrator.batch.crash import crash_point
+from orchestrator.batch.plan import Splitter, request_size
+from orchestrator.batch.results import collect
+from orchestrator.batch.submit import create, describe, watermark
+from orchestrator.models import BatchResult, Outcome, State
+from orchestrator.pricing import BATCH, PriceTable
+from orchestrator.run.engine import PROGRESS_EVERY, Summary
+from orchestrator.run.progress import Snapshot, View
+from orchestrator.settings import JobSettings
+from orchestrator.store import BatchRow, Store
+from orchestrator.store.batches import COLLECTED, ENDED, SUBMITTING
+
+PAGE = 2000  # pending requests read at once while splitting
+POLL_CAP = 60.0  # seconds between polls at most
+
+
+class BatchJob:
+    """One run of a job in batch mode: ``await job.run()``; ``job.stop()`` detaches."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: anthropic.AsyncAnthropic,
+        settings: JobSettings,
+        view: View,
+        prices: PriceTable | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.view = view
+        self.prices = prices
+        self.sleep = sleep
+        self.caller = Caller(settings, sleep=sleep)
+        self.stopping = False
+        self.aborted: Failure | None = None
+        self.finished: Counter[str] = Counter()  # requests by new state, from the results applied this run
+        self._work = anyio.CancelScope()
+        self._before: dict[str, int] = {}
+        self._batches: list[BatchRow] = []
+        self._output_tokens = 0
+        self._cost: Decimal | None = None
+        self._started = 0.0
+        self._since = 0.0
+
+    def stop(self) -> None:
+        """Detach: stop submitting and polling; the batches keep running on the server."""
+        self.stopping = True
+        self._work.cancel()
+
+    # -- progress ------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        before, finished = self._before, self.finished
+        open_batches = [row for row in self._batches if row.open]
+        ended = sum(1 for row in self._batches if row.state == COLLECTED)
+        detail = f"batches {ended}/{len(self._batches)} ended"
+        expiry = min((row.expires_at for row in open_batches if row.expires_at is not None), default=None)
+        if expiry is not None:
+            detail += f", expires {time.strftime('%Y-%m-%d %H:%M', time.localtime(expiry))}"
+        return Snapshot(
+            done=before[State.SUCCEEDED] + before[State.ERRORED] + finished[State.SUCCEEDED] + finished[State.ERRORED],
+            total=sum(before.values()),
+            in_flight=sum(row.requests for row in open_batches),
+            failed=before[State.ERRORED] + finished[State.ERRORED],
+            retries=finished[State.PENDING],
+            output_tokens=self._output_tokens,
+            elapsed=anyio.current_time() - self._started,
+            done_this_run=finished[State.SUCCEEDED] + finished[State.ERRORED],
+            cost=self._cost,
+            detail=detail,
+        )
+
+    async def _show_progress(self) -> None:
+        while True:
+            self.view.update(self.snapshot())
+            await anyio.sleep(PROGRESS_EVERY)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if self.stopping:
+                    print("\nStopped at once.", file=sys.stderr, flush=True)
+                    os._exit(130)
+                print(
+                    "\nDetaching: the batches keep running on the server (Ctrl-C again to exit at once).",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.stop()
+
+    def _applied(self, chunk: list[BatchResult], states: Counter[str]) -> None:
+        self.finished.update(states)
+        for result in chunk:
+            self._output_tokens += result.usage.output_tokens
+            if self._cost is not None and result.final is not None and result.final[0] is State.SUCCEEDED:
+                cost = self.prices.cost(result.final[1]["model"], result.usage, BATCH) if self.prices else None
+                self._cost = None if cost is None else self._cost + cost
+        crash_point("results")
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _refresh(self) -> list[BatchRow]:
+        self._batches = await self.store.batches()
+        return [row for row in self._batches if row.open]
+
+    async def _create(self, key: int, mark: str | None, *, reconcile: bool) -> None:
+        try:
+            await create(self.client, self.caller, self.store, key, mark, reconcile=reconcile)
+        except CallFailed as exc:
+            failure = exc.failure
+            await self.store.batch_refused(key, failure.outcome, failure.reason, failure.status, failure.error)
+            if failure.outcome is not Outcome.PERMANENT:
+                raise
+        crash_point("recorded")
+
+    async def _submit(self, request_ids: list[int], size: int) -> None:
+        mark = await watermark(self.client, self.caller)
+        key = await self.store.intend_batch(request_ids, size, mark)
+        crash_point("intended")
+        await self._create(key, mark, reconcile=False)
+        await self._refresh()
+
+    async def _submit_pending(self) -> None:
+        """Split the pending requests into batches under both limits and submit each in turn."""
+        splitter = Splitter(self.settings.batch_size)
+        group: list[int] = []
+        after = 0
+        while page := await self.store.to_batch(after, PAGE, self._since):
+            for request_id, custom_id, params in page:
+                size = splitter.size
+                if splitter.add(request_size(custom_id, params)) and group:
+                    await self._submit(group, size)
+                    group = []
+                group.append(request_id)
+            after = page[-1][0]
+        if group:
+            await self._submit(group, splitter.size)
+
+    async def _poll(self, row: BatchRow) -> bool:
+        """Bring one open batch up to date, and collect it once it has ended; whether it has."""
+        assert row.id is not None
+        batch_id = row.id
+        if row.state != ENDED:
+            batch = await self.caller(lambda: self.client.messages.batches.retrieve(batch_id))
+            crash_point("polled")
+            await self.store.batch_seen(row.key, describe(batch))
+            if batch.processing_status != "ended":
+                return False
+        await collect(
+            self.client, self.caller, self.store, row.key, batch_id, self.settings.max_attempts, self._applied
+        )
+        return True
+
+    async def _loop(self) -> None:
+        for row in await self._refresh():
+            if row.state == SUBMITTING:
+                await self._create(row.key, row.watermark, reconcile=True)
+        delay = self.settings.poll_interval
+        while True:
+            await self._submit_pending()
+            open_batches = await self._refresh()
+            if not open_batches:
+                return
+            ended = False
+            for row in open_batches:
+                ended = await self._poll(row) or ended
+            await self._refresh()
+            if ended:
+                delay = self.settings.poll_interval
+                continue
+            await self.sleep(delay)
+            delay = min(POLL_CAP, delay * 2)
+
+    async def run(self, *, handle_signals: bool = True) -> Summary:
+        """Run every pending request through message batches to its end, or until detached or aborted."""
+        store = self.store
+        await store.reset_interrupted()
+        self._before = await store.counts()
+        if self.prices is not None:
+            self._cost = self.prices.total(await store.billed_by_tier(None, None))
+        self._started = anyio.current_time()
+        self._since = time.time()
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._show_progress)
+            if handle_signals:
+                outer.start_soon(self._watch_signals)
+            try:
+                with self._work:
+                    await self._loop()
+            except CallFailed as exc:
+                self.aborted = exc.failure
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._refresh()
+                    self.view.update(self.snapshot())
+                    self.view.close()
+                outer.cancel_scope.cancel()
+        open_batches = [row for row in self._batches if row.open]
+        return Summary(
+            counts=await store.counts(),
+            billed=await store.billed(),
+            elapsed=anyio.current_time() - self._started,
+            stopped=self.stopping,
+            aborted=self.aborted,
+            detached=len(open_batches),
+        )

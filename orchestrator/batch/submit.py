@@ -1,0 +1,97 @@
+"""Submitting a batch so that a crash at any moment never submits the same requests twice.
+
+The API has no idempotency key for batches, so each create is preceded by two durable steps:
+
+1. the *watermark*: the id of the newest batch on the server (``list(limit=1)``), just before;
+2. the *intent*: the batch row (state ``submitting``, with the watermark) and an open attempt for
+   each of its requests, committed in one transaction.
+
+Then the create is sent, and its answer (the batch id) is committed before anything else
+happens. If the process dies between the create and that commit, or the create fails in a way
+that leaves open whether the server acted (a dropped connection, a 5xx other than 529), the
+intent is *reconciled*: the batches newer than the watermark (``list(before_id=watermark)``)
+that this job does not know and that hold exactly the intent's number of requests are its
+candidates; the oldest is adopted as the intent's batch. None: the create never reached the
+server, and the same requests (the same attempts) are sent again. This is exact unless another
+client of the same workspace created a batch of the very same size within those few seconds;
+the watermark (rather than a clock) keeps clock skew out of it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import anthropic
+from anthropic.types.messages import MessageBatch
+
+from orchestrator.batch.calls import Caller, Unsure
+from orchestrator.batch.crash import crash_point
+from orchestrator.store import Store
+
+PAGE = 100  # batches per list page while reconciling
+
+
+def _stamp(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
+def describe(batch: MessageBatch) -> dict[str, Any]:
+    """What the store keeps of a batch the server describes."""
+    return {
+        "id": batch.id,
+        "processing_status": batch.processing_status,
+        "created_at": _stamp(batch.created_at),
+        "ended_at": _stamp(batch.ended_at),
+        "expires_at": _stamp(batch.expires_at),
+        "request_counts": batch.request_counts.model_dump(),
+    }
+
+
+def size_of(batch: MessageBatch) -> int:
+    return sum(batch.request_counts.model_dump().values())
+
+
+async def watermark(client: anthropic.AsyncAnthropic, caller: Caller) -> str | None:
+    """The id of the newest batch on the server, if any."""
+    page = await caller(lambda: client.messages.batches.list(limit=1))
+    return page.data[0].id if page.data else None
+
+
+async def find_created(
+    client: anthropic.AsyncAnthropic, caller: Caller, mark: str | None, requests: int, known: set[str]
+) -> MessageBatch | None:
+    """The batch an intent's create made, if the server has it (see the module's notes)."""
+    found: MessageBatch | None = None
+    if mark is None:
+        page = await caller(lambda: client.messages.batches.list(limit=PAGE))
+    else:
+        page = await caller(lambda: client.messages.batches.list(before_id=mark, limit=PAGE))
+    while True:
+        for batch in page.data:  # newest first: the last match is the oldest
+            if batch.id not in known and size_of(batch) == requests:
+                found = batch
+        if not page.has_more:
+            return found
+        page = await caller(page.get_next_page)
+
+
+async def create(
+    client: anthropic.AsyncAnthropic, caller: Caller, store: Store, key: int, mark: str | None, *, reconcile: bool
+) -> MessageBatch:
+    """Create intent ``key``'s batch, or first (``reconcile``) adopt the one an earlier create made;
+    record it before returning. Raises CallFailed if the server refuses it (the caller records that)."""
+    members = await store.batch_members(key)
+    known = {row.id for row in await store.batches() if row.id is not None}
+    batch = await find_created(client, caller, mark, len(members), known) if reconcile else None
+    requests: Any = [{"custom_id": custom_id, "params": json.loads(params)} for custom_id, params in members]
+    while batch is None:
+        try:
+            batch = await caller(lambda: client.messages.batches.create(requests=requests), repeatable=False)
+        except Unsure:
+            batch = await find_created(client, caller, mark, len(members), known)
+        else:
+            crash_point("created")
+    await store.batch_seen(key, describe(batch))
+    return batch
