@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from orchestrator.run.progress import Quiet
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import Simulator
 from orchestrator.simulator.replies import plan_reply
-from orchestrator.store import open_store
+from orchestrator.store import Store, open_store
 
 
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
@@ -62,13 +64,20 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         connection.close()
 
 
+@asynccontextmanager
+async def loaded_store(job: Path, db: Path) -> AsyncIterator[Store]:
+    """The store of a job file: new, or the one already holding the same job."""
+    spec = load_spec(job, {})
+    async with open_store(db) as store:
+        await store.load(spec.name, {"argv": []}, spec.fingerprint(), read_requests(spec))
+        yield store
+
+
 async def run_in_process(
     job: Path, db: Path, client: anthropic.AsyncAnthropic, settings: JobSettings
 ) -> tuple[Job, Summary]:
     """Load a job file into a new store and run it with the engine directly."""
-    spec = load_spec(job, {})
-    async with open_store(db) as store:
-        await store.load(spec.name, {"argv": []}, spec.fingerprint(), read_requests(spec))
+    async with loaded_store(job, db) as store:
         running = Job(store, client, settings, Quiet())
         summary = await running.run(handle_signals=False)
     return running, summary

@@ -83,13 +83,16 @@ async def resume(args: argparse.Namespace) -> int:
 
 async def cancel_job(args: argparse.Namespace) -> int:
     db = Path(args.db)
-    stored = build_parser().parse_args(await stored_argv(db))
-    if stored.simulate and not args.base_url:
-        raise UserError(
-            f"{db} ran against the built-in simulator (--simulate): its batches ended with that process; "
-            "give --base-url to cancel them on a server"
-        )
-    canceled = await cancel(db, args.base_url or stored.base_url)
+    base_url = args.base_url
+    if base_url is None:  # the endpoint the job ran against
+        stored = build_parser().parse_args(await stored_argv(db))
+        if stored.simulate:
+            raise UserError(
+                f"{db} ran against the built-in simulator (--simulate): its batches ended with that process; "
+                "give --base-url to cancel them on a server"
+            )
+        base_url = stored.base_url
+    canceled = await cancel(db, base_url)
     if not canceled:
         print(f"{db}: no message batches in progress", file=sys.stderr)
         return 0
