@@ -35,7 +35,7 @@ from orchestrator.report.figures import Filters, job_report
 from orchestrator.run.engine import Summary
 from orchestrator.run.progress import Quiet
 from orchestrator.settings import JobSettings
-from orchestrator.simulator import BatchSettings, SimulatorConfig
+from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig
 from tests.conftest import INSTANT, FakeClock, Running
 from tests.helpers import expected_replies, loaded_store, query, run_in_process, text_of, write_jsonl
 from tests.test_interrupt import ENV, cli, results
@@ -226,6 +226,42 @@ async def test_cancel_reconciles_an_intent_first(simulate: Simulate, tmp_path: P
         assert (await store.counts())["pending"] == 3
         assert key == 1
     assert sim.stats.batches.created == 0
+
+
+async def test_429_and_529_of_the_batch_endpoints_are_retried(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(9))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock()
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=20, rate_limited=0.3, overloaded=0.2))
+    async with simulate(config, clock=clock) as (sim, client, _):
+        running, summary = await run_batch(job, db, client, batch_settings(batch_size=3), simulated(clock))
+        expected = expected_replies(sim, job)
+    assert summary.complete
+    faults = sim.stats.batches.endpoint_faults
+    assert faults["rate_limited"] > 0
+    assert faults["overloaded"] > 0
+    assert running.caller.retries == sum(faults.values())
+    assert sim.stats.batches.created == 3
+    assert sim.stats.batches.results == Counter(succeeded=9)
+    assert {cid: text_of(line) for cid, line in results(db.parent / "results.jsonl").items()} == expected
+
+
+async def test_the_spend_cap_stops_the_job_and_leaves_its_requests_pending(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(3))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock()
+    async with simulate(SimulatorConfig(timing=INSTANT, limits=Limits(spend_cap=True)), clock=clock) as (
+        sim,
+        client,
+        _,
+    ):
+        _, summary = await run_batch(job, db, client, batch_settings(), simulated(clock))
+    assert summary.aborted is not None
+    assert summary.aborted.reason == "spend_cap"
+    assert summary.counts["pending"] == 3
+    assert sim.stats.batches.created == 0
+    assert query(db, "SELECT state FROM batches") == [("refused",)]
+    assert query(db, "SELECT outcome, reason, COUNT(*) FROM attempts GROUP BY 1, 2") == [("fatal", "spend_cap", 3)]
 
 
 @pytest.mark.parametrize("step", ["intended", "created", "recorded", "polled", "results"])

@@ -47,7 +47,6 @@ class Caller:
     async def __call__(self, call: Callable[[], Awaitable[T]], *, repeatable: bool = True) -> T:
         """``call()``, repeated while it fails in a retryable way. Not ``repeatable`` (a create): a failure
         after which the server may have acted (a dropped connection, a 5xx other than 529) raises Unsure."""
-        backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
         give_up_at = self.clock() + self.settings.retry_max_seconds
         number = 0
         while True:
@@ -64,5 +63,10 @@ class Caller:
                     raise Unsure(failure) from None
                 if self.clock() >= give_up_at:
                     raise CallFailed(failure) from None
-            self.retries += 1
-            await self.sleep(backoff.delay(number, failure.retry_after, self.rng))
+            await self.pause(number, failure)
+
+    async def pause(self, number: int, failure: Failure) -> None:
+        """Wait before repeating a call that failed ``number`` times in a row (``retry-after`` honoured)."""
+        self.retries += 1
+        backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
+        await self.sleep(backoff.delay(number, failure.retry_after, self.rng))

@@ -29,7 +29,7 @@ from orchestrator.batch.calls import Caller, CallFailed
 from orchestrator.batch.crash import crash_point
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.batch.results import collect
-from orchestrator.batch.submit import create, describe, watermark
+from orchestrator.batch.submit import Refused, create, describe, watermark
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable
 from orchestrator.run.engine import PROGRESS_EVERY, Summary
@@ -137,11 +137,11 @@ class BatchJob:
     async def _create(self, key: int, mark: str | None, *, reconcile: bool) -> None:
         try:
             await create(self.client, self.caller, self.store, key, mark, reconcile=reconcile)
-        except CallFailed as exc:
+        except Refused as exc:
             failure = exc.failure
             await self.store.batch_refused(key, failure.outcome, failure.reason, failure.status, failure.error)
             if failure.outcome is not Outcome.PERMANENT:
-                raise
+                raise CallFailed(failure) from None
         crash_point("recorded")
 
     async def _submit(self, request_ids: list[int], size: int) -> None:

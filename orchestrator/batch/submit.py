@@ -26,11 +26,20 @@ from typing import Any
 import anthropic
 from anthropic.types.messages import MessageBatch
 
-from orchestrator.batch.calls import Caller, Unsure
+from orchestrator.api.failures import Failure
+from orchestrator.batch.calls import Caller, CallFailed, Unsure
 from orchestrator.batch.crash import crash_point
 from orchestrator.store import Store
 
 PAGE = 100  # batches per list page while reconciling
+
+
+class Refused(Exception):
+    """The server refused a create (it created nothing)."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
 
 
 def _stamp(moment: datetime | None) -> float | None:
@@ -81,16 +90,25 @@ async def create(
     client: anthropic.AsyncAnthropic, caller: Caller, store: Store, key: int, mark: str | None, *, reconcile: bool
 ) -> MessageBatch:
     """Create intent ``key``'s batch, or first (``reconcile``) adopt the one an earlier create made;
-    record it before returning. Raises CallFailed if the server refuses it (the caller records that)."""
+    record it before returning. Raises Refused if the server refused it (nothing was created: the
+    caller records that), CallFailed if the server cannot be reached to find out (the intent stays)."""
     members = await store.batch_members(key)
     known = {row.id for row in await store.batches() if row.id is not None}
     batch = await find_created(client, caller, mark, len(members), known) if reconcile else None
     requests: Any = [{"custom_id": custom_id, "params": json.loads(params)} for custom_id, params in members]
+    unsure = 0
     while batch is None:
         try:
             batch = await caller(lambda: client.messages.batches.create(requests=requests), repeatable=False)
-        except Unsure:
+        except CallFailed as exc:
+            raise Refused(exc.failure) from None
+        except Unsure as exc:
             batch = await find_created(client, caller, mark, len(members), known)
+            unsure += 1
+            if batch is None:
+                if unsure >= caller.settings.max_attempts:
+                    raise CallFailed(exc.failure) from None  # the intent stays: the next run reconciles it
+                await caller.pause(unsure, exc.failure)
         else:
             crash_point("created")
     await store.batch_seen(key, describe(batch))
