@@ -87,6 +87,10 @@ class Usage:
         self.cache_read_input_tokens += other.cache_read_input_tokens
         self.cache_creation_1h_input_tokens += other.cache_creation_1h_input_tokens
 
+    def minus(self, other: Usage) -> Usage:
+        mine, theirs = self.as_dict(), other.as_dict()
+        return Usage(**{name: mine[name] - theirs[name] for name in mine})
+
     def as_dict(self) -> dict[str, int]:
         return {
             "input_tokens": self.input_tokens,

@@ -6,6 +6,7 @@ batch of any length ends without sleeping; subprocess tests kill -9 the client a
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import signal
@@ -30,7 +31,7 @@ from orchestrator.batch.engine import BatchJob
 from orchestrator.batch.plan import ENVELOPE, Splitter, request_size
 from orchestrator.cli import run_command
 from orchestrator.pricing import load_prices
-from orchestrator.report.export import export_results
+from orchestrator.report.export import export_csv, export_results
 from orchestrator.report.figures import Filters, job_report
 from orchestrator.run.engine import Summary
 from orchestrator.run.progress import Quiet
@@ -106,10 +107,15 @@ async def test_a_batch_job_gives_the_streamed_texts_at_half_the_price(simulate: 
     ]
     prices = load_prices()
     costs = []
+    per_request: list[dict[str, Decimal]] = []
     for path in (tmp_path / "b" / "job.sqlite", tmp_path / "s" / "job.sqlite"):
         async with loaded_store(job, path) as store:
             report = await job_report(store, path, prices, Filters())
+            await export_csv(store, path.parent / "results.csv", prices)
         costs.append(report.total())
+        with (path.parent / "results.csv").open() as handle:
+            per_request.append({row["custom_id"]: Decimal(row["cost_usd"]) for row in csv.DictReader(handle)})
+    assert {cid: cost * 2 for cid, cost in per_request[0].items()} == per_request[1]
     assert costs[0].billed.as_dict() == costs[1].billed.as_dict()
     assert costs[0].billed_cost is not None
     assert costs[0].billed_cost > 0

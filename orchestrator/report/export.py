@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator.jobs.tables import cell_text
 from orchestrator.models import State
-from orchestrator.pricing import PriceTable
+from orchestrator.pricing import BATCH, STANDARD, PriceTable
 from orchestrator.store import Store
 
 # The CSV export's own columns, after the input row's (an input column of the same name gets "input_").
@@ -80,7 +80,8 @@ def _csv_fields(row: dict[str, Any], prices: PriceTable) -> list[Any]:
         detail = result.get("error", {})
         error = f"{detail.get('type')}: {detail.get('message')}"
     billed = row["billed"]
-    cost = prices.cost(row["model"], billed)
+    batch = row["billed_batch"]
+    cost = prices.total({(row["model"], STANDARD): billed.minus(batch), (row["model"], BATCH): batch})
     return [
         row["custom_id"],
         state,

@@ -56,7 +56,12 @@ class Queries(Base):
                       r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
                       COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
                       COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery,
-                      json_extract(r.params, '$.model'), r.input_row, COALESCE(MAX(a.output_estimated), 0)
+                      json_extract(r.params, '$.model'), r.input_row, COALESCE(MAX(a.output_estimated), 0),
+                      COALESCE(SUM(a.input_tokens * (a.batch_key IS NOT NULL)), 0),
+                      COALESCE(SUM(a.output_tokens * (a.batch_key IS NOT NULL)), 0),
+                      COALESCE(SUM(a.cache_creation_input_tokens * (a.batch_key IS NOT NULL)), 0),
+                      COALESCE(SUM(a.cache_read_input_tokens * (a.batch_key IS NOT NULL)), 0),
+                      COALESCE(SUM(a.cache_creation_1h_input_tokens * (a.batch_key IS NOT NULL)), 0)
                FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
         ) as cursor:
             async for row in cursor:
@@ -76,6 +81,7 @@ class Queries(Base):
                     "model": row[14],
                     "input_row": None if row[15] is None else json.loads(row[15]),
                     "billed_estimated": bool(row[16]),
+                    "billed_batch": Usage(*row[17:22]),  # of "billed": the tokens of message batch attempts
                 }
 
     async def input_columns(self) -> list[str]:
