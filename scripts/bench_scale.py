@@ -88,6 +88,7 @@ async def floor(url: str, requests: int) -> dict[str, Any]:
     """Every request at once through the SDK's aiohttp transport; bytes read, events counted."""
     import anthropic
     import httpx2
+    from anthropic.types import MessageParam
 
     http = anthropic.DefaultAioHttpClient(
         limits=httpx2.Limits(max_connections=requests + 8, max_keepalive_connections=requests),
@@ -97,7 +98,7 @@ async def floor(url: str, requests: int) -> dict[str, Any]:
     totals = {"bytes": 0, "events": 0}
 
     async def one(i: int) -> None:
-        messages = [{"role": "user", "content": prompt(i)}]
+        messages: list[MessageParam] = [{"role": "user", "content": prompt(i)}]
         async with client.messages.with_streaming_response.create(
             model=MODEL, max_tokens=MAX_TOKENS, messages=messages, stream=True
         ) as response:
