@@ -27,7 +27,7 @@ from tests.helpers import params_of, query, reply_of, run_in_process, write_json
 pytestmark = pytest.mark.anyio
 
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
-REALISTIC = SimulatorConfig(timing=INSTANT, tokens_per_delta=(1, 5))
+REALISTIC = SimulatorConfig(timing=INSTANT)
 SETTINGS = JobSettings(concurrency=8, checkpoint_interval=0.02, backoff_base=0.01, backoff_cap=0.02)
 
 
@@ -95,7 +95,7 @@ def _cut_job(tmp_path: Path, count: int) -> Path:
 
 async def test_a_continued_reply_cut_by_max_tokens_ends_at_the_same_token(simulate: Simulate, tmp_path: Path) -> None:
     job = _cut_job(tmp_path, 40)
-    config = SimulatorConfig(timing=INSTANT, tokens_per_delta=(1, 5), reply_min=60, reply_max=120)
+    config = SimulatorConfig(timing=INSTANT, reply_min=60, reply_max=120)
     async with simulate(config) as (sim, client, _):
         _, summary = await run_in_process(job, tmp_path / "job.sqlite", client, SETTINGS)
         params = params_of(job)
@@ -122,9 +122,7 @@ async def test_without_count_tokens_a_continued_reply_stops_short_never_past(
     simulate: Simulate, tmp_path: Path
 ) -> None:
     job = _cut_job(tmp_path, 20)
-    config = SimulatorConfig(
-        timing=INSTANT, tokens_per_delta=(1, 5), reply_min=60, reply_max=120, count_tokens_endpoint=False
-    )
+    config = SimulatorConfig(timing=INSTANT, reply_min=60, reply_max=120, count_tokens_endpoint=False)
     async with simulate(config) as (sim, client, _):
         _, summary = await run_in_process(job, tmp_path / "job.sqlite", client, SETTINGS)
         params = params_of(job)

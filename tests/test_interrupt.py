@@ -91,9 +91,11 @@ async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(
     lines = results(out / "results.jsonl")
     assert {cid: text_of(line) for cid, line in lines.items()} == expected
     assert all(line["attempts"] == 2 for line in lines.values())
-    # What was checkpointed before the signal is continued by prefill, not paid for again.
+    # What was checkpointed before the signal is continued by prefill, not paid for again (but for
+    # a trailing whitespace token, which prefill trims and the continuation generates again).
     for line in lines.values():
-        assert line["billed_usage"]["output_tokens"] == line["result"]["message"]["usage"]["output_tokens"]
+        paid_twice = line["billed_usage"]["output_tokens"] - line["result"]["message"]["usage"]["output_tokens"]
+        assert paid_twice in (0, 1)
     assert any(line.get("recovery", {}).get("strategy") == "prefill" for line in lines.values())
 
 

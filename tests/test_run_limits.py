@@ -14,8 +14,9 @@ from orchestrator.cli import run_command
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import FaultRates, Limits, SimulatorConfig
 from orchestrator.simulator.replies import full_reply
+from orchestrator.simulator.tokens import count_tokens
 from tests.conftest import INSTANT, Running
-from tests.helpers import expected_replies, read_results, run_in_process, text_of, write_jsonl
+from tests.helpers import expected_replies, query, read_results, run_in_process, text_of, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
@@ -52,26 +53,30 @@ async def test_multiple_breaks_are_continued_exactly(simulate: Simulate, tmp_pat
 
 
 async def test_a_break_after_whitespace_is_trimmed_and_carried_over(simulate: Simulate, tmp_path: Path) -> None:
-    # Find a reply with a paragraph break and cut the stream right after it.
-    for n in range(200):
-        body = {
-            "model": "claude-haiku-4-5",
-            "max_tokens": 1024,
-            "messages": [{"role": "user", "content": f"q{n} <<sim-fault: drop after=AFTER times=1>>"}],
-        }
-        tokens = full_reply(0, json.loads(json.dumps(body).replace("AFTER", "1")), 20, 300)
-        if "\n\n" in tokens[1:-1]:
-            break
-    after = tokens.index("\n\n", 1) + 1
-    prompt = f"q{n} <<sim-fault: drop after={after} times=1>>"
+    # Find a prompt whose reply has a paragraph break right where the prompt cuts the stream.
+    def reply(prompt: str) -> list[str]:
+        body = {"model": "claude-haiku-4-5", "max_tokens": 1024, "messages": [{"role": "user", "content": prompt}]}
+        return full_reply(0, body, 20, 300)
+
+    found = (
+        (prompt, tokens, after)
+        for n in range(1000)
+        for after in range(2, 40)
+        if (tokens := reply(prompt := f"q{n} <<sim-fault: drop after={after} times=1>>"))[after - 1 : after] == ["\n\n"]
+    )
+    prompt, tokens, after = next(found)
     job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": prompt}])
     out = tmp_path / "out"
-    async with simulate() as (sim, _, url):
+    async with simulate(SimulatorConfig(timing=INSTANT, tokens_per_delta=(1, 1))) as (sim, _, url):  # cut at a token
         assert await run(job, out, url) == 0
         expected = expected_replies(sim, job)
     line = read_results(out)[0]
     assert text_of(line) == expected["j-1"]
-    assert line["recovery"]["kept_output_tokens"] == after
+    # What is prefilled is counted (the trimmed "\n\n" is generated again by the continuation) ...
+    assert line["recovery"]["kept_output_tokens"] == after - 1
+    # ... so a reply that reaches max_tokens ends at the same token as the uninterrupted one.
+    assert line["result"]["message"]["usage"]["output_tokens"] == len(tokens)
+    assert line["billed_usage"]["output_tokens"] == len(tokens) + 1  # the newlines, generated twice
 
 
 async def test_a_break_near_max_tokens_stops_where_the_uninterrupted_reply_would(
@@ -104,12 +109,17 @@ async def test_models_that_reject_prefill_restart_in_auto_and_continue_on_reques
     restarted = read_results(tmp_path / "auto")[0]
     assert text_of(restarted) == expected["j-1"]
     assert "recovery" not in restarted
-    assert restarted["billed_usage"]["output_tokens"] == restarted["result"]["message"]["usage"]["output_tokens"] + 10
+    broken = query(tmp_path / "auto" / "job.sqlite", "SELECT partial FROM attempts WHERE number = 1")[0][0]
+    paid_twice = count_tokens(json.loads(broken)["content"][0]["text"])  # what the broken stream delivered
+    assert restarted["billed_usage_estimated"] is True
+    assert restarted["billed_usage"]["output_tokens"] == restarted["result"]["message"]["usage"]["output_tokens"] + (
+        paid_twice
+    )
     continued = read_results(tmp_path / "cont")[0]
     assert continued["recovery"] == {
         "strategy": "continue",
         "exact": False,
-        "kept_output_tokens": 10,
+        "kept_output_tokens": paid_twice,
         "kept_tokens": "counted",
         "breaks": 1,
     }

@@ -70,7 +70,7 @@ class SimulatorConfig:
     reply_max: int = 300
     # Tokens per text/thinking/tool-JSON delta, drawn per delta from this range (seeded per
     # conversation and attempt). The API's deltas carry several tokens: (1, 5) is realistic.
-    tokens_per_delta: tuple[int, int] = (1, 1)
+    tokens_per_delta: tuple[int, int] = (1, 5)
     odd_events: bool = True  # extra pings anywhere (mid-block too), as the API sends them
     unknown_events: bool = True  # now and then an event of an unknown type, which clients must ignore
     timing: Timing = field(default_factory=Timing)
