@@ -282,7 +282,10 @@ async def test_new_models_reject_prefill(simulate: Simulate, model: str) -> None
     async with simulate() as (_, client, _):
         with pytest.raises(anthropic.BadRequestError) as caught:
             await client.messages.create(**body)
+        with pytest.raises(anthropic.BadRequestError) as counted:  # count_tokens checks it too
+            await client.messages.count_tokens(model=model, messages=body["messages"])
     assert caught.value.body["error"]["message"] == PREFILL_REJECTED  # type: ignore[index]
+    assert counted.value.body["error"]["message"] == PREFILL_REJECTED  # type: ignore[index]
 
 
 async def test_prefill_with_trailing_whitespace_is_rejected(simulate: Simulate) -> None:

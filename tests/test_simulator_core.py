@@ -11,11 +11,14 @@ import pytest
 
 from orchestrator.api.modelinfo import accepts_prefill, family, model_version
 from orchestrator.run.bucket import TokenBucket
+from orchestrator.simulator.cache import PromptCache, minimum_cacheable
 from orchestrator.simulator.config import FaultRates
 from orchestrator.simulator.events import WireEvent, fault_position
 from orchestrator.simulator.faults import FaultKind, FaultSpecError, choose_fault, parse_fault_spec
-from orchestrator.simulator.replies import continuation, count_input_tokens, full_reply, plan_reply
+from orchestrator.simulator.replies import continuation, count_input_tokens, full_reply, input_segments, plan_reply
 from orchestrator.simulator.tokens import count_tokens, tokenize
+
+HAIKU = "claude-haiku-4-5"
 
 
 def body(text: str = "hi", max_tokens: int = 10_000, prefill: str | None = None) -> dict[str, Any]:
@@ -237,3 +240,36 @@ def test_bucket_with_zero_rate_never_refills() -> None:
     bucket = TokenBucket(capacity=1, rate=0, level=0, updated=0)
     assert math.isinf(bucket.wait_time(1, now=100))
     assert math.isinf(bucket.time_to_full(100))
+
+
+def test_prompt_cache_reads_the_longest_cached_prefix_and_writes_up_to_the_last_breakpoint() -> None:
+    def marked(text: str, ttl: str = "5m") -> dict[str, Any]:
+        return {"type": "text", "text": text, "cache_control": {"type": "ephemeral", "ttl": ttl}}
+
+    system = [marked("Rules. " * 2000, ttl="1h")]  # 4,000 tokens, not quite Haiku 4.5's 4,096 alone
+    first = {**body("Question"), "system": system, "tools": [{"name": "t", "input_schema": {}}]}
+    longer = {**first, "messages": [{"role": "user", "content": [marked("Document. " * 1500), marked("Q")]}]}
+    cache = PromptCache()
+    short = cache.lookup(HAIKU, input_segments(first), now=0.0)
+    assert (short.cache_creation, short.cache_read) == (0, 0)  # below the minimum: nothing cached
+    assert short.input_tokens == count_input_tokens(first)
+    written = cache.lookup(HAIKU, input_segments(longer), now=0.0)
+    assert written.cache_read == 0
+    assert written.cache_write_5m == count_input_tokens(longer)  # the system prefix is under the minimum
+    assert written.input_tokens == 0
+    cache.commit(written, now=0.0)
+    again = cache.lookup(HAIKU, input_segments(longer), now=299.0)
+    assert (again.cache_read, again.cache_creation, again.input_tokens) == (count_input_tokens(longer), 0, 0)
+    assert cache.lookup(HAIKU, input_segments(longer), now=301.0).cache_read == 0  # expired
+    assert (
+        cache.lookup("claude-sonnet-4-5", input_segments({**first, "model": "claude-sonnet-4-5"}), 0.0).cache_write_1h
+        > 0
+    )
+
+
+def test_minimum_cacheable_lengths() -> None:
+    assert minimum_cacheable("claude-haiku-4-5-20251001") == 4096
+    assert minimum_cacheable("claude-sonnet-4-5") == 1024
+    assert minimum_cacheable("claude-sonnet-4-6") == 2048
+    assert minimum_cacheable("claude-opus-5") == 512
+    assert minimum_cacheable("claude-3-5-haiku-20241022") == 2048

@@ -69,6 +69,9 @@ class InputUsage:
         }
 
 
+_PRUNE_AT = 10_000  # entries; past this, expired ones are dropped at the next write
+
+
 @dataclass
 class PromptCache:
     entries: dict[bytes, tuple[float, float]] = field(default_factory=dict)  # key -> (expires at, ttl)
@@ -112,5 +115,7 @@ class PromptCache:
 
     def commit(self, usage: InputUsage, now: float) -> None:
         """The request was served: store what it wrote, and refresh what it read."""
+        if len(self.entries) > _PRUNE_AT:
+            self.entries = {key: entry for key, entry in self.entries.items() if entry[0] > now}
         for key, ttl in (*usage.writes, *([usage.read] if usage.read else [])):
             self.entries[key] = (now + ttl, ttl)

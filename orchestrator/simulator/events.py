@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import jiter
 
@@ -31,8 +30,7 @@ MESSAGE_STOP = sse("message_stop", {"type": "message_stop"})
 ERROR_EVENT = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
 
 
-@dataclass(frozen=True)
-class WireEvent:
+class WireEvent(NamedTuple):
     data: bytes
     tokens: int  # output tokens generated once this event is out
     delta: bool = False  # a content_block_delta
@@ -73,9 +71,14 @@ def _start(index: int, block: PlannedBlock) -> bytes:
 _DELTA_FIELD = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking")}
 
 
+def _delta_head(index: int, kind: str, field: str) -> bytes:
+    """A content_block_delta event up to its value: the part every delta of a block shares."""
+    head = f'event: content_block_delta\ndata: {{"type":"content_block_delta","index":{index},'
+    return f'{head}"delta":{{"type":"{kind}","{field}":'.encode()
+
+
 def _delta(index: int, kind: str, field: str, value: str) -> bytes:
-    delta = {"type": "content_block_delta", "index": index, "delta": {"type": kind, field: value}}
-    return sse("content_block_delta", delta)
+    return _delta_head(index, kind, field) + json.dumps(value).encode() + b"}}\n\n"
 
 
 def _stop(index: int) -> bytes:
@@ -83,10 +86,13 @@ def _stop(index: int) -> bytes:
 
 
 def _groups(tokens: list[str], rng: random.Random, per_delta: tuple[int, int]) -> list[list[str]]:
+    fewest, most = per_delta
+    if fewest == most:
+        return [tokens[start : start + most] for start in range(0, len(tokens), most)]
     groups: list[list[str]] = []
     start = 0
     while start < len(tokens):
-        size = rng.randint(*per_delta)
+        size = rng.randint(fewest, most)
         groups.append(tokens[start : start + size])
         start += size
     return groups
@@ -113,9 +119,10 @@ def stream_events(
             events.append(WireEvent(_delta(index, kind, field, ""), tokens, delta=True))
         else:
             kind, field = _DELTA_FIELD[block.kind]
+        head = _delta_head(index, kind, field)
         for group in _groups(block.tokens, rng, per_delta):
             tokens += len(group)
-            events.append(WireEvent(_delta(index, kind, field, "".join(group)), tokens, delta=True))
+            events.append(WireEvent(head + json.dumps("".join(group)).encode() + b"}}\n\n", tokens, True))
         if block.kind == "thinking" and block.complete:
             if odd and rng.random() < 0.5:  # an empty thinking delta before the signature, as seen from the API
                 events.append(WireEvent(_delta(index, kind, field, ""), tokens, delta=True))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import random
@@ -321,6 +322,12 @@ def conversation_key(seed: int, body: dict[str, Any]) -> bytes:
     return _fingerprint(seed, body, messages)
 
 
+@functools.cache
+def _piece(text: str) -> tuple[str, ...]:
+    """The tokens of a word with its leading space or capital (few distinct ones: cached)."""
+    return tuple(tokenize(text))
+
+
 def _sentences(rng: random.Random, length: int) -> list[str]:
     """``length`` tokens of sentences (at least a word), ending with a period when there is room."""
     tokens: list[str] = []
@@ -331,7 +338,7 @@ def _sentences(rng: random.Random, length: int) -> list[str]:
         after_word = bool(tokens) and tokens[-1] not in (".", ",", "\n\n")
         if capital:
             word = word.capitalize()
-            tokens += tokenize(word if not tokens or tokens[-1] == "\n\n" else " " + word)
+            tokens += _piece(word if not tokens or tokens[-1] == "\n\n" else " " + word)
             capital = False
         elif after_word and roll < 0.06:
             tokens.append(".")
@@ -341,7 +348,7 @@ def _sentences(rng: random.Random, length: int) -> list[str]:
         elif after_word and roll < 0.12:
             tokens.append(",")
         else:
-            tokens += tokenize(" " + word)
+            tokens += _piece(" " + word)
     if length <= 1:
         return tokenize(rng.choice(_WORDS).capitalize())[:1]
     del tokens[length - 1 :]  # a sentence end or a long word may have added more
