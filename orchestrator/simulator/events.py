@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from json.encoder import encode_basestring_ascii as _quoted  # a JSON string, as json.dumps writes it
 from typing import Any, NamedTuple
 
 import jiter
@@ -78,7 +79,7 @@ def _delta_head(index: int, kind: str, field: str) -> bytes:
 
 
 def _delta(index: int, kind: str, field: str, value: str) -> bytes:
-    return _delta_head(index, kind, field) + json.dumps(value).encode() + b"}}\n\n"
+    return _delta_head(index, kind, field) + _quoted(value).encode() + b"}}\n\n"
 
 
 def _stop(index: int) -> bytes:
@@ -122,7 +123,7 @@ def stream_events(
         head = _delta_head(index, kind, field)
         for group in _groups(block.tokens, rng, per_delta):
             tokens += len(group)
-            events.append(WireEvent(head + json.dumps("".join(group)).encode() + b"}}\n\n", tokens, True))
+            events.append(WireEvent(head + _quoted("".join(group)).encode() + b"}}\n\n", tokens, True))
         if block.kind == "thinking" and block.complete:
             if odd and rng.random() < 0.5:  # an empty thinking delta before the signature, as seen from the API
                 events.append(WireEvent(_delta(index, kind, field, ""), tokens, delta=True))

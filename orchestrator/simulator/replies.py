@@ -278,9 +278,11 @@ def input_segments(body: dict[str, Any]) -> list[Segment]:
         what, tokens, _ = items[-1]
         items[-1] = (what, tokens, cache_ttl(body))
     digest = hashlib.sha256(body["model"].encode())
+    cached = any(ttl is not None for _, _, ttl in items)  # else the keys are never looked at
     segments: list[Segment] = []
     for what, tokens, ttl in items:
-        digest.update(json.dumps(what, sort_keys=True, separators=(",", ":")).encode())
+        if cached:
+            digest.update(json.dumps(what, sort_keys=True, separators=(",", ":")).encode())
         overhead = REQUEST_OVERHEAD if not segments else 0
         segments.append(Segment(tokens=overhead + tokens, key=digest.digest(), ttl=ttl))
     return segments
@@ -362,7 +364,11 @@ def _sentences(rng: random.Random, length: int) -> list[str]:
 
 def full_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> list[str]:
     """The tokens of the reply's text when nothing cuts it (no prefill, stop sequence or max_tokens)."""
-    rng = random.Random(conversation_key(seed, body))
+    return _reply_text(conversation_key(seed, body), reply_min, reply_max)
+
+
+def _reply_text(key: bytes, reply_min: int, reply_max: int) -> list[str]:
+    rng = random.Random(key)
     return _sentences(rng, rng.randint(reply_min, reply_max))
 
 
@@ -442,7 +448,7 @@ def full_blocks(seed: int, body: dict[str, Any], reply_min: int, reply_max: int)
     rng = random.Random(key + b":tool")
     chosen = _chosen_tool(rng, body)
     if chosen is None or not chosen[1]:  # a forced tool call has no text before it
-        blocks.append(PlannedBlock("text", full_reply(seed, body, reply_min, reply_max)))
+        blocks.append(PlannedBlock("text", _reply_text(key, reply_min, reply_max)))
     if chosen is None:
         return blocks, "end_turn"
     tool = chosen[0]
