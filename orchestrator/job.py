@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import anyio
 import httpx2
 
 from orchestrator.batch.calls import Caller, CallFailed
@@ -24,6 +25,7 @@ from orchestrator.batch.cancel import cancel_batches
 from orchestrator.batch.engine import BatchJob
 from orchestrator.batch.plan import Splitter
 from orchestrator.errors import JobAborted, JobChangedError, UserError
+from orchestrator.jobs.params import check_options
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import JobSpec, load_spec
 from orchestrator.models import State
@@ -34,7 +36,7 @@ from orchestrator.run.engine import Job, Summary
 from orchestrator.run.progress import make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import Simulator, SimulatorConfig, serve
-from orchestrator.store import Store, open_store
+from orchestrator.store import Store, open_store, remove_store
 
 RESULTS_ROOT = Path("results")
 
@@ -94,14 +96,41 @@ async def open_client(
         ):
             yield client
         return
-    if not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
-        raise UserError("no API key: set ANTHROPIC_API_KEY, or run against the built-in simulator with --simulate")
+    _check_key(simulator)
     async with anthropic.AsyncAnthropic(base_url=base_url, max_retries=0, http_client=http_client(settings)) as client:
         yield client
 
 
+def _check_key(simulator: SimulatorConfig | None) -> None:
+    if simulator is None and not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
+        raise UserError("no API key: set ANTHROPIC_API_KEY, or run against the built-in simulator with --simulate")
+
+
+@asynccontextmanager
+async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
+    """The job's store; one created here is removed again if no job was loaded into it (bad input)."""
+    created = [path for path in (db.parent, db) if not path.exists()]
+    loaded = True
+    try:
+        async with open_store(db) as store:
+            try:
+                yield store
+            except BaseException:
+                if created:
+                    with anyio.CancelScope(shield=True):
+                        loaded = await store.job() is not None
+                raise
+    except BaseException:
+        if not loaded:
+            remove_store(db)
+            if db.parent in created and not any(db.parent.iterdir()):
+                db.parent.rmdir()
+        raise
+
+
 def _spec(options: RunOptions) -> JobSpec | None:
     """The job file's spec; None when it is gone and a database is named (the stored job runs)."""
+    check_options(options.defaults)
     if options.job.exists() or options.db is None:
         return load_spec(options.job, dict(options.defaults))
     return None
@@ -145,7 +174,8 @@ async def run(options: RunOptions) -> Outcome:
     results, db = _places(options, spec)
     settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.settings)
     prices = load_prices(options.prices)
-    async with open_store(db) as store:
+    _check_key(options.simulator)
+    async with _new_store_kept_if_loaded(db) as store:
         if spec is None:
             job = await store.job()
             if job is None:
@@ -189,6 +219,7 @@ async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
     """What a job would cost and take, sending no message and writing nothing."""
     if not options.job.exists():
         raise UserError(f"{options.job}: no such job file")
+    check_options(options.defaults)
     spec = load_spec(options.job, dict(options.defaults))
     settings = merge(spec.run, spec.limits, options.settings)
     splitter = Splitter(settings.batch_size)

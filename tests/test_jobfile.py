@@ -180,7 +180,7 @@ def test_bad_lines_are_reported_with_file_and_line(tmp_path: Path) -> None:
     assert "invalid custom_id 'has space'" in messages[3]
     assert "invalid custom_id" in messages[4]
     assert "'prompt' must be a non-empty string" in messages[5]
-    assert "'max_tokens' must be an integer >= 1" in messages[6]
+    assert "'max_tokens' must be an integer at least 1, not 0" in messages[6]
     assert "'messages' must be a non-empty list" in messages[7]
     assert "unknown request field 'stream'" in messages[8]
     assert "unknown field 'extra'" in messages[9]

@@ -43,7 +43,7 @@ async def report(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 def mixed_job(path: Path, count: int = 30) -> Path:
     lines: list[dict[str, Any]] = [{"prompt": f"question {i}"} for i in range(count)]
-    lines.append({"prompt": "too hot", "temperature": 5})
+    lines.append({"prompt": "thinks too little", "thinking": {"type": "enabled", "budget_tokens": 10}})
     return write_jsonl(path, lines)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
+import errno
 import os
+import select
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -23,30 +24,47 @@ HANDLERS = {
     "report": commands.report,
     "simulate": commands.simulate,
 }
+# What a path a user named can be wrong with: reported as "PATH: why", exit status 2.
+PATH_ERRORS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG})
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a tool ended by SIGPIPE, as `status DB | head` may be
 
 
 async def run_command(argv: Sequence[str]) -> int:
     """Run one command line in the current event loop; return its exit status."""
     args = build_parser().parse_args(argv)
     args.argv = list(argv)
-    speed = getattr(args, "speed", 1.0)
-    if math.isnan(speed) or speed <= 0:
-        print("orchestrator: --speed must be positive (or inf)", file=sys.stderr)
-        return 2
     try:
         return await HANDLERS[args.command](args)
     except OrchestratorError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return exc.exit_status
+    except OSError as exc:
+        if exc.filename is None or exc.errno not in PATH_ERRORS:
+            raise
+        print(f"orchestrator: {exc.filename}: {exc.strerror}. Check the path and its permissions.", file=sys.stderr)
+        return 2
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     try:
-        status = anyio.run(run_command, list(sys.argv[1:] if argv is None else argv))
-    except KeyboardInterrupt:
-        status = 130
+        try:
+            status = anyio.run(run_command, list(sys.argv[1:] if argv is None else argv))
+        except KeyboardInterrupt:
+            status = 130
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of our output went away (`orchestrator status DB | head`): stop quietly.
+        if not _stdout_closed():
+            raise
+        status = SIGPIPE_EXIT
+    sys.stderr.flush()
     # Everything of ours is closed by now. Tearing down the SDK's module graph takes the
     # interpreter 0.7-1.7 s, which would delay every exit (Ctrl-C included): skip it.
-    sys.stdout.flush()
-    sys.stderr.flush()
     os._exit(status)

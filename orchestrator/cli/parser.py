@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ def _probability(text: str, known: Sequence[str] = STREAM_FAULTS) -> tuple[str, 
     kind, sep, value = text.partition("=")
     if not sep or kind not in known:
         raise argparse.ArgumentTypeError(f"expected KIND=P with KIND one of {', '.join(known)}")
-    probability = float(value)
+    probability = _number(value)
     if not 0 <= probability <= 1:
         raise argparse.ArgumentTypeError("a probability is between 0 and 1")
     return kind, probability
@@ -39,12 +40,48 @@ def _int_range(text: str) -> tuple[int, int]:
     return bounds
 
 
+def _number(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if math.isnan(number):
+        raise argparse.ArgumentTypeError("not a number: nan")
+    return number
+
+
+def _positive(text: str) -> float:
+    """A number above 0 ('inf' allowed)."""
+    number = _number(text)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return number
+
+
+def _seconds(text: str) -> float:
+    """A finite number of seconds, at least 0."""
+    number = _number(text)
+    if not 0 <= number < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, not {text}")
+    return number
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), not {text}")
+    return port
+
+
 def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("simulator")
     group.add_argument("--seed", type=int, default=0, help="seed of replies and faults (default 0)")
-    group.add_argument("--speed", type=float, default=1.0, help="time factor; 'inf' for no delays (default 1)")
-    group.add_argument("--ttft", type=float, default=0.5, help="seconds to first token (default 0.5)")
-    group.add_argument("--tps", type=float, default=60.0, help="output tokens per second per stream (default 60)")
+    group.add_argument("--speed", type=_positive, default=1.0, help="time factor; 'inf' for no delays (default 1)")
+    group.add_argument("--ttft", type=_seconds, default=0.5, help="seconds to first token (default 0.5)")
+    group.add_argument("--tps", type=_positive, default=60.0, help="output tokens per second per stream (default 60)")
     group.add_argument(
         "--reply-tokens", type=_int_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
     )
@@ -55,10 +92,10 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
         metavar="N|MIN:MAX",
         help="tokens per content delta, drawn per delta (default %(default)s)",
     )
-    group.add_argument("--sim-rpm", type=float, help="requests per minute the simulator allows")
-    group.add_argument("--sim-itpm", type=float, help="input tokens per minute the simulator allows")
-    group.add_argument("--sim-otpm", type=float, help="output tokens per minute the simulator allows")
-    group.add_argument("--burst-seconds", type=float, default=1.0, help="bucket capacity in seconds of refill")
+    group.add_argument("--sim-rpm", type=_positive, help="requests per minute the simulator allows")
+    group.add_argument("--sim-itpm", type=_positive, help="input tokens per minute the simulator allows")
+    group.add_argument("--sim-otpm", type=_positive, help="output tokens per minute the simulator allows")
+    group.add_argument("--burst-seconds", type=_positive, default=1.0, help="bucket capacity in seconds of refill")
     group.add_argument("--spend-cap", action="store_true", help="answer every request with the spend-limit 429")
     group.add_argument(
         "--fault",
@@ -68,7 +105,7 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
         metavar="KIND=P",
         help=f"inject a fault with probability P; KIND: {', '.join(k.value for k in FaultKind)}",
     )
-    group.add_argument("--stall-seconds", type=float, default=30.0)
+    group.add_argument("--stall-seconds", type=_seconds, default=30.0, help="how long a stall lasts (default 30)")
     group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
     group.add_argument(
         "--no-count-tokens",
@@ -77,7 +114,7 @@ def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--batch-seconds",
-        type=float,
+        type=_seconds,
         default=BatchSettings.seconds,
         help=f"seconds a message batch takes to end, not scaled by --speed (default {BatchSettings.seconds:g})",
     )
@@ -197,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--model", action="append", default=[], help="only this model (id or family); repeatable")
     simulate = commands.add_parser("simulate", help="run the Anthropic-compatible simulator")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=8765)
+    simulate.add_argument("--port", type=_port, default=8765)
     _add_simulator_options(simulate)
     return parser
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import Problem
+from orchestrator.jobs.params import field_problem
 from orchestrator.jobs.spec import JobSpec, Source, stem_id
 from orchestrator.jobs.tables import row_request, table_rows
 from orchestrator.models import MESSAGE_PARAMS
@@ -35,16 +36,11 @@ class Loaded:
 
 def _check_params(params: dict[str, Any]) -> str | None:
     """Why these params cannot be sent, or None."""
-    for key in params:
-        if key not in MESSAGE_PARAMS:
-            return f"unknown request field {key!r}"
-    if not isinstance(params.get("model"), str) or not params["model"]:
-        return "'model' must be a non-empty string"
-    max_tokens = params.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        return "'max_tokens' must be an integer >= 1"
-    messages = params.get("messages")
-    if not isinstance(messages, list) or not messages:
+    for key, value in params.items():
+        problem = field_problem(key, value)
+        if problem is not None:
+            return problem
+    if "messages" not in params:
         return "'messages' must be a non-empty list"
     return None
 
@@ -101,47 +97,56 @@ def _table_requests(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded
 
 
 def read_requests(spec: JobSpec) -> Iterator[Loaded | Problem]:
-    """Every request of the job in input order, or a Problem where a line is bad."""
-    defaults = spec.defaults
+    """Every request of the job in input order, or a Problem where a line is bad (or a file holds none)."""
     for source in spec.sources:
-        name = str(source.path)
-        stem = stem_id(source.path)
-        if source.kind == "table":
-            yield from _table_requests(source, defaults)
-            continue
-        if source.kind == "file":
+        found = False
+        for item in _read_source(source, spec.defaults):
+            found = True
+            yield item
+        if not found:
+            yield Problem(str(source.path), None, "empty: no request in it")
+
+
+def _read_source(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded | Problem]:
+    """The requests of one input (a UTF-8 byte order mark at its start is not part of it)."""
+    name = str(source.path)
+    stem = stem_id(source.path)
+    if source.kind == "table":
+        yield from _table_requests(source, defaults)
+        return
+    if source.kind == "file":
+        try:
+            prompt = source.path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            yield Problem(name, None, "not UTF-8 text")
+            return
+        if not prompt.strip():
+            yield Problem(name, None, "empty prompt file")
+            return
+        params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
+        yield Loaded(stem, params, name, None)
+        return
+    with source.path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
-                prompt = source.path.read_text()
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
-                yield Problem(name, None, "not UTF-8 text")
+                yield Problem(name, number, "not UTF-8 text")
                 continue
-            if not prompt.strip():
-                yield Problem(name, None, "empty prompt file")
+            if not line.strip():
                 continue
-            params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
-            yield Loaded(stem, params, name, None)
-            continue
-        with source.path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode()
-                except UnicodeDecodeError:
-                    yield Problem(name, number, "not UTF-8 text")
-                    continue
-                if not line.strip():
-                    continue
-                generated = f"{stem}-{number}"
-                if source.kind == "lines":
-                    params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
-                    yield Loaded(generated, params, name, number)
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    yield Problem(name, number, f"malformed JSON: {exc}")
-                    continue
-                parsed = _from_json_line(obj, defaults, generated)
-                if isinstance(parsed, str):
-                    yield Problem(name, number, parsed)
-                else:
-                    yield Loaded(parsed[0], parsed[1], name, number)
+            generated = f"{stem}-{number}"
+            if source.kind == "lines":
+                params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
+                yield Loaded(generated, params, name, number)
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                yield Problem(name, number, f"malformed JSON: {exc}")
+                continue
+            parsed = _from_json_line(obj, defaults, generated)
+            if isinstance(parsed, str):
+                yield Problem(name, number, parsed)
+            else:
+                yield Loaded(parsed[0], parsed[1], name, number)

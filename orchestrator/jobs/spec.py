@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import JobFileError, Problem
+from orchestrator.jobs.params import value_problem
 from orchestrator.jobs.tables import Table, table_of, template_of
 from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.settings import limit_problems, run_problems
@@ -33,6 +34,7 @@ PROMPT_SUFFIXES = (".txt", ".md")
 SPEC_KEYS = frozenset({"name", "inputs", "tables", "template", "results", "defaults", "run", "limits"})
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_MAX_TOKENS = 1024
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass(frozen=True)
@@ -100,15 +102,39 @@ def _tables(spec: dict[str, Any], base: Path) -> tuple[list[Table], list[str]]:
     return tables, problems
 
 
+def _is_database(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+
+
+def _line_of(text: str, table: str, key: str) -> int | None:
+    """The line where ``key`` is set in ``[table]`` of a spec's text, if it is found there."""
+    current = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[] ")
+        elif current == table and re.match(rf"['\"]?{re.escape(key)}['\"]?\s*=", stripped):
+            return number
+    return None
+
+
 def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
     if not path.exists():
         raise JobFileError([Problem(str(path), None, "no such file or directory")])
+    if path.is_file() and _is_database(path):
+        message = f"a job database, not a job file: continue its job with: orchestrator resume {path}"
+        raise JobFileError([Problem(str(path), None, message)])
     if path.suffix != ".toml":
         defaults = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **cli_defaults}
-        return JobSpec(name=stem_id(path), sources=_sources_of(path), defaults=defaults)
+        found = _sources_of(path)
+        if not found:
+            raise JobFileError([Problem(str(path), None, "empty: no .txt or .md file in this folder")])
+        return JobSpec(name=stem_id(path), sources=found, defaults=defaults)
     try:
-        spec = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
+        spec = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise JobFileError([Problem(str(path), None, f"not valid TOML: {exc}")]) from None
     problems = [
@@ -126,9 +152,11 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     if not isinstance(defaults, dict):
         problems.append(Problem(str(path), None, "[defaults] must be a table"))
         defaults = {}
-    for key in defaults:
+    for key, value in defaults.items():
         if key not in MESSAGE_PARAMS - {"messages"}:
             problems.append(Problem(str(path), None, f"[defaults] has unknown request field {key!r}"))
+        elif (problem := value_problem(key, value)) is not None:
+            problems.append(Problem(str(path), _line_of(text, "defaults", key), f"[defaults] {key} {problem}"))
     run = spec.get("run", {})
     limits = spec.get("limits", {})
     if not isinstance(run, dict) or not isinstance(limits, dict):

@@ -15,7 +15,7 @@ from orchestrator.store.base import Base
 from orchestrator.store.schema import transaction
 
 LOAD_BATCH = 2000
-INSERT_INCOMING = "INSERT INTO incoming (custom_id, params, source, input_row) VALUES (?, ?, ?, ?)"
+INSERT_INCOMING = "INSERT INTO incoming (custom_id, params, path, line, input_row) VALUES (?, ?, ?, ?, ?)"
 
 
 class Loading(Base):
@@ -33,12 +33,13 @@ class Loading(Base):
         try:
             async with transaction(db):
                 await db.execute(
-                    "CREATE TEMP TABLE incoming "
-                    "(ord INTEGER PRIMARY KEY, custom_id TEXT, params TEXT, source TEXT, input_row TEXT)"
+                    "CREATE TEMP TABLE incoming (ord INTEGER PRIMARY KEY, custom_id TEXT, params TEXT, path TEXT,"
+                    " line INTEGER, input_row TEXT,"
+                    " source TEXT GENERATED ALWAYS AS (path || COALESCE(':' || line, '')))"
                 )
                 problems: list[Problem] = []
                 more = 0
-                batch: list[tuple[str, str, str, str | None]] = []
+                batch: list[tuple[str, str, str, int | None, str | None]] = []
                 for item in items:
                     if isinstance(item, Problem):
                         if len(problems) < MAX_PROBLEMS:
@@ -46,9 +47,9 @@ class Loading(Base):
                         else:
                             more += 1
                         continue
-                    source = item.path if item.line is None else f"{item.path}:{item.line}"
                     row = None if item.row is None else json.dumps(item.row, separators=(",", ":"), default=str)
-                    batch.append((item.custom_id, json.dumps(item.params, separators=(",", ":")), source, row))
+                    params = json.dumps(item.params, separators=(",", ":"))
+                    batch.append((item.custom_id, params, item.path, item.line, row))
                     if len(batch) >= LOAD_BATCH:
                         await db.executemany(INSERT_INCOMING, batch)
                         batch.clear()
@@ -56,15 +57,16 @@ class Loading(Base):
                     await db.executemany(INSERT_INCOMING, batch)
                 await db.execute("CREATE INDEX temp.incoming_ids ON incoming (custom_id)")
                 async with db.execute(
-                    """SELECT i.custom_id, i.source,
+                    """SELECT i.custom_id, i.path, i.line,
                               (SELECT f.source FROM incoming f WHERE f.custom_id = i.custom_id ORDER BY f.ord LIMIT 1)
                        FROM incoming i
                        WHERE EXISTS (SELECT 1 FROM incoming f WHERE f.custom_id = i.custom_id AND f.ord < i.ord)
                        ORDER BY i.ord"""
                 ) as cursor:
-                    async for custom_id, source, first in cursor:
-                        path, _, line = source.rpartition(":")
-                        problem = Problem(path, int(line), f"duplicate custom_id {custom_id!r} (first at {first})")
+                    async for custom_id, path, line, first in cursor:
+                        # A prompt file's custom_id is its file stem: two files of the same name collide.
+                        hint = "" if line is not None else "; prompt files are named by their file stem: rename one"
+                        problem = Problem(path, line, f"duplicate custom_id {custom_id!r} (first at {first}{hint})")
                         if len(problems) < MAX_PROBLEMS:
                             problems.append(problem)
                         else:

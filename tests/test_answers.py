@@ -1,0 +1,218 @@
+"""Bad input, options and environments get a clear answer: exit 2, what and where, nothing sent or written."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import anyio
+import pytest
+
+from orchestrator.cli import run_command
+from orchestrator.cli.parser import build_parser
+from tests.conftest import Running
+from tests.helpers import params_of
+
+pytestmark = pytest.mark.anyio
+
+Simulate = Callable[..., AbstractAsyncContextManager[Running]]
+FAST = ["--quiet", "--checkpoint-interval", "0.05"]
+BOM = b"\xef\xbb\xbf"
+
+
+def spec_file(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "prompts.txt").write_text("one\ntwo\n")
+    path = tmp_path / "job.toml"
+    path.write_text(f'name = "j"\ninputs = ["prompts.txt"]\nresults = "out"\n{body}')
+    return path
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('[run]\nconcurrency = "eight"\n', "job.toml: [run] concurrency must be an integer at least 1, not 'eight'"),
+        ('[defaults]\nmax_tokens = "lots"\n', "job.toml:5: [defaults] max_tokens must be an integer at least 1"),
+        ("[defaults]\nsystem = 'x'\nmodel = 5\n", "job.toml:6: [defaults] model must be a non-empty string, not 5"),
+        ("[defaults]\ntemperature = 3\n", "job.toml:5: [defaults] temperature must be a number from 0 to 1"),
+    ],
+)
+async def test_a_bad_spec_is_answered_before_anything_is_sent_or_written(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str, message: str
+) -> None:
+    spec = spec_file(tmp_path, body)
+    async with simulate() as (sim, _, url):
+        assert await run_command(["run", str(spec), "--base-url", url, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Nothing was sent" in err
+    assert sim.stats.requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+async def test_prompt_files_with_the_same_name_are_duplicates_named_by_file(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.txt").write_text(f"prompt from {folder}")
+    spec = tmp_path / "job.toml"
+    spec.write_text('inputs = ["*/*.txt"]\nresults = "out"\n')
+    async with simulate() as (sim, _, url):
+        assert await run_command(["run", str(spec), "--base-url", url, *FAST]) == 2
+    err = capsys.readouterr().err
+    first, second = tmp_path / "a" / "same.txt", tmp_path / "b" / "same.txt"
+    assert f"{second}: duplicate custom_id 'same' (first at {first}; prompt files are named by their file stem" in err
+    assert sim.stats.requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--max-tokens", "0"], "--max-tokens must be an integer at least 1, not 0"),
+        (["--model", ""], "--model must be a non-empty string, not ''"),
+        (["--temperature", "1.5"], "--temperature must be a number from 0 to 1, not 1.5"),
+        (["--rpm", "0"], "--rpm must be a number above 0"),
+        (["--read-timeout", "-1"], "--read-timeout must be a number above 0"),
+        (["--retry-max-seconds", "-1"], "--retry-max-seconds must be a number at least 0"),
+        (["--concurrency", "0"], "--concurrency must be an integer at least 1"),
+    ],
+)
+async def test_bad_option_values_are_refused(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str], message: str
+) -> None:
+    job = tmp_path / "p.txt"
+    job.write_text("hello\n")
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        assert await run_command(["run", str(job), "--base-url", url, "--results", str(out), *option, *FAST]) == 2
+        assert await run_command(["run", str(job), "--base-url", url, "--dry-run", *option]) == 2
+    assert message in capsys.readouterr().err
+    assert sim.stats.requests == 0
+    assert sim.stats.count_tokens_calls == 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--reply-tokens", "5:1"],
+        ["--speed", "0"],
+        ["--speed", "nan"],
+        ["--ttft", "-1"],
+        ["--tps", "0"],
+        ["--burst-seconds", "-2"],
+        ["--sim-rpm", "0"],
+        ["--stall-seconds", "inf"],
+        ["--fault", "drop=2"],
+        ["--port", "70000"],
+    ],
+)
+def test_bad_simulator_options_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["simulate", *argv])
+    assert caught.value.code == 2
+    assert f"argument {argv[0]}" in capsys.readouterr().err
+
+
+def test_a_byte_order_mark_is_stripped_everywhere(tmp_path: Path) -> None:
+    (tmp_path / "lines.txt").write_bytes(BOM + b"first line\nsecond\n")
+    (tmp_path / "simple.jsonl").write_bytes(BOM + json.dumps({"prompt": "json prompt"}).encode() + b"\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "one.md").write_bytes(BOM + b"markdown prompt")
+    spec = tmp_path / "job.toml"
+    spec.write_bytes(BOM + b'inputs = ["lines.txt", "simple.jsonl", "folder"]\n[defaults]\nmax_tokens = 9\n')
+    found = params_of(spec)
+    prompts = {custom_id: params["messages"][0]["content"] for custom_id, params in found.items()}
+    assert prompts == {
+        "lines-1": "first line",
+        "lines-2": "second",
+        "simple-1": "json prompt",
+        "one": "markdown prompt",
+    }
+    assert all(params["max_tokens"] == 9 for params in found.values())
+
+
+async def test_empty_inputs_say_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "blank.txt").write_bytes(BOM + b"\n  \n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.csv").write_text("not a prompt")
+    for name, message in [
+        ("empty.jsonl", "empty: no request in it"),
+        ("blank.txt", "empty: no request in it"),
+        ("folder", "empty: no .txt or .md file in this folder"),
+    ]:
+        path = tmp_path / name
+        assert await run_command(["run", str(path), "--simulate", "--results", str(tmp_path / "out"), *FAST]) == 2
+        assert f"{path}: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+async def finished_job(tmp_path: Path) -> Path:
+    """A small job run to its end against the simulator; its database."""
+    job = tmp_path / "p.txt"
+    job.write_text("one\ntwo\nthree\n")
+    out = tmp_path / "out"
+    assert await run_command(["run", str(job), "--simulate", "--speed", "inf", "--results", str(out), *FAST]) == 0
+    return out / "job.sqlite"
+
+
+async def test_a_file_that_is_not_a_job_database_is_named_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = await finished_job(tmp_path)
+    damaged = tmp_path / "damaged" / "job.sqlite"
+    damaged.parent.mkdir()
+    data = bytearray(db.read_bytes())
+    data[8192:] = random.Random(0).randbytes(len(data) - 8192)
+    damaged.write_bytes(bytes(data))
+    text = tmp_path / "text" / "job.sqlite"
+    text.parent.mkdir()
+    text.write_text("not a database\n")
+    capsys.readouterr()
+    for path, why in [(damaged, "database disk image is malformed"), (text, "file is not a database")]:
+        before = path.read_bytes()
+        for argv in (
+            ["status", str(path)],
+            ["status", str(path), "--json"],
+            ["export", str(path)],
+            ["report", str(path)],
+            ["resume", str(path)],
+            ["run", str(tmp_path / "p.txt"), "--db", str(path), "--simulate", *FAST],
+        ):
+            assert await run_command(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert f"{path} is not a job database, or a damaged one ({why}). Nothing was changed." in err, argv
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in path.parent.iterdir()) == ["job.sqlite"]
+    assert await run_command(["status", str(db.parent)]) == 2
+    assert "is a folder, not a job database" in capsys.readouterr().err
+    assert await run_command(["run", str(db), "--simulate"]) == 2
+    assert f"a job database, not a job file: continue its job with: orchestrator resume {db}" in capsys.readouterr().err
+
+
+async def test_a_path_that_cannot_be_written_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = await finished_job(tmp_path)
+    target = tmp_path / "missing" / "report.txt"
+    assert await run_command(["report", str(db), "--out", str(target)]) == 2
+    assert f"{target}: No such file or directory. Check the path" in capsys.readouterr().err
+
+
+async def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
+    db = await finished_job(tmp_path)
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before anything is written, as `| head` is after its lines
+    try:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "orchestrator", "report", str(db)], stdout=writer, check=False
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == 141
+    assert done.stderr == b""
