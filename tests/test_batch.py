@@ -28,7 +28,7 @@ from orchestrator.batch.calls import Caller
 from orchestrator.batch.cancel import cancel_batches
 from orchestrator.batch.crash import CRASH_ENV
 from orchestrator.batch.engine import BatchJob
-from orchestrator.batch.plan import ENVELOPE, Splitter, request_size
+from orchestrator.batch.plan import ENVELOPE, Splitter, create_body, request_size
 from orchestrator.cli import run_command
 from orchestrator.pricing import load_prices
 from orchestrator.report.export import export_csv, export_results
@@ -378,9 +378,13 @@ def test_splitting_respects_both_limits() -> None:
     assert lone.add(10)
 
 
-def test_request_size_is_the_size_in_the_create_body() -> None:
-    request = {"custom_id": "a-1", "params": {"model": "m", "messages": [{"role": "user", "content": "héllo"}]}}
-    stored = json.dumps(request["params"], separators=(",", ":"))
-    sent = json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()  # what the SDK sends
-    assert request_size("a-1", stored) >= len(sent)
-    assert request_size("a-1", stored) == len(json.dumps(request, separators=(",", ":")))
+def test_the_create_body_is_what_the_splitter_measured() -> None:
+    params = [{"model": "m", "messages": [{"role": "user", "content": "héllo" * i}]} for i in range(5)]
+    requests = [{"custom_id": f"a-{i}", "params": p} for i, p in enumerate(params)]
+    stored = [(f"a-{i}", json.dumps(p, separators=(",", ":"))) for i, p in enumerate(params)]
+    body = create_body(stored)
+    assert json.loads(body) == {"requests": requests}
+    splitter = Splitter(10)
+    for custom_id, text in stored:
+        splitter.add(request_size(custom_id, text))
+    assert (splitter.batches, splitter.size) == (1, len(body))

@@ -1,9 +1,10 @@
 """Splitting requests into message batches under both of the API's limits (pure).
 
 The limits are the number of requests and the size of the create request's body, measured on
-the serialized body: ``{"requests":[`` + the requests' JSON joined by commas + ``]}``. Each
-request is measured as ``{"custom_id":...,"params":...}`` with the params as stored (compact
-JSON, non-ASCII escaped), which is never shorter than what the SDK sends (compact UTF-8).
+the serialized body: ``{"requests":[`` + the requests' JSON joined by commas + ``]}``, each
+request ``{"custom_id":...,"params":...}`` with the params as stored (compact JSON). That body
+is what ``create_body`` builds and the create sends, byte for byte, so the size is exact and the
+requests are never decoded into objects to be encoded again.
 """
 
 from __future__ import annotations
@@ -15,9 +16,18 @@ MAX_BYTES = 256 * 1024 * 1024  # the API's limit on a batch's create request
 ENVELOPE = len(b'{"requests":[]}')
 
 
+def _request(custom_id: str, params_json: str) -> bytes:
+    return b'{"custom_id":%s,"params":%s}' % (json.dumps(custom_id).encode(), params_json.encode())
+
+
 def request_size(custom_id: str, params_json: str) -> int:
     """Bytes of one request in the create body (``params_json``: the params as stored)."""
     return len(b'{"custom_id":,"params":}') + len(json.dumps(custom_id)) + len(params_json.encode())
+
+
+def create_body(requests: list[tuple[str, str]]) -> bytes:
+    """The create request's body for (custom_id, params as stored) pairs."""
+    return b'{"requests":[' + b",".join(_request(custom_id, params) for custom_id, params in requests) + b"]}"
 
 
 @dataclass

@@ -19,7 +19,6 @@ the watermark (rather than a clock) keeps clock skew out of it.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -29,9 +28,12 @@ from anthropic.types.messages import MessageBatch
 from orchestrator.api.failures import Failure
 from orchestrator.batch.calls import Caller, CallFailed, Unsure
 from orchestrator.batch.crash import crash_point
+from orchestrator.batch.plan import create_body
 from orchestrator.store import Store
 
 PAGE = 100  # batches per list page while reconciling
+BATCHES_PATH = "/v1/messages/batches"
+JSON_CONTENT: Any = {"headers": {"content-type": "application/json"}}
 
 
 class Refused(Exception):
@@ -94,16 +96,24 @@ async def create(
     caller records that), CallFailed if the server cannot be reached to find out (the intent stays)."""
     members = await store.batch_members(key)
     known = {row.id for row in await store.batches() if row.id is not None}
-    batch = await find_created(client, caller, mark, len(members), known) if reconcile else None
-    requests: Any = [{"custom_id": custom_id, "params": json.loads(params)} for custom_id, params in members]
+    count = len(members)
+    batch = await find_created(client, caller, mark, count, known) if reconcile else None
+    body = create_body(members)
+    del members
     unsure = 0
+
+    async def send() -> MessageBatch:
+        # The body as stored, byte for byte (what the splitter measured): as messages.batches.create
+        # would send it, without decoding every request's params to encode them again.
+        return await client.post(BATCHES_PATH, cast_to=MessageBatch, content=body, options=JSON_CONTENT)
+
     while batch is None:
         try:
-            batch = await caller(lambda: client.messages.batches.create(requests=requests), repeatable=False)
+            batch = await caller(send, repeatable=False)
         except CallFailed as exc:
             raise Refused(exc.failure) from None
         except Unsure as exc:
-            batch = await find_created(client, caller, mark, len(members), known)
+            batch = await find_created(client, caller, mark, count, known)
             unsure += 1
             if batch is None:
                 if unsure >= caller.settings.max_attempts:
