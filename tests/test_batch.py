@@ -45,6 +45,7 @@ pytestmark = pytest.mark.anyio
 
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
 Sleep = Callable[[float], Awaitable[None]]
+PARAMS: Any = {"model": "claude-haiku-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def prompts(count: int, prefix: str = "question") -> list[dict[str, Any]]:
@@ -225,12 +226,12 @@ async def test_cancel_reconciles_an_intent_first(simulate: Simulate, tmp_path: P
     job = write_jsonl(tmp_path / "job.jsonl", prompts(3))
     db = tmp_path / "out" / "job.sqlite"
     async with simulate(SimulatorConfig(timing=INSTANT)) as (sim, client, _), loaded_store(job, db) as store:
-        key = await store.intend_batch([1, 2, 3], 100, None)  # a create that was never sent
+        intent = await store.intend_batch([1, 2, 3], 100, None)  # a create that was never sent
         assert [row.state for row in await store.batches()] == ["submitting"]
         assert await cancel_batches(client, Caller(batch_settings()), store) == []
         assert [row.state for row in await store.batches()] == ["refused"]
         assert (await store.counts())["pending"] == 3
-        assert key == 1
+        assert intent.key == 1
     assert sim.stats.batches.created == 0
 
 
@@ -268,6 +269,66 @@ async def test_the_spend_cap_stops_the_job_and_leaves_its_requests_pending(simul
     assert sim.stats.batches.created == 0
     assert query(db, "SELECT state FROM batches") == [("refused",)]
     assert query(db, "SELECT outcome, reason, COUNT(*) FROM attempts GROUP BY 1, 2") == [("fatal", "spend_cap", 3)]
+
+
+async def test_a_batch_deleted_on_the_server_leaves_its_requests_pending(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(4))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock()
+    async with simulate(SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=10)), clock=clock) as (
+        sim,
+        client,
+        _,
+    ):
+        async with loaded_store(job, db) as store:
+            running = BatchJob(store, client, batch_settings(batch_size=2), Quiet())
+            async with anyio.create_task_group() as group:
+                group.start_soon(partial(running.run, handle_signals=False))
+                with anyio.fail_after(10):
+                    await sim.until(lambda s: s.batches.created == 2)
+                running.stop()
+            [first, *_] = [row for row in await store.batches() if row.id is not None]
+        assert first.id is not None
+        await client.messages.batches.cancel(first.id)
+        clock.advance(1)
+        await client.messages.batches.delete(first.id)
+        clock.advance(10)
+        _, summary = await run_batch(job, db, client, batch_settings(batch_size=2), simulated(clock))
+        expected = expected_replies(sim, job)
+    assert summary.complete
+    assert sim.stats.batches.created == 3  # the deleted batch's two requests went into a new one
+    assert {cid: text_of(line) for cid, line in results(db.parent / "results.jsonl").items()} == expected
+    assert query(db, "SELECT reason, COUNT(*) FROM attempts WHERE outcome = 'interrupted' GROUP BY 1") == [
+        ("missing_result", 2)
+    ]
+
+
+async def test_an_intent_is_reconciled_even_when_its_watermark_batch_was_deleted(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(3))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock()
+    async with simulate(SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=5)), clock=clock) as (
+        sim,
+        client,
+        _,
+    ):
+        other = await client.messages.batches.create(requests=[{"custom_id": "x", "params": PARAMS}])
+        async with loaded_store(job, db) as store:
+            await store.intend_batch([1, 2, 3], 100, other.id)
+            members = await store.batch_members(1)
+        # The intent's create reached the server, then the process died; then the watermark went.
+        requests: Any = [{"custom_id": cid, "params": json.loads(params)} for cid, params in members]
+        await client.messages.batches.create(requests=requests)
+        clock.advance(5)
+        await client.messages.batches.delete(other.id)
+        _, summary = await run_batch(job, db, client, batch_settings(), simulated(clock))
+        expected = expected_replies(sim, job)
+    assert summary.complete
+    assert sim.stats.batches.created == 2
+    assert sim.stats.batches.results == Counter(succeeded=4)
+    assert {cid: text_of(line) for cid, line in results(db.parent / "results.jsonl").items()} == expected
 
 
 @pytest.mark.parametrize("step", ["intended", "created", "recorded", "polled", "results"])

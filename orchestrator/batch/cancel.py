@@ -25,7 +25,7 @@ async def cancel_batches(client: anthropic.AsyncAnthropic, caller: Caller, store
     for row in rows:
         batch_id = row.id
         if row.state == SUBMITTING:
-            found = await find_created(client, caller, row.watermark, row.requests, known)
+            found = await find_created(client, caller, row.watermark, row.requests, known, row.intended_at)
             if found is None:
                 error = {"type": "error", "error": {"type": "canceled", "message": "canceled before it was created"}}
                 await store.batch_refused(row.key, Outcome.INTERRUPTED, "canceled", None, error)

@@ -40,6 +40,7 @@ from orchestrator.store.batches import COLLECTED, ENDED, SUBMITTING
 
 PAGE = 2000  # pending requests read at once while splitting
 POLL_CAP = 60.0  # seconds between polls at most
+NOT_FOUND = 404
 
 
 class BatchJob:
@@ -134,21 +135,21 @@ class BatchJob:
         self._batches = await self.store.batches()
         return [row for row in self._batches if row.open]
 
-    async def _create(self, key: int, mark: str | None, *, reconcile: bool) -> None:
+    async def _create(self, row: BatchRow, *, reconcile: bool) -> None:
         try:
-            await create(self.client, self.caller, self.store, key, mark, reconcile=reconcile)
+            await create(self.client, self.caller, self.store, row, reconcile=reconcile)
         except Refused as exc:
             failure = exc.failure
-            await self.store.batch_refused(key, failure.outcome, failure.reason, failure.status, failure.error)
+            await self.store.batch_refused(row.key, failure.outcome, failure.reason, failure.status, failure.error)
             if failure.outcome is not Outcome.PERMANENT:
                 raise CallFailed(failure) from None
         crash_point("recorded")
 
     async def _submit(self, request_ids: list[int], size: int) -> None:
         mark = await watermark(self.client, self.caller)
-        key = await self.store.intend_batch(request_ids, size, mark)
+        row = await self.store.intend_batch(request_ids, size, mark)
         crash_point("intended")
-        await self._create(key, mark, reconcile=False)
+        await self._create(row, reconcile=False)
         await self._refresh()
 
     async def _submit_pending(self) -> None:
@@ -168,24 +169,32 @@ class BatchJob:
             await self._submit(group, splitter.size)
 
     async def _poll(self, row: BatchRow) -> bool:
-        """Bring one open batch up to date, and collect it once it has ended; whether it has."""
+        """Bring one open batch up to date, and collect it once it has ended; whether it has.
+
+        A batch (or its results) the server no longer has (404: deleted, or results past their 29
+        days) is collected as it is: its requests without a result go back to pending."""
         assert row.id is not None
         batch_id = row.id
-        if row.state != ENDED:
-            batch = await self.caller(lambda: self.client.messages.batches.retrieve(batch_id))
-            crash_point("polled")
-            await self.store.batch_seen(row.key, describe(batch))
-            if batch.processing_status != "ended":
-                return False
-        await collect(
-            self.client, self.caller, self.store, row.key, batch_id, self.settings.max_attempts, self._applied
-        )
+        try:
+            if row.state != ENDED:
+                batch = await self.caller(lambda: self.client.messages.batches.retrieve(batch_id))
+                crash_point("polled")
+                await self.store.batch_seen(row.key, describe(batch))
+                if batch.processing_status != "ended":
+                    return False
+            await collect(
+                self.client, self.caller, self.store, row.key, batch_id, self.settings.max_attempts, self._applied
+            )
+        except CallFailed as exc:
+            if exc.failure.status != NOT_FOUND:
+                raise
+            await self.store.batch_collected(row.key)
         return True
 
     async def _loop(self) -> None:
         for row in await self._refresh():
             if row.state == SUBMITTING:
-                await self._create(row.key, row.watermark, reconcile=True)
+                await self._create(row, reconcile=True)
         delay = self.settings.poll_interval
         while True:
             await self._submit_pending()

@@ -29,9 +29,10 @@ from orchestrator.api.failures import Failure
 from orchestrator.batch.calls import Caller, CallFailed, Unsure
 from orchestrator.batch.crash import crash_point
 from orchestrator.batch.plan import create_body
-from orchestrator.store import Store
+from orchestrator.store import BatchRow, Store
 
 PAGE = 100  # batches per list page while reconciling
+CLOCK_SKEW = 3600.0  # seconds our clock may be off the server's (only when the watermark batch is gone)
 BATCHES_PATH = "/v1/messages/batches"
 JSON_CONTENT: Any = {"headers": {"content-type": "application/json"}}
 
@@ -71,9 +72,33 @@ async def watermark(client: anthropic.AsyncAnthropic, caller: Caller) -> str | N
 
 
 async def find_created(
-    client: anthropic.AsyncAnthropic, caller: Caller, mark: str | None, requests: int, known: set[str]
+    client: anthropic.AsyncAnthropic,
+    caller: Caller,
+    mark: str | None,
+    requests: int,
+    known: set[str],
+    intended_at: float,
 ) -> MessageBatch | None:
-    """The batch an intent's create made, if the server has it (see the module's notes)."""
+    """The batch an intent's create made, if the server has it (see the module's notes). If the
+    watermark batch is gone (deleted since), the batches created since an hour before the intent
+    are searched instead."""
+    try:
+        return await _search(client, caller, mark, requests, known, None)
+    except CallFailed as exc:
+        if mark is None or exc.failure.status not in (400, 404):
+            raise
+    return await _search(client, caller, None, requests, known, intended_at - CLOCK_SKEW)
+
+
+async def _search(
+    client: anthropic.AsyncAnthropic,
+    caller: Caller,
+    mark: str | None,
+    requests: int,
+    known: set[str],
+    since: float | None,
+) -> MessageBatch | None:
+    """The oldest batch newer than ``mark`` (and created after ``since``), unknown, of ``requests`` requests."""
     found: MessageBatch | None = None
     if mark is None:
         page = await caller(lambda: client.messages.batches.list(limit=PAGE))
@@ -81,6 +106,8 @@ async def find_created(
         page = await caller(lambda: client.messages.batches.list(before_id=mark, limit=PAGE))
     while True:
         for batch in page.data:  # newest first: the last match is the oldest
+            if since is not None and batch.created_at.timestamp() < since:
+                return found
             if batch.id not in known and size_of(batch) == requests:
                 found = batch
         if not page.has_more:
@@ -89,15 +116,21 @@ async def find_created(
 
 
 async def create(
-    client: anthropic.AsyncAnthropic, caller: Caller, store: Store, key: int, mark: str | None, *, reconcile: bool
+    client: anthropic.AsyncAnthropic,
+    caller: Caller,
+    store: Store,
+    row: BatchRow,
+    *,
+    reconcile: bool,
 ) -> MessageBatch:
-    """Create intent ``key``'s batch, or first (``reconcile``) adopt the one an earlier create made;
+    """Create an intent's batch, or first (``reconcile``) adopt the one an earlier create made;
     record it before returning. Raises Refused if the server refused it (nothing was created: the
     caller records that), CallFailed if the server cannot be reached to find out (the intent stays)."""
+    key, mark = row.key, row.watermark
     members = await store.batch_members(key)
     known = {row.id for row in await store.batches() if row.id is not None}
     count = len(members)
-    batch = await find_created(client, caller, mark, count, known) if reconcile else None
+    batch = await find_created(client, caller, mark, count, known, row.intended_at) if reconcile else None
     body = create_body(members)
     del members
     unsure = 0
@@ -113,7 +146,7 @@ async def create(
         except CallFailed as exc:
             raise Refused(exc.failure) from None
         except Unsure as exc:
-            batch = await find_created(client, caller, mark, count, known)
+            batch = await find_created(client, caller, mark, count, known, row.intended_at)
             unsure += 1
             if batch is None:
                 if unsure >= caller.settings.max_attempts:

@@ -71,7 +71,7 @@ class Batching(Base):
         ) as cursor:
             return [(row[0], row[1], row[2]) async for row in cursor]
 
-    async def intend_batch(self, request_ids: list[int], size: int, watermark: str | None) -> int:
+    async def intend_batch(self, request_ids: list[int], size: int, watermark: str | None) -> BatchRow:
         """Record a batch about to be created: its requests running, each with an open attempt naming it."""
         now = time.time()
         db = self.db
@@ -92,7 +92,7 @@ class Batching(Base):
                 "SELECT id, attempts, ?, ? FROM requests WHERE id = ?",
                 [(now, key, request_id) for request_id in request_ids],
             )
-        return key
+        return BatchRow(key, None, SUBMITTING, watermark, len(request_ids), now, None, None, None, None)
 
     async def batch_members(self, key: int) -> list[tuple[str, str]]:
         """(custom_id, params as stored JSON) of the requests a batch holds, in input order."""
