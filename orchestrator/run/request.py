@@ -50,6 +50,7 @@ class RequestRunner:
                 correction = (request.attempts, tokens)
         estimate = estimate_input_tokens(request.params)
         while True:
+            recovery = await self._counted(recovery, request.params["model"])
             params = next_params(request.params, recovery)
             number += 1
             # What the reply keeps is written with the attempt's start, before anything is sent:
@@ -99,17 +100,22 @@ class RequestRunner:
     async def _keep(
         self, recovery: Recovery, params: dict[str, Any], partial: dict[str, Any]
     ) -> tuple[Recovery, int | None]:
-        """The recovery after an attempt broke with ``partial``, its kept text counted by the server
-        where it can be; and the server's count of what the attempt generated, if it gave one."""
-        model = params["model"]
+        """The recovery after an attempt broke with ``partial``; and the server's count of what the
+        attempt generated (its billed output, which the stream did not say), if it gave one."""
         kept = after_break(recovery, self.strategy, params, partial)
         generated = generated_text(partial)
-        tokens = await self.counter.count(model, generated)
-        if kept.mode is not None and kept.text != recovery.text:
-            counted = tokens if kept.counted_text == generated else await self.counter.count(model, kept.counted_text)
-            if counted is not None:
-                kept = kept.with_count(counted)
+        tokens = await self.counter.count(params["model"], generated)
+        if tokens is not None and not kept.counted and kept.counted_text == generated:
+            kept = kept.with_count(tokens)
         return kept, tokens
+
+    async def _counted(self, recovery: Recovery, model: str) -> Recovery:
+        """The recovery with its kept text counted by the server where it was only bounded (and the
+        server says: else the bound stands, and the reply stops short of max_tokens)."""
+        if recovery.counted:
+            return recovery
+        tokens = await self.counter.count(model, recovery.counted_text)
+        return recovery if tokens is None else recovery.with_count(tokens)
 
     def _feedback(self, model: str, failure: Failure) -> None:
         """What the limiter learns from a failure: headers, a 429's cool-down, an overload."""

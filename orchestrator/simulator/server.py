@@ -325,7 +325,11 @@ class Simulator:
                 "cache-control": "no-cache",
             },
         )
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionResetError:  # the client is gone already (killed, say)
+            stats.outcomes["client_closed"] += 1
+            return response
         stats.streams_now += 1
         stats.peak_streams = max(stats.peak_streams, stats.streams_now)
         position = len(events) if fault is None else fault_position(fault, events)
