@@ -34,11 +34,15 @@ from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
 from orchestrator.run.engine import Job, Summary
 from orchestrator.run.progress import make_view
+from orchestrator.run.reach import UNREACHABLE
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import Simulator, SimulatorConfig, serve
-from orchestrator.store import Store, open_store, remove_store
+from orchestrator.store import JobRow, Store, open_store, remove_store
 
 RESULTS_ROOT = Path("results")
+SIMULATED_ROOT = RESULTS_ROOT / "simulated"  # simulated jobs never share a folder with real ones by default
+SIMULATOR = "simulator"  # the endpoint of a job run against the built-in simulator
+DEFAULT_BASE_URL = "https://api.anthropic.com"
 
 
 @dataclass
@@ -51,6 +55,8 @@ class RunOptions:
     simulator: SimulatorConfig | None = None  # run against the built-in simulator
     base_url: str | None = None
     allow_changed: bool = False
+    allow_endpoint_change: bool = False  # go on against another endpoint than the job's results came from
+    retry_errored: bool = False  # errored results run again
     quiet: bool = False
     prices: Path | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)  # by setting name; None: not given
@@ -140,8 +146,34 @@ def _places(options: RunOptions, spec: JobSpec | None) -> tuple[Path, Path]:
     """(results folder, database) of a job."""
     results = options.results or (spec.results if spec else None)
     if results is None:
-        results = options.db.parent if options.db else RESULTS_ROOT / (spec.name if spec else options.job.stem)
+        root = RESULTS_ROOT if options.simulator is None else SIMULATED_ROOT
+        results = options.db.parent if options.db else root / (spec.name if spec else options.job.stem)
     return results, options.db or results / "job.sqlite"
+
+
+def endpoint_of(simulator: SimulatorConfig | None, base_url: str | None) -> str:
+    """Where a run sends its requests: SIMULATOR, or the base URL (as the SDK resolves it)."""
+    if simulator is not None:
+        return SIMULATOR
+    return (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+
+
+async def _check_endpoint(store: Store, options: RunOptions, db: Path, endpoint: str) -> bool:
+    """Refuse a run against another endpoint than the one the job's answers came from, unless
+    allowed; whether the job holds simulated results after this run."""
+    job = await store.job()
+    if job is None:
+        return endpoint == SIMULATOR
+    answered = await store.has_answers()
+    if job.endpoint not in (None, endpoint) and answered and not options.allow_endpoint_change:
+        raise UserError(
+            f"{db} holds results from {job.endpoint}, and this run is against {endpoint}: one endpoint's "
+            f"results must not pass for another's. Resume it where it ran (orchestrator resume {db}), run it "
+            "as a new job (--results or --db elsewhere), or pass --allow-endpoint-change to go on here "
+            "(the results already there are kept"
+            + (", and the job stays marked simulated)." if job.simulated else ").")
+        )
+    return endpoint == SIMULATOR or (answered and job.simulated)
 
 
 async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path, db: Path) -> None:
@@ -175,7 +207,9 @@ async def run(options: RunOptions) -> Outcome:
     settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.settings)
     prices = load_prices(options.prices)
     _check_key(options.simulator)
+    endpoint = endpoint_of(options.simulator, options.base_url)
     async with _new_store_kept_if_loaded(db) as store:
+        simulated = await _check_endpoint(store, options, db, endpoint)
         if spec is None:
             job = await store.job()
             if job is None:
@@ -184,6 +218,9 @@ async def run(options: RunOptions) -> Outcome:
             settings = merge(job.spec.get("run", {}), job.spec.get("limits", {}), options.settings)
         else:
             await _load(store, options, spec, results, db)
+        await store.set_endpoint(endpoint, simulated)
+        if options.retry_errored:
+            _note(f"{await store.retry_errored():,} errored requests run again")
         counts = await store.counts()
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
         in_flight = await store.batches(open_only=True)
@@ -209,6 +246,12 @@ def aborted_error(outcome: Outcome) -> JobAborted | None:
     if failure is None:
         return None
     error = failure.error.get("error", {})
+    if failure.reason == UNREACHABLE:
+        return JobAborted(
+            f"the job stopped: the endpoint cannot be reached: {error.get('message')}. Its requests are left "
+            "pending. Check the URL (--base-url, ANTHROPIC_BASE_URL) and the network, then resume with: "
+            f"orchestrator resume {outcome.db} (add --base-url URL to run it against another endpoint)"
+        )
     return JobAborted(
         f"the job stopped: {failure.reason} ({error.get('type')}: {error.get('message')}). "
         f"Fix the cause, then resume with: orchestrator resume {outcome.db}"
@@ -247,13 +290,13 @@ async def cancel(db: Path, base_url: str | None) -> list[str]:
                 raise JobAborted(f"the batches could not be canceled: {exc}") from None
 
 
-async def stored_argv(db: Path) -> list[str]:
-    """The command line a job stored in ``db`` was run with (``resume`` runs it again)."""
+async def stored_job(db: Path) -> JobRow:
+    """The job stored in ``db``: the command line it was created with (``resume`` runs it again),
+    the endpoint of its last run."""
     if not db.exists():
         raise UserError(f"{db}: no such job database")
     async with open_store(db, create=False) as store:
         job = await store.job()
     if job is None:
         raise UserError(f"{db} holds no job")
-    argv: list[str] = job.spec["argv"]
-    return argv
+    return job

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -15,8 +16,9 @@ import pytest
 
 from orchestrator.cli import run_command
 from orchestrator.cli.parser import build_parser
+from orchestrator.run.reach import Reach
 from tests.conftest import Running
-from tests.helpers import params_of
+from tests.helpers import params_of, query
 
 pytestmark = pytest.mark.anyio
 
@@ -216,3 +218,119 @@ async def test_a_closed_pipe_ends_the_output_quietly(tmp_path: Path) -> None:
         os.close(writer)
     assert done.returncode == 141
     assert done.stderr == b""
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (connections to it are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_the_endpoint_is_unreachable_after_failed_connects_in_a_row_with_no_answer() -> None:
+    reach = Reach(after=3)
+    assert not reach.connect_failed(out_of_tries=False)
+    assert not reach.connect_failed(out_of_tries=False)
+    assert reach.connect_failed(out_of_tries=False)  # three in a row
+    reach = Reach(after=3)
+    assert reach.connect_failed(out_of_tries=True)  # a request would be given up before any answer
+    reach = Reach(after=3)
+    reach.connect_failed(out_of_tries=False)
+    reach.connect_failed(out_of_tries=False)
+    reach.answer()  # anything answered: a blip, not an unreachable endpoint
+    assert not reach.connect_failed(out_of_tries=True)
+    assert not reach.connect_failed(out_of_tries=False)
+    assert reach.connect_failed(out_of_tries=False)
+
+
+async def test_an_unreachable_endpoint_stops_the_job_and_leaves_its_requests_pending(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tmp_path / "p.txt"
+    job.write_text("".join(f"prompt {i}\n" for i in range(12)))
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    wrong = f"http://127.0.0.1:{closed_port()}"
+    for more in (["--max-attempts", "1"], ["--concurrency", "1"]):
+        argv = ["run", str(job), "--base-url", wrong, "--results", str(out), "--backoff-base", "0.01", *more, *FAST]
+        assert await run_command(argv) == 3
+        err = capsys.readouterr().err
+        assert f"the endpoint cannot be reached: cannot connect to {wrong}" in err
+        assert "Its requests are left pending. Check the URL (--base-url, ANTHROPIC_BASE_URL)" in err
+        assert query(db, "SELECT COUNT(*) FROM requests WHERE state IN ('pending', 'running')") == [(12,)]
+        reasons = {row[0] for row in query(db, "SELECT reason FROM attempts")}
+        assert "unreachable" in reasons
+        assert reasons <= {"connect", "unreachable"}
+    # Nothing was answered there: the job goes on against the right endpoint without being asked to.
+    async with simulate() as (sim, _, url):
+        assert await run_command(["resume", str(db), "--base-url", url, "--quiet"]) == 0
+    assert sim.stats.outcomes["ok"] == 12
+    assert query(db, "SELECT state, COUNT(*) FROM requests GROUP BY state") == [("succeeded", 12)]
+    assert json.loads(query(db, "SELECT spec FROM job")[0][0])["argv"][3] == wrong  # the command line as created
+
+
+async def test_errored_requests_run_again_on_demand(simulate: Simulate, tmp_path: Path) -> None:
+    job = tmp_path / "job.jsonl"
+    lines = [{"prompt": "fine"}, {"prompt": "refused", "thinking": {"type": "enabled", "budget_tokens": 10}}]
+    job.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    async with simulate() as (sim, _, url):
+        argv = ["run", str(job), "--base-url", url, "--results", str(out), *FAST]
+        assert await run_command(argv) == 0
+        assert await run_command(argv) == 0  # complete: nothing to do
+        assert sim.stats.requests == 2
+        assert await run_command([*argv, "--retry-errored"]) == 0
+        assert sim.stats.requests == 3  # only the errored one
+        assert await run_command(["resume", str(db), "--retry-errored", "--quiet"]) == 0
+        assert sim.stats.requests == 4
+        assert await run_command(["resume", str(db), "--quiet"]) == 0
+        assert sim.stats.requests == 4
+    assert query(db, "SELECT custom_id, state, attempts FROM requests") == [
+        ("job-1", "succeeded", 1),
+        ("job-2", "errored", 3),
+    ]
+    assert "--retry-errored" not in query(db, "SELECT spec FROM job")[0][0]
+
+
+async def test_a_job_records_its_endpoint_and_simulated_results_never_pass_as_real(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "job.jsonl"
+    lines = [{"prompt": "fine"}, {"prompt": "refused", "thinking": {"type": "enabled", "budget_tokens": 10}}]
+    job.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert await run_command(["run", str(job), "--simulate", "--speed", "inf", *FAST]) == 0
+    simulated = Path("results/simulated/job/job.sqlite")
+    capsys.readouterr()
+    assert await run_command(["status", str(simulated), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["endpoint"], shown["simulated"]) == ("simulator", True)
+    async with simulate() as (sim, _, url):
+        # A real run of the same job file is another job, in its own folder.
+        assert await run_command(["run", str(job), "--base-url", url, *FAST]) == 0
+        assert sim.stats.requests == 2
+        assert await run_command(["status", "results/job/job.sqlite", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["simulated"] is False
+        # Against the simulated job's database: refused, nothing sent, nothing changed.
+        before = query(simulated, "SELECT * FROM job")
+        argv = ["run", str(job), "--base-url", url, "--db", str(simulated), "--retry-errored", *FAST]
+        assert await run_command(argv) == 2
+        assert f"{simulated} holds results from simulator, and this run is against {url}" in capsys.readouterr().err
+        assert query(simulated, "SELECT * FROM job") == before
+        assert sim.stats.requests == 2
+        assert await run_command([*argv, "--allow-endpoint-change"]) == 0
+        assert sim.stats.requests == 3
+        # A resume goes where the last run went, not where the job was created.
+        assert await run_command(["resume", str(simulated), "--retry-errored", "--quiet"]) == 0
+        assert sim.stats.requests == 4
+    capsys.readouterr()
+    assert await run_command(["status", str(simulated), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["endpoint"], shown["simulated"]) == (url, True)  # it still holds the simulator's reply
+    assert await run_command(["report", "results"]) == 0
+    text = capsys.readouterr().out
+    assert "job job (SIMULATED)  (results/simulated/job/job.sqlite)" in text
+    assert "job job  (results/job/job.sqlite)" in text
+    assert "all 2 jobs (1 of them SIMULATED)" in text

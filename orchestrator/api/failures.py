@@ -1,8 +1,9 @@
 """What a failed attempt stands for (pure): retry it, give it up, or stop the job.
 
-Retried: 408, 409, 429, 5xx, 529, connection failures, broken streams (an in-band error event,
-a dropped connection, a stall, an end before the message is complete, a malformed stream).
-Never retried: other 4xx.
+Retried: 408, 409, 429, 5xx, 529, connection failures (``connect`` when no connection could be
+made at all: ``run.reach`` says when the endpoint is unreachable and the job stops), broken
+streams (an in-band error event, a dropped connection, a stall, an end before the message is
+complete, a malformed stream). Never retried: other 4xx.
 Stopping the whole job: 401, 402, 403 and the spend-cap 429. ``x-should-retry`` overrides the
 status code either way. Anything else (a bug of ours) is not classified here and propagates.
 """
@@ -22,6 +23,8 @@ from orchestrator.models import Outcome
 FATAL_STATUSES = frozenset({401, 402, 403})
 RETRY_STATUSES = frozenset({408, 409, 429})
 SPEND_CAP_CODE = "enforced_spend_limit_reached"
+CONNECT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout)
+CONNECT_REASON = "connect"  # an attempt that could not connect to the endpoint at all
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,14 @@ def classify(exc: BaseException) -> Failure | None:
             outcome = Outcome.RETRYABLE if retryable else Outcome.PERMANENT
         headers = exc.response.headers
         return Failure(outcome, f"http_{status}", status, body, _retry_after(headers), headers)
+    if isinstance(exc, anthropic.APIConnectionError) and isinstance(exc.__cause__, CONNECT_ERRORS):
+        # No connection could be made (refused, no such host, TLS, connect timeout): the endpoint's
+        # failure, not the request's.
+        url = exc.request.url
+        where = f"{url.scheme}://{url.netloc.decode()}"
+        cause = exc.__cause__
+        message = f"cannot connect to {where} ({type(cause).__name__}: {cause})"
+        return Failure(Outcome.BROKEN, CONNECT_REASON, None, _shaped("api_error", message))
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
         # Raw httpx2 errors arrive mid-stream (dropped connection, read stall); the SDK wraps
         # the same failures before the stream starts.

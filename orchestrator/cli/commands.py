@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 
 from orchestrator.cli.output import print_status, print_summary
-from orchestrator.cli.parser import build_parser, simulator_config
+from orchestrator.cli.parser import ONE_OFF, build_parser, simulator_config
 from orchestrator.errors import UserError
-from orchestrator.job import RunOptions, aborted_error, cancel, dry_run, run, stored_argv
+from orchestrator.job import SIMULATOR, RunOptions, aborted_error, cancel, dry_run, run, stored_job
 from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
 from orchestrator.report.export import export_csv, export_results
@@ -25,7 +25,7 @@ from orchestrator.store import open_store
 def run_options(args: argparse.Namespace) -> RunOptions:
     job = Path(args.job)
     # Stored for resume: the job file by its absolute path, so a resume works from anywhere.
-    argv = [arg if arg != args.job else str(job.resolve()) for arg in args.argv]
+    argv = [arg if arg != args.job else str(job.resolve()) for arg in args.argv if arg not in ONE_OFF]
     given = {"model": args.model, "max_tokens": args.max_tokens, "system": args.system, "temperature": args.temperature}
     return RunOptions(
         job=job,
@@ -34,6 +34,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         simulator=simulator_config(args) if args.simulate else None,
         base_url=args.base_url,
         allow_changed=args.allow_changed,
+        allow_endpoint_change=args.allow_endpoint_change,
+        retry_errored=args.retry_errored,
         quiet=args.quiet,
         prices=Path(args.prices) if args.prices else None,
         settings={setting.name: getattr(args, setting.name) for setting in (*SETTINGS, *LIMITS)},
@@ -73,11 +75,20 @@ async def run_job(args: argparse.Namespace) -> int:
 
 
 async def resume(args: argparse.Namespace) -> int:
-    argv = await stored_argv(Path(args.db))
+    job = await stored_job(Path(args.db))
+    argv = job.spec["argv"]
     resumed = build_parser().parse_args(argv)
     resumed.argv = argv
     resumed.db = args.db
     resumed.quiet = resumed.quiet or args.quiet
+    resumed.allow_endpoint_change = args.allow_endpoint_change
+    resumed.retry_errored = args.retry_errored
+    # The endpoint given, else the one of the job's last run (not necessarily its first's).
+    if args.simulate or args.base_url:
+        resumed.simulate, resumed.base_url = args.simulate, args.base_url
+    elif job.endpoint is not None:
+        resumed.simulate = job.endpoint == SIMULATOR
+        resumed.base_url = None if resumed.simulate else job.endpoint
     return await run_job(resumed)
 
 
@@ -85,13 +96,14 @@ async def cancel_job(args: argparse.Namespace) -> int:
     db = Path(args.db)
     base_url = args.base_url
     if base_url is None:  # the endpoint the job ran against
-        stored = build_parser().parse_args(await stored_argv(db))
-        if stored.simulate:
+        job = await stored_job(db)
+        stored = build_parser().parse_args(job.spec["argv"])
+        base_url = job.endpoint or (SIMULATOR if stored.simulate else stored.base_url)
+        if base_url == SIMULATOR:
             raise UserError(
                 f"{db} ran against the built-in simulator (--simulate): its batches ended with that process; "
                 "give --base-url to cancel them on a server"
             )
-        base_url = stored.base_url
     canceled = await cancel(db, base_url)
     if not canceled:
         print(f"{db}: no message batches in progress", file=sys.stderr)

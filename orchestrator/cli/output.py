@@ -68,12 +68,23 @@ def print_status(
         shown = [{"id": b.id, "state": b.state, "requests": b.requests, "expires_at": b.expires_at} for b in batches]
         print(
             json.dumps(
-                {"job": job.name, "counts": counts, "billed": billed.as_dict(), "elapsed": elapsed, "batches": shown}
+                {
+                    "job": job.name,
+                    "endpoint": job.endpoint,
+                    "simulated": job.simulated,
+                    "counts": counts,
+                    "billed": billed.as_dict(),
+                    "elapsed": elapsed,
+                    "batches": shown,
+                }
             )
         )
         return
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
     print(f"job {job.name}  ({db}, created {created})")
+    if job.simulated:
+        print("  SIMULATED: it holds replies of the built-in simulator, not of the API")
+    print(f"  endpoint of the last run: {job.endpoint or 'not recorded'}")
     print("  " + ", ".join(f"{state}: {counts[state]:,}" for state in State))
     print(f"  billed: {billed.input_tokens:,} input, {billed.output_tokens:,} output tokens")
     print(

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from orchestrator.settings import BATCH, DEFAULTS, LIMITS, SETTINGS
 from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits, SimulatorConfig, Timing
 
+ONE_OFF = ("--allow-endpoint-change", "--retry-errored")  # what one run may do, never stored for the next
 STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
 BATCH_FAULTS = ("errored", "expired", "rate_limited", "overloaded")
 
@@ -151,11 +152,29 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
     )
 
 
+def _add_endpoint_options(parser: argparse.ArgumentParser, resume: bool = False) -> None:
+    """Where a run sends its requests, and what a run (or resume) may do once: options never stored."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no API key)")
+    where.add_argument(
+        "--base-url",
+        help="API base URL (default: "
+        + ("the endpoint of the job's last run)" if resume else "ANTHROPIC_BASE_URL or the real API)"),
+    )
+    parser.add_argument(
+        ONE_OFF[0],
+        action="store_true",
+        help="go on against another endpoint than the one the job's results came from (they are kept)",
+    )
+    parser.add_argument(ONE_OFF[1], action="store_true", help="run the requests that ended errored again")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no API key)")
-    parser.add_argument("--base-url", help="API base URL (default: ANTHROPIC_BASE_URL or the real API)")
+    _add_endpoint_options(parser)
     parser.add_argument("--db", help="job database (default: RESULTS/job.sqlite)")
-    parser.add_argument("--results", help="results folder (default: results/<job name>)")
+    parser.add_argument(
+        "--results", help="results folder (default: results/<job name>; with --simulate, results/simulated/<job name>)"
+    )
     parser.add_argument("--allow-changed", action="store_true", help="update a job whose job file has changed")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument(
@@ -207,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue the job stored in a database")
     resume.add_argument("db")
     resume.add_argument("--quiet", action="store_true")
+    _add_endpoint_options(resume, resume=True)
     cancel = commands.add_parser("cancel", help="cancel the message batches of a job in batch mode")
     cancel.add_argument("db")
     cancel.add_argument("--base-url", help="API base URL (default: the one the job ran with)")

@@ -132,6 +132,11 @@ class JobReport:
     name: str
     path: str
     models: dict[str, Figures]
+    simulated: bool = False  # it holds results of the built-in simulator, not of the API
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} (SIMULATED)" if self.simulated else self.name
 
     def total(self) -> Figures:
         total = Figures()
@@ -191,7 +196,9 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
         if prices.price(model) is None:
             f.billed_cost = f.kept_cost = None
             f.unpriced.add(model)
-    return JobReport(name=job.name if job else path.stem, path=str(path), models=models)
+    return JobReport(
+        name=job.name if job else path.stem, path=str(path), models=models, simulated=bool(job and job.simulated)
+    )
 
 
 def find_databases(paths: list[Path]) -> list[Path]:
@@ -267,6 +274,7 @@ def render_json(reports: list[JobReport], prices: PriceTable) -> str:
                 {
                     "job": r.name,
                     "database": r.path,
+                    "simulated": r.simulated,
                     "total": as_dict(r.total()),
                     "models": {m: as_dict(f) for m, f in sorted(r.models.items())},
                 }
@@ -282,11 +290,11 @@ CSV_COLUMNS = [
     "job", "model", "succeeded", "errored", "unfinished", "input_tokens", "output_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "cache_read_tokens", "cost_usd", "kept_output_tokens",
     "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
-    "total_p50_s", "total_p90_s", "total_p99_s", "requests_per_minute", "output_tokens_per_minute",
+    "total_p50_s", "total_p90_s", "total_p99_s", "requests_per_minute", "output_tokens_per_minute", "simulated",
 ]  # fmt: skip
 
 
-def _csv_row(job: str, model: str, f: Figures) -> list[Any]:
+def _csv_row(job: str, model: str, f: Figures, simulated: bool) -> list[Any]:
     data = as_dict(f)
     latency = data["latency_seconds"]
     return [
@@ -296,7 +304,7 @@ def _csv_row(job: str, model: str, f: Figures) -> list[Any]:
         f.kept.output_tokens, f.wasted.input_tokens, f.wasted.output_tokens, data["wasted_cost_usd"],
         *(latency["time_to_first_token"][f"p{p}"] for p in PERCENTILES),
         *(latency["total"][f"p{p}"] for p in PERCENTILES),
-        data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"],
+        data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"], simulated,
     ]  # fmt: skip
 
 
@@ -306,8 +314,8 @@ def render_csv(reports: list[JobReport]) -> str:
     writer.writerow(CSV_COLUMNS)
     for report in reports:
         for model, figures in sorted(report.models.items()):
-            writer.writerow(_csv_row(report.name, model, figures))
-        writer.writerow(_csv_row(report.name, "(all models)", report.total()))
+            writer.writerow(_csv_row(report.name, model, figures, report.simulated))
+        writer.writerow(_csv_row(report.name, "(all models)", report.total(), report.simulated))
     return out.getvalue()
 
 
@@ -356,6 +364,11 @@ def _text_details(f: Figures) -> list[str]:
     return lines
 
 
+def simulated_note(reports: list[JobReport]) -> str:
+    simulated = sum(report.simulated for report in reports)
+    return f" ({simulated} of them SIMULATED)" if simulated else ""
+
+
 def render_text(reports: list[JobReport], prices: PriceTable) -> str:
     lines = [f"prices: {prices.source} (USD per million tokens)", ""]
     grand = Figures()
@@ -365,10 +378,10 @@ def render_text(reports: list[JobReport], prices: PriceTable) -> str:
         rows = dict(sorted(report.models.items()))
         if len(rows) > 1:
             rows["(all models)"] = total
-        lines += _text_block(f"job {report.name}  ({report.path})", rows)
+        lines += _text_block(f"job {report.title}  ({report.path})", rows)
         lines += _text_details(total)
         lines.append("")
     if len(reports) > 1:
-        lines += _text_block(f"all {len(reports)} jobs", {"(all models)": grand})
+        lines += _text_block(f"all {len(reports)} jobs{simulated_note(reports)}", {"(all models)": grand})
         lines += _text_details(grand)
     return "\n".join(lines).rstrip() + "\n"

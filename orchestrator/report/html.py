@@ -11,7 +11,15 @@ from decimal import Decimal
 
 from orchestrator.models import State
 from orchestrator.pricing import PriceTable, money
-from orchestrator.report.figures import PERCENTILES, Figures, JobReport, as_dict, rate_text, seconds_text
+from orchestrator.report.figures import (
+    PERCENTILES,
+    Figures,
+    JobReport,
+    as_dict,
+    rate_text,
+    seconds_text,
+    simulated_note,
+)
 
 WIDTH, HEIGHT, PAD = 500, 190, 40
 BLUE, ORANGE, GREEN = "#3b6fd8", "#e07b39", "#3a9d5d"
@@ -183,12 +191,13 @@ def render_html(reports: list[JobReport], prices: PriceTable) -> str:
         if len(rows) > 1:
             rows["(all models)"] = job_total
         sections.append(
-            f"<h2>Job {_esc(report.name)}</h2><div class=meta>{_esc(report.path)}</div>"
+            f"<h2>Job {_esc(report.title)}</h2><div class=meta>{_esc(report.path)}</div>"
             f"{_table(rows)}{_details(job_total)}"
         )
     overall = ""
     if len(reports) > 1:
-        overall = f"<h2>All {len(reports)} jobs</h2>{_table({'(all models)': total})}{_details(total)}"
+        heading = f"All {len(reports)} jobs{simulated_note(reports)}"
+        overall = f"<h2>{_esc(heading)}</h2>{_table({'(all models)': total})}{_details(total)}"
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"

@@ -11,12 +11,13 @@ from typing import Any
 import anthropic
 import anyio
 
-from orchestrator.api.failures import Failure, classify
+from orchestrator.api.failures import CONNECT_REASON, Failure, classify
 from orchestrator.models import AttemptEnded, Outcome, Request, State
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
 from orchestrator.run.backoff import Backoff
 from orchestrator.run.count import TokenCounter, generated_text
 from orchestrator.run.limits import Limiter, estimate_input_tokens
+from orchestrator.run.reach import Reach, unreachable
 from orchestrator.run.recover import Recovery, Strategy, after_break, finish_without_continuation, join, next_params
 from orchestrator.settings import JobSettings
 
@@ -32,6 +33,7 @@ class RequestRunner:
     on_fatal: Callable[[Failure], None]
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
+    reach: Reach = field(default_factory=Reach)  # whether the endpoint can be reached at all
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
@@ -77,17 +79,22 @@ class RequestRunner:
             finally:
                 self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done)
             if failure is None:
+                self.reach.answer()
                 message = join(recovery, live.acc.message())
                 final = (State.SUCCEEDED, message)
                 await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
                 return
             self._feedback(params["model"], failure)
+            out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
+            if failure.reason != CONNECT_REASON:
+                self.reach.answer()
+            elif self.reach.connect_failed(out_of_tries):
+                failure = unreachable(failure, self.reach.streak)
             if failure.outcome is Outcome.FATAL:
                 ended = live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING)
                 await self._end(live, ended, recovery)
                 self.on_fatal(failure)
                 return
-            out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
             if failure.outcome is Outcome.PERMANENT or out_of_tries:
                 final = (State.ERRORED, failure.error)
                 await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final), recovery)

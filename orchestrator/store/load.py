@@ -103,7 +103,8 @@ class Loading(Base):
                 )
                 added = cursor.rowcount
                 await db.execute(
-                    """INSERT INTO job VALUES (1, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE
+                    """INSERT INTO job (id, name, spec, fingerprint, created_at, updated_at) VALUES (1, ?, ?, ?, ?, ?)
+                       ON CONFLICT (id) DO UPDATE
                        SET name = excluded.name, spec = excluded.spec, fingerprint = excluded.fingerprint,
                            updated_at = excluded.updated_at""",
                     (name, json.dumps(spec), fingerprint, now, now),

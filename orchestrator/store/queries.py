@@ -18,15 +18,28 @@ class JobRow:
     fingerprint: str
     created_at: float
     updated_at: float
+    endpoint: str | None = None  # where its last run ran: SIMULATOR or a base URL (None: not recorded yet)
+    simulated: bool = False  # it holds results of the built-in simulator
 
 
 class Queries(Base):
     async def job(self) -> JobRow | None:
-        async with self.db.execute("SELECT name, spec, fingerprint, created_at, updated_at FROM job") as cursor:
+        async with self.db.execute(
+            "SELECT name, spec, fingerprint, created_at, updated_at, endpoint, simulated FROM job"
+        ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        return JobRow(row[0], json.loads(row[1]), row[2], row[3], row[4])
+        return JobRow(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], bool(row[6]))
+
+    async def has_answers(self) -> bool:
+        """Whether the job holds anything an endpoint answered: a result, or an attempt it responded to."""
+        async with self.db.execute(
+            """SELECT EXISTS (SELECT 1 FROM requests WHERE state IN ('succeeded', 'errored'))
+                   OR EXISTS (SELECT 1 FROM attempts WHERE message_id IS NOT NULL OR status IS NOT NULL)"""
+        ) as cursor:
+            row = await cursor.fetchone()
+        return bool(row and row[0])
 
     async def counts(self) -> dict[str, int]:
         async with self.db.execute("SELECT state, COUNT(*) FROM requests GROUP BY state") as cursor:

@@ -147,6 +147,12 @@ async def _0007_batches(db: aiosqlite.Connection) -> None:
     )
 
 
+@migration
+async def _0008_job_endpoint(db: aiosqlite.Connection) -> None:
+    await db.execute("ALTER TABLE job ADD COLUMN endpoint TEXT")  # where its last run ran: 'simulator' or a URL
+    await db.execute("ALTER TABLE job ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0")  # holds simulated results
+
+
 async def migrate(db: aiosqlite.Connection) -> list[str]:
     """Apply the migrations not yet applied, each in its own transaction; return their names."""
     await db.execute("CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied_at REAL)")

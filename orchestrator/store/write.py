@@ -29,6 +29,21 @@ class Writing(Base):
             )
         return cursor.rowcount
 
+    async def retry_errored(self) -> int:
+        """Errored requests become pending again, to start over (their attempts are kept); how many."""
+        async with transaction(self.db):
+            cursor = await self.db.execute(
+                """UPDATE requests SET state = 'pending', result = NULL, recovery = NULL, kept = NULL,
+                     first_token_at = NULL, finished_at = NULL
+                   WHERE state = 'errored'"""
+            )
+        return cursor.rowcount
+
+    async def set_endpoint(self, endpoint: str, simulated: bool) -> None:
+        """Record where the job runs now, and whether it holds simulated results."""
+        async with transaction(self.db):
+            await self.db.execute("UPDATE job SET endpoint = ?, simulated = ?", (endpoint, int(simulated)))
+
     async def pending(self, after_id: int, limit: int) -> list[Request]:
         """Requests still to run, with what their reply kept and the checkpoint of an attempt cut short."""
         async with self.db.execute(
