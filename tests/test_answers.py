@@ -230,18 +230,18 @@ def closed_port() -> int:
 
 def test_the_endpoint_is_unreachable_after_failed_connects_in_a_row_with_no_answer() -> None:
     reach = Reach(after=3)
-    assert not reach.connect_failed(out_of_tries=False)
-    assert not reach.connect_failed(out_of_tries=False)
-    assert reach.connect_failed(out_of_tries=False)  # three in a row
+    assert not reach.missed(gives_up=False)
+    assert not reach.missed(gives_up=False)
+    assert reach.missed(gives_up=False)  # three in a row
     reach = Reach(after=3)
-    assert reach.connect_failed(out_of_tries=True)  # a request would be given up before any answer
+    assert reach.missed(gives_up=True)  # a request would be given up before any answer
     reach = Reach(after=3)
-    reach.connect_failed(out_of_tries=False)
-    reach.connect_failed(out_of_tries=False)
+    reach.missed(gives_up=False)
+    reach.missed(gives_up=False)
     reach.answer()  # anything answered: a blip, not an unreachable endpoint
-    assert not reach.connect_failed(out_of_tries=True)
-    assert not reach.connect_failed(out_of_tries=False)
-    assert reach.connect_failed(out_of_tries=False)
+    assert not reach.missed(gives_up=True)
+    assert not reach.missed(gives_up=False)
+    assert reach.missed(gives_up=False)
 
 
 async def test_an_unreachable_endpoint_stops_the_job_and_leaves_its_requests_pending(
@@ -251,23 +251,26 @@ async def test_an_unreachable_endpoint_stops_the_job_and_leaves_its_requests_pen
     job.write_text("".join(f"prompt {i}\n" for i in range(12)))
     out = tmp_path / "out"
     db = out / "job.sqlite"
-    wrong = f"http://127.0.0.1:{closed_port()}"
-    for more in (["--max-attempts", "1"], ["--concurrency", "1"]):
-        argv = ["run", str(job), "--base-url", wrong, "--results", str(out), "--backoff-base", "0.01", *more, *FAST]
-        assert await run_command(argv) == 3
-        err = capsys.readouterr().err
-        assert f"the endpoint cannot be reached: cannot connect to {wrong}" in err
-        assert "Its requests are left pending. Check the URL (--base-url, ANTHROPIC_BASE_URL)" in err
-        assert query(db, "SELECT COUNT(*) FROM requests WHERE state IN ('pending', 'running')") == [(12,)]
-        reasons = {row[0] for row in query(db, "SELECT reason FROM attempts")}
-        assert "unreachable" in reasons
-        assert reasons <= {"connect", "unreachable"}
-    # Nothing was answered there: the job goes on against the right endpoint without being asked to.
+    closed = f"http://127.0.0.1:{closed_port()}"
     async with simulate() as (sim, _, url):
+        for wrong, more, why in [
+            (closed, ["--max-attempts", "1"], f"cannot connect to {closed}"),
+            (closed, ["--concurrency", "1"], f"cannot connect to {closed}"),
+            (f"{url}/wrong", [], f"{url} answered HTTP 404 without the API's error body"),
+        ]:
+            argv = ["run", str(job), "--base-url", wrong, "--results", str(out), "--backoff-base", "0.01"]
+            assert await run_command([*argv, *more, *FAST]) == 3
+            err = capsys.readouterr().err
+            assert f"the job stopped: the endpoint cannot be reached: {why}" in err
+            assert "Its requests are left pending. Check the URL (--base-url, ANTHROPIC_BASE_URL)" in err
+            assert query(db, "SELECT COUNT(*) FROM requests WHERE state IN ('pending', 'running')") == [(12,)]
+            assert query(db, "SELECT COUNT(*) FROM attempts WHERE reason = 'unreachable'") >= [(1,)]
+        assert sim.stats.outcomes["ok"] == 0
+        # Nothing was answered there: the job goes on against the right endpoint without being asked to.
         assert await run_command(["resume", str(db), "--base-url", url, "--quiet"]) == 0
     assert sim.stats.outcomes["ok"] == 12
     assert query(db, "SELECT state, COUNT(*) FROM requests GROUP BY state") == [("succeeded", 12)]
-    assert json.loads(query(db, "SELECT spec FROM job")[0][0])["argv"][3] == wrong  # the command line as created
+    assert json.loads(query(db, "SELECT spec FROM job")[0][0])["argv"][3] == closed  # the command line as created
 
 
 async def test_errored_requests_run_again_on_demand(simulate: Simulate, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """What a failed attempt stands for (pure): retry it, give it up, or stop the job.
 
 Retried: 408, 409, 429, 5xx, 529, connection failures (``connect`` when no connection could be
-made at all: ``run.reach`` says when the endpoint is unreachable and the job stops), broken
+made at all, not ``reached``; so is a client error without the API's error body: ``run.reach``
+says when the endpoint is unreachable and the job stops), broken
 streams (an in-band error event, a dropped connection, a stall, an end before the message is
 complete, a malformed stream). Never retried: other 4xx.
 Stopping the whole job: 401, 402, 403 and the spend-cap 429. ``x-should-retry`` overrides the
@@ -24,7 +25,6 @@ FATAL_STATUSES = frozenset({401, 402, 403})
 RETRY_STATUSES = frozenset({408, 409, 429})
 SPEND_CAP_CODE = "enforced_spend_limit_reached"
 CONNECT_ERRORS = (httpx2.ConnectError, httpx2.ConnectTimeout)
-CONNECT_REASON = "connect"  # an attempt that could not connect to the endpoint at all
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,23 @@ class Failure:
     error: dict[str, Any]  # the API's error body, or one in its shape
     retry_after: float | None = None
     headers: Mapping[str, str] | None = None  # the response's, when it had one
+    # False when the attempt did not reach the Messages API: no connection could be made, or the
+    # answer was a client error without the API's error body (a wrong URL's 404 page, say).
+    reached: bool = True
+
+
+def _api_body(exc: anthropic.APIStatusError) -> dict[str, Any] | None:
+    """The API's error body (``{"type": "error", "error": {...}}``) the response carries, if it does."""
+    body = exc.body
+    return body if isinstance(body, dict) and isinstance(body.get("error"), dict) else None
 
 
 def _error_body(exc: anthropic.APIStatusError) -> dict[str, Any]:
-    body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return body
-    return {"type": "error", "error": {"type": "api_error", "message": str(body or exc.message)}}
+    return _api_body(exc) or {"type": "error", "error": {"type": "api_error", "message": str(exc.body or exc.message)}}
+
+
+def _where(url: httpx2.URL) -> str:
+    return f"{url.scheme}://{url.netloc.decode()}"
 
 
 def _retry_after(headers: httpx2.Headers) -> float | None:
@@ -79,15 +89,20 @@ def classify(exc: BaseException) -> Failure | None:
         else:
             outcome = Outcome.RETRYABLE if retryable else Outcome.PERMANENT
         headers = exc.response.headers
-        return Failure(outcome, f"http_{status}", status, body, _retry_after(headers), headers)
+        reached = outcome is not Outcome.PERMANENT or _api_body(exc) is not None
+        if not reached:
+            message = (
+                f"{_where(exc.response.request.url)} answered HTTP {status} without the API's error body: "
+                f"it does not answer as the Messages API ({str(exc.body or exc.message)[:200]})"
+            )
+            body = _shaped("api_error", message)
+        return Failure(outcome, f"http_{status}", status, body, _retry_after(headers), headers, reached)
     if isinstance(exc, anthropic.APIConnectionError) and isinstance(exc.__cause__, CONNECT_ERRORS):
         # No connection could be made (refused, no such host, TLS, connect timeout): the endpoint's
         # failure, not the request's.
-        url = exc.request.url
-        where = f"{url.scheme}://{url.netloc.decode()}"
         cause = exc.__cause__
-        message = f"cannot connect to {where} ({type(cause).__name__}: {cause})"
-        return Failure(Outcome.BROKEN, CONNECT_REASON, None, _shaped("api_error", message))
+        message = f"cannot connect to {_where(exc.request.url)} ({type(cause).__name__}: {cause})"
+        return Failure(Outcome.BROKEN, "connect", None, _shaped("api_error", message), reached=False)
     if isinstance(exc, anthropic.APIConnectionError | httpx2.TransportError):
         # Raw httpx2 errors arrive mid-stream (dropped connection, read stall); the SDK wraps
         # the same failures before the stream starts.

@@ -11,7 +11,7 @@ from typing import Any
 import anthropic
 import anyio
 
-from orchestrator.api.failures import CONNECT_REASON, Failure, classify
+from orchestrator.api.failures import Failure, classify
 from orchestrator.models import AttemptEnded, Outcome, Request, State
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
 from orchestrator.run.backoff import Backoff
@@ -86,9 +86,9 @@ class RequestRunner:
                 return
             self._feedback(params["model"], failure)
             out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
-            if failure.reason != CONNECT_REASON:
+            if failure.reached:
                 self.reach.answer()
-            elif self.reach.connect_failed(out_of_tries):
+            elif self.reach.missed(out_of_tries or failure.outcome is Outcome.PERMANENT):
                 failure = unreachable(failure, self.reach.streak)
             if failure.outcome is Outcome.FATAL:
                 ended = live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING)

@@ -33,10 +33,10 @@ class Queries(Base):
         return JobRow(row[0], json.loads(row[1]), row[2], row[3], row[4], row[5], bool(row[6]))
 
     async def has_answers(self) -> bool:
-        """Whether the job holds anything an endpoint answered: a result, or an attempt it responded to."""
+        """Whether the job holds anything of an endpoint's: a result, or the output of an attempt."""
         async with self.db.execute(
             """SELECT EXISTS (SELECT 1 FROM requests WHERE state IN ('succeeded', 'errored'))
-                   OR EXISTS (SELECT 1 FROM attempts WHERE message_id IS NOT NULL OR status IS NOT NULL)"""
+                   OR EXISTS (SELECT 1 FROM attempts WHERE message_id IS NOT NULL)"""
         ) as cursor:
             row = await cursor.fetchone()
         return bool(row and row[0])
