@@ -14,9 +14,12 @@ the measuring window, with the share of requests refused with a 429.
 Recovery: with 10% of streams dropped at a random point, the same job with ``--recover auto``
 (prefill, on a model that accepts it) and ``--recover restart``; regenerated output tokens are
 those billed beyond the uninterrupted replies, and every recovered text is checked against the
-uninterrupted reply.
+uninterrupted reply (and against ``max_tokens``, with a third run where 100 cuts most replies).
+The output tokens the results record as billed (partly estimated for broken streams) are set
+against what the simulator billed.
 
     python scripts/bench_limits.py [--warmup 5] [--duration 30] [--concurrency 32] [--recovery-requests 1000]
+                                   [--only-recovery]
 """
 
 from __future__ import annotations
@@ -173,19 +176,22 @@ def measure(limit_name: str, kind: str, warmup: float, duration: float, concurre
     }
 
 
-def recovery(strategy: str, count: int, concurrency: int) -> dict[str, int]:
-    """Billed output tokens beyond the uninterrupted replies, and texts that differ from them."""
+def recovery(strategy: str, count: int, concurrency: int, max_tokens: int) -> dict[str, int]:
+    """Billed output tokens beyond the uninterrupted replies, what the results recorded of them, and
+    texts that differ from the uninterrupted replies or hold more than ``max_tokens``."""
     from orchestrator.jobs.read import Loaded, read_requests
     from orchestrator.jobs.spec import load_spec
     from orchestrator.simulator.replies import plan_reply
+    from orchestrator.simulator.tokens import count_tokens
 
     simulator, url = start_simulator("--speed", "inf", "--fault", "drop=0.1")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             job = write_job(Path(tmp) / "job.jsonl", count, 0)
             env = {**os.environ, "ANTHROPIC_API_KEY": "sk-bench"}
+            extra = ("--recover", strategy, "--max-tokens", str(max_tokens))
             subprocess.run(
-                [sys.executable, *run_argv(job, url, Path(tmp) / "out", concurrency, "--recover", strategy)],
+                [sys.executable, *run_argv(job, url, Path(tmp) / "out", concurrency, *extra)],
                 cwd=ROOT,
                 env=env,
                 check=True,
@@ -193,23 +199,23 @@ def recovery(strategy: str, count: int, concurrency: int) -> dict[str, int]:
             billed = stats(url)
             lines = [json.loads(line) for line in Path(f"{tmp}/out/results.jsonl").read_text().splitlines()]
             expected: dict[str, list[str]] = {}
-            for item in read_requests(load_spec(job, {"model": MODEL})):
+            for item in read_requests(load_spec(job, {"model": MODEL, "max_tokens": max_tokens})):
                 assert isinstance(item, Loaded)
                 expected[item.custom_id] = plan_reply(0, item.params, 20, 300).tokens
     finally:
         simulator.terminate()
         simulator.wait()
-    wrong = sum(
-        1
-        for line in lines
-        if "".join(b["text"] for b in line["result"]["message"]["content"]) != "".join(expected[line["custom_id"]])
-    )
+    texts = {line["custom_id"]: "".join(b["text"] for b in line["result"]["message"]["content"]) for line in lines}
     return {
         "drops": billed["faults_injected"].get("drop", 0),
         "billed": billed["output_tokens_billed"],
+        "recorded": sum(line["billed_usage"]["output_tokens"] for line in lines),
+        "estimated": sum(1 for line in lines if line["billed_usage_estimated"]),
         "regenerated": billed["output_tokens_billed"] - sum(len(tokens) for tokens in expected.values()),
         "recovered": sum(1 for line in lines if "recovery" in line),
-        "wrong": wrong,
+        "cut": sum(1 for line in lines if line["result"]["message"]["stop_reason"] == "max_tokens"),
+        "wrong": sum(1 for cid, text in texts.items() if text != "".join(expected[cid])),
+        "past": sum(1 for text in texts.values() if count_tokens(text) > max_tokens),
         "results": len(lines),
     }
 
@@ -220,6 +226,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--recovery-requests", type=int, default=1000)
+    parser.add_argument("--only-recovery", action="store_true", help="skip the throughput part")
     parser.add_argument("--naive", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--padding", type=int, default=0, help=argparse.SUPPRESS)
@@ -228,33 +235,39 @@ def main() -> None:
         asyncio.run(naive(args.naive, args.count, args.padding, args.concurrency))
         return
 
-    print(
-        f"sustained rate over {args.duration:.0f} s after {args.warmup:.0f} s of warm-up, concurrency "
-        f"{args.concurrency}; simulator: 0.1 s to first token, 400 tok/s per stream, 1 s buckets\n"
-    )
-    print(f"{'binding':<8}{'limit /min':>12}{'client':>14}{'achieved /min':>15}{'of limit':>10}{'429s':>8}")
-    for name, (_, per_minute, _, _, unit) in SCENARIOS.items():
-        for kind in ("orchestrator", "naive"):
-            row = measure(name, kind, args.warmup, args.duration, args.concurrency)
-            print(
-                f"{name:<8}{per_minute:>12,.0f}{kind:>14}{row['rate']:>15,.0f}{row['share']:>10.1%}"
-                f"{row['refused']:>8.1%}   ({unit})"
-            )
+    if not args.only_recovery:
+        print(
+            f"sustained rate over {args.duration:.0f} s after {args.warmup:.0f} s of warm-up, concurrency "
+            f"{args.concurrency}; simulator: 0.1 s to first token, 400 tok/s per stream, 1 s buckets\n"
+        )
+        print(f"{'binding':<8}{'limit /min':>12}{'client':>14}{'achieved /min':>15}{'of limit':>10}{'429s':>8}")
+        for name, (_, per_minute, _, _, unit) in SCENARIOS.items():
+            for kind in ("orchestrator", "naive"):
+                row = measure(name, kind, args.warmup, args.duration, args.concurrency)
+                print(
+                    f"{name:<8}{per_minute:>12,.0f}{kind:>14}{row['rate']:>15,.0f}{row['share']:>10.1%}"
+                    f"{row['refused']:>8.1%}   ({unit})"
+                )
 
-    print(f"\nrecovery: {args.recovery_requests:,} requests to {MODEL}, 10% of streams dropped at a random point")
     print(
-        f"{'strategy':<10}{'results':>9}{'drops':>7}{'recovered':>11}{'billed out tok':>16}{'regenerated':>13}"
-        f"{'texts wrong':>13}"
+        f"\nrecovery: {args.recovery_requests:,} requests to {MODEL}, 10% of streams dropped at a random point, "
+        "several tokens a delta; billed: the simulator's count, recorded: the results' billed_usage"
+    )
+    print(
+        f"{'strategy':<10}{'max_tokens':>11}{'drops':>7}{'recovered':>10}{'cut':>6}{'billed':>9}{'recorded':>10}"
+        f"{'estimated':>10}{'regenerated':>12}{'wrong':>7}{'past':>6}"
     )
     regenerated = {}
-    for strategy in ("auto", "restart"):
-        result = recovery(strategy, args.recovery_requests, args.concurrency)
-        regenerated[strategy] = result["regenerated"]
+    for strategy, max_tokens in (("auto", 1024), ("restart", 1024), ("auto", 100)):
+        result = recovery(strategy, args.recovery_requests, args.concurrency, max_tokens)
+        regenerated[strategy, max_tokens] = result["regenerated"]
         print(
-            f"{strategy:<10}{result['results']:>9,}{result['drops']:>7}{result['recovered']:>11}"
-            f"{result['billed']:>16,}{result['regenerated']:>13,}{result['wrong']:>13}"
+            f"{strategy:<10}{max_tokens:>11,}{result['drops']:>7}{result['recovered']:>10}{result['cut']:>6}"
+            f"{result['billed']:>9,}{result['recorded']:>10,}{result['estimated']:>10}{result['regenerated']:>12,}"
+            f"{result['wrong']:>7}{result['past']:>6}"
         )
-    ratio = regenerated["auto"] / regenerated["restart"] if regenerated["restart"] else 0.0
+    restart = regenerated["restart", 1024]
+    ratio = regenerated["auto", 1024] / restart if restart else 0.0
     print(f"auto regenerates {ratio:.1%} of the output tokens that restart regenerates")
 
 

@@ -101,30 +101,17 @@ def write_job(path: Path, count: int, rng: random.Random) -> dict[str, dict[str,
 
 
 def argv(job: Path, out: Path, url: str, concurrency: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "run",
-        str(job),
-        "--base-url",
-        url,
-        "--results",
-        str(out),
-        "--quiet",
-        "--concurrency",
-        str(concurrency),
-        "--checkpoint-interval",
-        "0.02",
-        "--read-timeout",
-        "0.5",
-        "--max-attempts",
-        "40",
-        "--backoff-base",
-        "0.01",
-        "--backoff-cap",
-        "0.05",
-    ]
+    options = {
+        "--base-url": url,
+        "--results": out,
+        "--concurrency": concurrency,
+        "--checkpoint-interval": 0.02,
+        "--read-timeout": 0.5,  # a stall is a broken stream after half a second
+        "--max-attempts": 40,
+        "--backoff-base": 0.01,
+        "--backoff-cap": 0.05,
+    }
+    return [sys.executable, "-m", "orchestrator", "run", str(job), "--quiet", *map(str, sum(options.items(), ()))]
 
 
 async def _until(sim: Simulator, process: Process, target: int) -> bool:
