@@ -29,7 +29,7 @@ from orchestrator.jobs.params import check_options
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import JobSpec, load_spec
 from orchestrator.models import State
-from orchestrator.pricing import load_prices
+from orchestrator.pricing import PriceTable, load_prices, money
 from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
 from orchestrator.run.engine import Job, Summary
@@ -221,6 +221,8 @@ async def run(options: RunOptions) -> Outcome:
         await store.set_endpoint(endpoint, simulated)
         if options.retry_errored:
             _note(f"{await store.retry_errored():,} errored requests run again")
+        if settings.max_cost is not None:
+            await _check_priced(store, prices)
         counts = await store.counts()
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
         in_flight = await store.batches(open_only=True)
@@ -240,9 +242,28 @@ async def run(options: RunOptions) -> Outcome:
     return Outcome(summary, db, out, written)
 
 
+async def _check_priced(store: Store, prices: PriceTable) -> None:
+    """A spend cap needs a price for every model of the job."""
+    unpriced = [model for model in await store.models() if prices.price(model) is None]
+    if unpriced:
+        raise UserError(
+            f"--max-cost needs a price for every model, and {', '.join(unpriced)} has none: "
+            "give prices with --prices FILE (the format of orchestrator/data/prices.json), or run without a cap"
+        )
+
+
 def aborted_error(outcome: Outcome) -> JobAborted | None:
-    """The error a run stopped by the API ends with (bad key, no permission, spend cap), if it was."""
-    failure = outcome.summary.aborted
+    """The error a run stopped by the API (bad key, no permission, its spend limit) or by the spend
+    cap ends with, if it was."""
+    summary = outcome.summary
+    failure = summary.aborted
+    if failure is None and summary.capped:
+        left = summary.counts[State.PENDING] + summary.counts[State.RUNNING]
+        return JobAborted(
+            f"the job stopped at its spend cap: spent {money(summary.cost)} of the {money(summary.cap)} cap "
+            f"(--max-cost), {left:,} requests left. Resume with a higher cap: "
+            f"orchestrator resume {outcome.db} --max-cost USD"
+        )
     if failure is None:
         return None
     error = failure.error.get("error", {})

@@ -108,6 +108,14 @@ SETTINGS: tuple[Setting, ...] = (
         modes=(STREAM,),
     ),
     Setting(
+        "max_cost",
+        float,
+        "spend cap in USD: launch nothing that could take the job's cost past it (worst case: input + max_tokens)",
+        low=0,
+        low_open=True,
+        modes=(STREAM,),
+    ),
+    Setting(
         "headroom",
         float,
         "share of each rate limit to aim for",
@@ -156,6 +164,7 @@ class JobSettings:
     headroom: float = 0.97  # share of each rate limit the client aims for
     batch_size: int = MAX_BATCH_REQUESTS  # requests per message batch at most
     poll_interval: float = 5.0  # seconds between the first polls of batches in flight
+    max_cost: float | None = None  # USD; None: no spend cap
     limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}
 
 

@@ -89,6 +89,9 @@ async def resume(args: argparse.Namespace) -> int:
     elif job.endpoint is not None:
         resumed.simulate = job.endpoint == SIMULATOR
         resumed.base_url = None if resumed.simulate else job.endpoint
+    for setting in (*SETTINGS, *LIMITS):
+        if getattr(args, setting.name) is not None:
+            setattr(resumed, setting.name, getattr(args, setting.name))
     return await run_job(resumed)
 
 

@@ -181,6 +181,19 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="count requests, estimate tokens, cost and duration; send nothing"
     )
     parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
+    _add_setting_options(parser)
+    group = parser.add_argument_group(
+        "request defaults (these override a job spec's [defaults]; each line's own fields override these)"
+    )
+    group.add_argument("--model")
+    group.add_argument("--max-tokens", type=int)
+    group.add_argument("--system")
+    group.add_argument("--temperature", type=float)
+    _add_simulator_options(parser)
+
+
+def _add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """The run settings (``settings.SETTINGS``) and rate limits, for ``run`` and ``resume``."""
     group = parser.add_argument_group("running (these override a job spec's [run])")
     group.add_argument(
         "--batch",
@@ -204,14 +217,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     for setting in LIMITS:
         group.add_argument(setting.flag, dest=setting.name, type=float, help=setting.help)
-    group = parser.add_argument_group(
-        "request defaults (these override a job spec's [defaults]; each line's own fields override these)"
-    )
-    group.add_argument("--model")
-    group.add_argument("--max-tokens", type=int)
-    group.add_argument("--system")
-    group.add_argument("--temperature", type=float)
-    _add_simulator_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("db")
     resume.add_argument("--quiet", action="store_true")
     _add_endpoint_options(resume, resume=True)
+    _add_setting_options(resume)  # given here, they override the job's stored settings (e.g. a higher --max-cost)
     cancel = commands.add_parser("cancel", help="cancel the message batches of a job in batch mode")
     cancel.add_argument("db")
     cancel.add_argument("--base-url", help="API base URL (default: the one the job ran with)")

@@ -23,6 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from orchestrator.api.failures import Failure
 from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
+from orchestrator.run.budget import Budget
 from orchestrator.run.limits import Limiter, LimitState
 from orchestrator.run.progress import Snapshot, View
 from orchestrator.run.request import RequestRunner
@@ -45,17 +46,22 @@ class Summary:
     pauses: int = 0  # pool-wide cool-downs after a 429
     cuts: int = 0  # times an overload cut the concurrency
     detached: int = 0  # message batches left running on the server by a stop (batch mode)
+    capped: bool = False  # the spend cap stopped the launches
+    cost: Decimal | None = None  # USD billed by the whole job; None if a model is unpriced
+    cap: Decimal | None = None  # the spend cap of this run
 
     @property
     def complete(self) -> bool:
         return self.counts[State.PENDING] == 0 and self.counts[State.RUNNING] == 0
 
 
-async def _produce(store: Store, send: MemoryObjectSendStream[Request]) -> None:
+async def _produce(store: Store, send: MemoryObjectSendStream[Request], budget: Budget) -> None:
     async with send:
         after = 0
         while page := await store.pending(after, PAGE):
             for request in page:
+                if budget.refused:  # the spend cap: nothing more is launched
+                    return
                 await send.send(request)
             after = page[-1].id
 
@@ -91,8 +97,15 @@ class Job:
         self.view = view
         self.writer = Writer(store, settings.checkpoint_interval)
         self.limiter = Limiter(limit_state(settings))
+        cap = None if settings.max_cost is None else Decimal(str(settings.max_cost))
+        self.budget = Budget(cap, prices)
         self.runner = RequestRunner(
-            client=client, sink=self.writer, settings=settings, limiter=self.limiter, on_fatal=self._abort
+            client=client,
+            sink=self.writer,
+            settings=settings,
+            limiter=self.limiter,
+            on_fatal=self._abort,
+            budget=self.budget,
         )
         self.stopping = False
         self.aborted: Failure | None = None
@@ -136,6 +149,7 @@ class Job:
             elapsed=anyio.current_time() - self._started,
             done_this_run=finished,
             cost=self.cost(),
+            cap=self.budget.cap,
         )
 
     async def _show_progress(self) -> None:
@@ -162,6 +176,7 @@ class Job:
         await store.reset_interrupted()
         self._before = await store.counts()
         self._billed_before = await store.billed_by_tier(None, None)
+        self.budget.spent = self.cost() or Decimal(0)
         self._started = anyio.current_time()
         writer_done = anyio.Event()
 
@@ -180,7 +195,7 @@ class Job:
                 with self._work:
                     async with anyio.create_task_group() as group:
                         send, receive = anyio.create_memory_object_stream[Request](settings.concurrency)
-                        group.start_soon(_produce, store, send)
+                        group.start_soon(_produce, store, send, self.budget)
                         async with receive:
                             # Twice as many workers as streams: a request waiting out its backoff
                             # holds a worker but no stream, so the streams stay busy.
@@ -203,4 +218,7 @@ class Job:
             aborted=self.aborted,
             pauses=self.limiter.state.pauses,
             cuts=self.limiter.state.cuts,
+            capped=self.budget.refused,
+            cost=self.cost(),
+            cap=self.budget.cap,
         )

@@ -28,6 +28,7 @@ class Snapshot:
     done_this_run: int
     cost: Decimal | None = None  # USD billed so far by the whole job; None if a model is unpriced
     detail: str = ""  # what else the mode has to say (batch mode: batches ended, expiry)
+    cap: Decimal | None = None  # the spend cap (--max-cost), if any
 
 
 def _rates(s: Snapshot) -> tuple[float, float, float | None]:
@@ -48,7 +49,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _cost(s: Snapshot) -> str:
-    return f"cost {money(s.cost)}"
+    return f"cost {money(s.cost)}" + ("" if s.cap is None else f" of {money(s.cap)} cap")
 
 
 def describe(s: Snapshot) -> str:

@@ -15,6 +15,7 @@ from orchestrator.api.failures import Failure, classify
 from orchestrator.models import AttemptEnded, Outcome, Request, State
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
 from orchestrator.run.backoff import Backoff
+from orchestrator.run.budget import Budget
 from orchestrator.run.count import TokenCounter, generated_text
 from orchestrator.run.limits import Limiter, estimate_input_tokens
 from orchestrator.run.reach import Reach, unreachable
@@ -31,6 +32,7 @@ class RequestRunner:
     settings: JobSettings
     limiter: Limiter
     on_fatal: Callable[[Failure], None]
+    budget: Budget = field(default_factory=Budget)
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
     reach: Reach = field(default_factory=Reach)  # whether the endpoint can be reached at all
@@ -67,6 +69,9 @@ class RequestRunner:
                 final = (State.SUCCEEDED, message)
                 await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
                 return
+            worst = self.budget.admit(params)
+            if worst is None:  # launching it could pass the spend cap: the job launches nothing more
+                return
             permit = await self.limiter.acquire(params["model"], estimate, params["max_tokens"])
             await self.sink.started(live)
             failure: Failure | None = None
@@ -78,6 +83,7 @@ class RequestRunner:
                     raise
             finally:
                 self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done)
+                self.budget.settle(worst, params["model"], live.usage())
             if failure is None:
                 self.reach.answer()
                 message = join(recovery, live.acc.message())

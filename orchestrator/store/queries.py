@@ -57,6 +57,11 @@ class Queries(Base):
         assert row is not None
         return Usage(*row)
 
+    async def models(self) -> list[str]:
+        """Every model the job's requests name."""
+        async with self.db.execute("SELECT DISTINCT json_extract(params, '$.model') FROM requests") as cursor:
+            return sorted([row[0] async for row in cursor])
+
     async def first_start(self) -> float | None:
         async with self.db.execute("SELECT MIN(started_at) FROM attempts") as cursor:
             row = await cursor.fetchone()
