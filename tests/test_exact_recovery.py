@@ -3,6 +3,7 @@ reply durable across repeated stops, ``max_tokens`` never passed, billed estimat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -12,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
+from orchestrator.cli import run_command
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
 from orchestrator.report.export import result_line
@@ -99,7 +101,9 @@ def _cut_job(tmp_path: Path, count: int) -> Path:
     )
 
 
-async def test_a_continued_reply_cut_by_max_tokens_ends_at_the_same_token(simulate: Simulate, tmp_path: Path) -> None:
+async def test_a_continued_reply_cut_by_max_tokens_ends_at_the_same_token(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     job = _cut_job(tmp_path, 40)
     config = SimulatorConfig(timing=INSTANT, reply_min=60, reply_max=120)
     async with simulate(config) as (sim, client, _):
@@ -122,6 +126,14 @@ async def test_a_continued_reply_cut_by_max_tokens_ends_at_the_same_token(simula
         # Nothing received is paid twice, but a trailing whitespace token that prefill trims is generated again.
         assert max_tokens <= line["billed_usage"]["output_tokens"] <= max_tokens + 2
     assert summary.billed.output_tokens == server_billed
+    # The report says how many billed output tokens are estimates: those of the broken attempts.
+    estimated = query(tmp_path / "job.sqlite", "SELECT SUM(output_tokens) FROM attempts WHERE output_estimated")
+    assert estimated[0][0] > 0
+    capsys.readouterr()
+    assert await run_command(["report", str(tmp_path / "job.sqlite"), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["billed_output_tokens_estimated"] == estimated[0][0]
+    assert await run_command(["report", str(tmp_path / "job.sqlite")]) == 0
+    assert f"billed output tokens: {estimated[0][0]:,} of {server_billed:,} are our estimate" in capsys.readouterr().out
 
 
 async def test_without_count_tokens_a_continued_reply_stops_short_never_past(

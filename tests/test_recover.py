@@ -183,3 +183,12 @@ def test_breaking_anywhere_and_continuing_by_prefill_gives_the_uninterrupted_rep
         assert final["content"][0]["text"] == full, (first, second)
         assert final["stop_reason"] == whole.stop_reason
         assert final["usage"]["output_tokens"] == whole.output_tokens
+
+
+def test_a_kept_reply_stored_before_counting_is_counted_again() -> None:
+    kept = after_break(Recovery(), Strategy.AUTO, params(), partial("Half way")).with_count(2)
+    assert kept.to_dict() is not None
+    assert Recovery.from_dict(kept.to_dict()) == kept
+    old = {key: value for key, value in (kept.to_dict() or {}).items() if key != "counted"}
+    assert Recovery.from_dict(old).counted is False
+    assert Recovery.from_dict(None) == Recovery()

@@ -78,7 +78,8 @@ class Recovery:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Recovery:
-        return cls() if not data else cls(**data)
+        # Kept before its tokens were counted (an older store): count them again before going on.
+        return cls() if not data else cls(**{"counted": False, **data})
 
     def summary(self) -> dict[str, Any] | None:
         """What the result line says about recovery, or None if nothing was recovered."""
