@@ -37,7 +37,7 @@ def spec_file(tmp_path: Path, body: str) -> Path:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ('[run]\nconcurrency = "eight"\n', "job.toml: [run] concurrency must be an integer at least 1, not 'eight'"),
+        ('[run]\nconcurrency = "eight"\n', "job.toml:5: [run] concurrency must be an integer at least 1, not 'eight'"),
         ('[defaults]\nmax_tokens = "lots"\n', "job.toml:5: [defaults] max_tokens must be an integer at least 1"),
         ("[defaults]\nsystem = 'x'\nmodel = 5\n", "job.toml:6: [defaults] model must be a non-empty string, not 5"),
         ("[defaults]\ntemperature = 3\n", "job.toml:5: [defaults] temperature must be a number from 0 to 1"),

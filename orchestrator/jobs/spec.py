@@ -107,14 +107,14 @@ def _is_database(path: Path) -> bool:
         return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
 
 
-def _line_of(text: str, table: str, key: str) -> int | None:
-    """The line where ``key`` is set in ``[table]`` of a spec's text, if it is found there."""
+def _line_of(text: str, headers: tuple[str, ...], key: str) -> int | None:
+    """The line where ``key`` is set in a table of a spec's text (as its header names it), if found."""
     current = ""
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if stripped.startswith("["):
             current = stripped.strip("[] ")
-        elif current == table and re.match(rf"['\"]?{re.escape(key)}['\"]?\s*=", stripped):
+        elif current in headers and re.match(rf"['\"]?{re.escape(key)}['\"]?\s*=", stripped):
             return number
     return None
 
@@ -156,13 +156,23 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         if key not in MESSAGE_PARAMS - {"messages"}:
             problems.append(Problem(str(path), None, f"[defaults] has unknown request field {key!r}"))
         elif (problem := value_problem(key, value)) is not None:
-            problems.append(Problem(str(path), _line_of(text, "defaults", key), f"[defaults] {key} {problem}"))
+            problems.append(Problem(str(path), _line_of(text, ("defaults",), key), f"[defaults] {key} {problem}"))
     run = spec.get("run", {})
     limits = spec.get("limits", {})
     if not isinstance(run, dict) or not isinstance(limits, dict):
         problems.append(Problem(str(path), None, "[run] and [limits] must be tables"))
         run, limits = {}, {}
-    problems += [Problem(str(path), None, message) for message in (*run_problems(run), *limit_problems(limits))]
+    for key, value in run.items():
+        problems += [Problem(str(path), _line_of(text, ("run",), key), m) for m in run_problems({key: value})]
+    for key, value in limits.items():
+        if not isinstance(value, dict):
+            line = _line_of(text, ("limits",), key)
+            problems += [Problem(str(path), line, m) for m in limit_problems({key: value})]
+            continue
+        headers = (f'limits."{key}"', f"limits.'{key}'", f"limits.{key}")
+        for name, number in value.items():
+            line = _line_of(text, headers, name)
+            problems += [Problem(str(path), line, m) for m in limit_problems({key: {name: number}})]
     sources: list[Source] = []
     for entry in inputs:
         target = path.parent / entry
