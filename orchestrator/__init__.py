@@ -1,3 +1,22 @@
-"""orchestrator: a concurrent, resumable batch streaming runner for the Anthropic Messages API."""
+"""orchestrator: a concurrent, resumable batch streaming runner for the Anthropic Messages API.
 
-__all__: list[str] = []
+The Python API (see README "From Python")::
+
+    import orchestrator
+    done = orchestrator.run_job([{"prompt": "Hello"}], simulate=True, results="results/hello")
+    for line in done.results(): ...
+"""
+
+from orchestrator.errors import JobAborted, JobChangedError, JobFileError, OrchestratorError, UserError
+from orchestrator.library import JobResult, arun_job, run_job
+
+__all__ = [
+    "JobAborted",
+    "JobChangedError",
+    "JobFileError",
+    "JobResult",
+    "OrchestratorError",
+    "UserError",
+    "arun_job",
+    "run_job",
+]

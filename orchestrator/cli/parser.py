@@ -219,6 +219,13 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
         group.add_argument(setting.flag, dest=setting.name, type=float, help=setting.help)
 
 
+def run_parser() -> argparse.ArgumentParser:
+    """The ``run`` command's options alone: the Python API takes them as keyword arguments."""
+    parser = argparse.ArgumentParser(prog="orchestrator run")
+    _add_run_options(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="orchestrator",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.models import State, Usage
@@ -69,38 +71,9 @@ class Queries(Base):
 
     async def results(self) -> AsyncIterator[dict[str, Any]]:
         """Every request in input order, with its result, usage summed over attempts and timings."""
-        async with self.db.execute(
-            """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
-                      r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
-                      COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
-                      COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery,
-                      json_extract(r.params, '$.model'), r.input_row, COALESCE(MAX(a.output_estimated), 0),
-                      COALESCE(SUM(a.input_tokens * (a.batch_key IS NOT NULL)), 0),
-                      COALESCE(SUM(a.output_tokens * (a.batch_key IS NOT NULL)), 0),
-                      COALESCE(SUM(a.cache_creation_input_tokens * (a.batch_key IS NOT NULL)), 0),
-                      COALESCE(SUM(a.cache_read_input_tokens * (a.batch_key IS NOT NULL)), 0),
-                      COALESCE(SUM(a.cache_creation_1h_input_tokens * (a.batch_key IS NOT NULL)), 0)
-               FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
-        ) as cursor:
+        async with self.db.execute(RESULTS_SQL) as cursor:
             async for row in cursor:
-                yield {
-                    "custom_id": row[0],
-                    "state": row[1],
-                    "result": None if row[2] is None else json.loads(row[2]),
-                    "attempts": row[3],
-                    "timing": {
-                        "queued_at": row[4],
-                        "started_at": row[5],
-                        "first_token_at": row[6],
-                        "finished_at": row[7],
-                    },
-                    "billed": Usage(*row[8:13]),
-                    "recovery": None if row[13] is None else json.loads(row[13]),
-                    "model": row[14],
-                    "input_row": None if row[15] is None else json.loads(row[15]),
-                    "billed_estimated": bool(row[16]),
-                    "billed_batch": Usage(*row[17:22]),  # of "billed": the tokens of message batch attempts
-                }
+                yield _result_row(row)
 
     async def input_columns(self) -> list[str]:
         """The columns of the job's table rows, in order of first appearance (none for other inputs)."""
@@ -185,3 +158,47 @@ class Queries(Base):
                     "ttft": row[7],
                     "tier": row[8],  # how the final message was billed: standard, or batch
                 }
+
+
+# Every request in input order, with its usage summed over its attempts (and that of message batches apart).
+RESULTS_SQL = """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
+      r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
+      COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
+      COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery,
+      json_extract(r.params, '$.model'), r.input_row, COALESCE(MAX(a.output_estimated), 0),
+      COALESCE(SUM(a.input_tokens * (a.batch_key IS NOT NULL)), 0),
+      COALESCE(SUM(a.output_tokens * (a.batch_key IS NOT NULL)), 0),
+      COALESCE(SUM(a.cache_creation_input_tokens * (a.batch_key IS NOT NULL)), 0),
+      COALESCE(SUM(a.cache_read_input_tokens * (a.batch_key IS NOT NULL)), 0),
+      COALESCE(SUM(a.cache_creation_1h_input_tokens * (a.batch_key IS NOT NULL)), 0)
+      FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
+
+
+def _result_row(row: Sequence[Any]) -> dict[str, Any]:
+    return {
+        "custom_id": row[0],
+        "state": row[1],
+        "result": None if row[2] is None else json.loads(row[2]),
+        "attempts": row[3],
+        "timing": {
+            "queued_at": row[4],
+            "started_at": row[5],
+            "first_token_at": row[6],
+            "finished_at": row[7],
+        },
+        "billed": Usage(*row[8:13]),
+        "recovery": None if row[13] is None else json.loads(row[13]),
+        "model": row[14],
+        "input_row": None if row[15] is None else json.loads(row[15]),
+        "billed_estimated": bool(row[16]),
+        "billed_batch": Usage(*row[17:22]),  # of "billed": the tokens of message batch attempts
+    }
+
+
+def read_results(path: Path) -> Iterator[dict[str, Any]]:
+    """``Queries.results`` without an event loop (for the Python API's ``results()``): read-only, streamed."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        yield from (_result_row(row) for row in connection.execute(RESULTS_SQL))
+    finally:
+        connection.close()
