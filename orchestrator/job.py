@@ -33,7 +33,7 @@ from orchestrator.pricing import PriceTable, load_prices, money
 from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
 from orchestrator.run.engine import Job, Summary
-from orchestrator.run.progress import make_view
+from orchestrator.run.progress import LoadProgress, make_view
 from orchestrator.run.reach import UNREACHABLE
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import Simulator, SimulatorConfig, serve
@@ -195,7 +195,8 @@ async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path,
         "run": spec.run,  # so that the job runs the same if its file is gone
         "limits": spec.limits,
     }
-    added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec))
+    progress = LoadProgress(quiet=options.quiet)
+    added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec), progress)
     if job is not None:
         _note(f"job updated: {added:,} new and {changed:,} changed requests")
 

@@ -72,6 +72,25 @@ async def test_duplicates_name_the_first_line_in_input_order(tmp_path: Path) -> 
     assert [str(p) for p in caught.value.problems] == ["in.jsonl:11: duplicate custom_id 'x' (first at in.jsonl:10)"]
 
 
+async def test_duplicates_across_batches_and_prompt_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("orchestrator.store.load.LOAD_BATCH", 2)
+    items: list[Loaded | Problem] = [item("a", line=1), item("b", line=2), item("c", line=3), item("a", line=4)]
+    items += [Problem("in.jsonl", 5, "bad"), Loaded("p", item("p").params, "one/p.txt", None)]
+    items += [Loaded("p", item("p").params, "two/p.txt", None)]
+    seen: list[int] = []
+    async with open_store(tmp_path / "job.sqlite") as store:
+        with pytest.raises(JobFileError) as caught:
+            await store.load("job", {}, "f1", items, seen.append)
+        assert await store.counts() == {"pending": 0, "running": 0, "succeeded": 0, "errored": 0}
+    assert [str(p) for p in caught.value.problems] == [
+        "in.jsonl:4: duplicate custom_id 'a' (first at in.jsonl:1)",
+        "in.jsonl:5: bad",
+        "two/p.txt: duplicate custom_id 'p' (first at one/p.txt; prompt files are named by their file stem: "
+        "rename one)",
+    ]
+    assert seen[-1] == len(items)
+
+
 async def test_problems_are_capped(tmp_path: Path) -> None:
     items: list[Loaded | Problem] = [Problem("f", n, "bad") for n in range(1, 31)]
     async with open_store(tmp_path / "job.sqlite") as store:

@@ -23,7 +23,7 @@ CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 SIMPLE_FIELDS = (MESSAGE_PARAMS - {"messages"}) | {"prompt", "custom_id"}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Loaded:
     """One valid request read from an input, with where it came from."""
 
@@ -126,6 +126,15 @@ def _read_source(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded | 
         params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
         yield Loaded(stem, params, name, None)
         return
+    yield from _read_lines(source, name, stem, defaults)
+
+
+def _read_lines(source: Source, name: str, stem: str, defaults: dict[str, Any]) -> Iterator[Loaded | Problem]:
+    """The lines of a text or JSONL input. A line of the usual shape, ``{"prompt": ...}`` with
+    perhaps a ``custom_id``, is checked on a short path (the defaults were checked once) that
+    accepts exactly what the full check does; anything else takes the full check."""
+    defaults_valid = _check_params({**defaults, "messages": [{}]}) is None
+    loads = json.loads
     with source.path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -133,19 +142,31 @@ def _read_source(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded | 
             except UnicodeDecodeError:
                 yield Problem(name, number, "not UTF-8 text")
                 continue
-            if not line.strip():
+            if not line or line.isspace():
                 continue
-            generated = f"{stem}-{number}"
             if source.kind == "lines":
                 params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
-                yield Loaded(generated, params, name, number)
+                yield Loaded(f"{stem}-{number}", params, name, number)
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads(line)
             except ValueError as exc:
                 yield Problem(name, number, f"malformed JSON: {exc}")
                 continue
-            parsed = _from_json_line(obj, defaults, generated)
+            if defaults_valid and type(obj) is dict and "prompt" in obj and len(obj) <= 2:
+                prompt = obj["prompt"]
+                custom_id = obj.get("custom_id", None) if len(obj) == 2 else f"{stem}-{number}"
+                if (
+                    type(prompt) is str
+                    and prompt
+                    and not prompt.isspace()
+                    and type(custom_id) is str
+                    and CUSTOM_ID.match(custom_id)
+                ):
+                    params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
+                    yield Loaded(custom_id, params, name, number)
+                    continue
+            parsed = _from_json_line(obj, defaults, f"{stem}-{number}")
             if isinstance(parsed, str):
                 yield Problem(name, number, parsed)
             else:

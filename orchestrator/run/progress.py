@@ -125,3 +125,22 @@ def make_view(total: int, done: int, *, quiet: bool, stream: IO[str] = sys.stder
     if stream.isatty():
         return Bar(total, done, stream)
     return Lines(stream)
+
+
+class LoadProgress:
+    """While a job file loads: a line now and then on stderr (none for a file that loads at once,
+    none when quiet). Called by the store with the number of lines read so far."""
+
+    def __init__(self, *, quiet: bool, every: float = 2.0, stream: IO[str] = sys.stderr) -> None:
+        self._quiet = quiet
+        self._every = every
+        self._stream = stream
+        self._started = time.monotonic()
+        self._next = self._started + every
+
+    def __call__(self, read: int) -> None:
+        now = time.monotonic()
+        if self._quiet or now < self._next:
+            return
+        self._next = now + self._every
+        print(f"loading: {read:,} lines read and checked ({now - self._started:.0f} s)", file=self._stream, flush=True)

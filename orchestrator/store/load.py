@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
@@ -16,100 +16,199 @@ from orchestrator.store.schema import transaction
 
 LOAD_BATCH = 2000
 INSERT_INCOMING = "INSERT INTO incoming (custom_id, params, path, line, input_row) VALUES (?, ?, ?, ?, ?)"
+INSERT_NEW = (
+    "INSERT INTO requests (custom_id, params, source, input_row, queued_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (custom_id) DO NOTHING"
+)
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+Row = tuple[str, str, str, int | None, str | None]  # custom_id, params, path, line, input_row
+Progress = Callable[[int], None]
+
+
+def _source(path: str, line: int | None) -> str:
+    return path if line is None else f"{path}:{line}"
+
+
+def _duplicate(custom_id: str, path: str, line: int | None, first: str) -> Problem:
+    # A prompt file's custom_id is its file stem: two files of the same name collide.
+    hint = "" if line is not None else "; prompt files are named by their file stem: rename one"
+    return Problem(path, line, f"duplicate custom_id {custom_id!r} (first at {first}{hint})")
+
+
+class _Problems:
+    """The problems found so far: the first ``MAX_PROBLEMS``, and how many more."""
+
+    def __init__(self) -> None:
+        self.found: list[Problem] = []
+        self.more = 0
+
+    def add(self, problem: Problem) -> None:
+        if len(self.found) < MAX_PROBLEMS:
+            self.found.append(problem)
+        else:
+            self.more += 1
+
+    def raise_any(self) -> None:
+        if self.found:
+            self.found.sort(key=lambda p: (p.path, p.line or 0))
+            raise JobFileError(self.found, self.more)
+
+
+async def _read_batches(
+    items: Iterable[Loaded | Problem],
+    problems: _Problems,
+    insert: Callable[[list[Row]], Awaitable[None]],
+    progress: Progress | None,
+) -> None:
+    """Read every item and hand the valid ones to ``insert`` in batches. (Not overlapped with
+    the reading: the database thread and this one would take turns at the GIL on every row.)"""
+    rows: list[Row] = []
+    read = 0
+    for item in items:
+        read += 1
+        if isinstance(item, Problem):
+            problems.add(item)
+            continue
+        row = None if item.row is None else json.dumps(item.row, separators=(",", ":"), default=str)
+        rows.append((item.custom_id, _encode(item.params), item.path, item.line, row))
+        if len(rows) >= LOAD_BATCH:
+            await insert(rows)
+            rows = []
+            if progress is not None:
+                progress(read)
+    if rows:
+        await insert(rows)
+    if progress is not None:
+        progress(read)
 
 
 class Loading(Base):
     async def load(
-        self, name: str, spec: dict[str, Any], fingerprint: str, items: Iterable[Loaded | Problem]
+        self,
+        name: str,
+        spec: dict[str, Any],
+        fingerprint: str,
+        items: Iterable[Loaded | Problem],
+        progress: Progress | None = None,
     ) -> tuple[int, int]:
         """Load or reload the job's requests in one transaction; (added, changed) request counts.
 
         All-or-nothing: any bad line or duplicate custom_id raises JobFileError and leaves the
         database as it was. On a reload, unchanged requests keep their state and results,
-        changed ones start again, and ones no longer in the input are removed.
+        changed ones start again, and ones no longer in the input are removed. ``progress`` is
+        called with the number of items read so far, now and then.
         """
         now = time.time()
         db = self.db
+        async with db.execute("SELECT EXISTS (SELECT 1 FROM requests)") as cursor:
+            fresh = not (await cursor.fetchone() or (0,))[0]
+        async with transaction(db):
+            if fresh:
+                added, changed = await self._load_new(items, now, progress), 0
+            else:
+                added, changed = await self._reload(items, now, progress)
+            await db.execute(
+                """INSERT INTO job (id, name, spec, fingerprint, created_at, updated_at) VALUES (1, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE
+                   SET name = excluded.name, spec = excluded.spec, fingerprint = excluded.fingerprint,
+                       updated_at = excluded.updated_at""",
+                (name, json.dumps(spec), fingerprint, now, now),
+            )
+        return added, changed
+
+    async def _load_new(self, items: Iterable[Loaded | Problem], now: float, progress: Progress | None) -> int:
+        """Into a job with no requests yet: straight into ``requests`` (a copy through a table of
+        incoming requests costs more than all the rest), duplicates found as they collide."""
+        db = self.db
+        problems = _Problems()
+        added = 0
+
+        async def insert(rows: list[Row]) -> None:
+            nonlocal added
+            cursor = await db.executemany(
+                INSERT_NEW,
+                ((custom_id, params, _source(path, line), row, now) for custom_id, params, path, line, row in rows),
+            )
+            added += cursor.rowcount
+            if cursor.rowcount < len(rows):
+                await self._duplicates(rows, problems)
+
+        await _read_batches(items, problems, insert, progress)
+        problems.raise_any()
+        return added
+
+    async def _duplicates(self, rows: list[Row], problems: _Problems) -> None:
+        """The rows of a batch that collided with a custom_id stored before them."""
+        first: dict[str, str] = {}
+        ids = sorted({row[0] for row in rows})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT custom_id, source FROM requests WHERE custom_id IN ({marks})", chunk
+            ) as cursor:
+                first.update({custom_id: source async for custom_id, source in cursor})
+        for custom_id, _, path, line, _ in rows:
+            if first[custom_id] != _source(path, line):
+                problems.add(_duplicate(custom_id, path, line, first[custom_id]))
+
+    async def _reload(
+        self, items: Iterable[Loaded | Problem], now: float, progress: Progress | None
+    ) -> tuple[int, int]:
+        """Into a job loaded before: through a table of the incoming requests, reconciled with the stored ones."""
+        db = self.db
         try:
-            async with transaction(db):
-                await db.execute(
-                    "CREATE TEMP TABLE incoming (ord INTEGER PRIMARY KEY, custom_id TEXT, params TEXT, path TEXT,"
-                    " line INTEGER, input_row TEXT,"
-                    " source TEXT GENERATED ALWAYS AS (path || COALESCE(':' || line, '')))"
-                )
-                problems: list[Problem] = []
-                more = 0
-                batch: list[tuple[str, str, str, int | None, str | None]] = []
-                for item in items:
-                    if isinstance(item, Problem):
-                        if len(problems) < MAX_PROBLEMS:
-                            problems.append(item)
-                        else:
-                            more += 1
-                        continue
-                    row = None if item.row is None else json.dumps(item.row, separators=(",", ":"), default=str)
-                    params = json.dumps(item.params, separators=(",", ":"))
-                    batch.append((item.custom_id, params, item.path, item.line, row))
-                    if len(batch) >= LOAD_BATCH:
-                        await db.executemany(INSERT_INCOMING, batch)
-                        batch.clear()
-                if batch:
-                    await db.executemany(INSERT_INCOMING, batch)
-                await db.execute("CREATE INDEX temp.incoming_ids ON incoming (custom_id)")
-                async with db.execute(
-                    """SELECT i.custom_id, i.path, i.line,
-                              (SELECT f.source FROM incoming f WHERE f.custom_id = i.custom_id ORDER BY f.ord LIMIT 1)
-                       FROM incoming i
-                       WHERE EXISTS (SELECT 1 FROM incoming f WHERE f.custom_id = i.custom_id AND f.ord < i.ord)
-                       ORDER BY i.ord"""
-                ) as cursor:
-                    async for custom_id, path, line, first in cursor:
-                        # A prompt file's custom_id is its file stem: two files of the same name collide.
-                        hint = "" if line is not None else "; prompt files are named by their file stem: rename one"
-                        problem = Problem(path, line, f"duplicate custom_id {custom_id!r} (first at {first}{hint})")
-                        if len(problems) < MAX_PROBLEMS:
-                            problems.append(problem)
-                        else:
-                            more += 1
-                if problems:
-                    problems.sort(key=lambda p: (p.path, p.line or 0))
-                    raise JobFileError(problems, more)
-                async with db.execute(
-                    """SELECT COUNT(*) FROM incoming i JOIN requests r ON r.custom_id = i.custom_id
-                       WHERE r.params != i.params"""
-                ) as cursor:
-                    changed = (await cursor.fetchone() or (0,))[0]
-                await db.execute("DELETE FROM requests WHERE custom_id NOT IN (SELECT custom_id FROM incoming)")
-                await db.execute(
-                    """DELETE FROM attempts WHERE request_id IN (
-                         SELECT r.id FROM requests r JOIN incoming i USING (custom_id) WHERE r.params != i.params)"""
-                )
-                await db.execute(
-                    """UPDATE requests SET params = i.params, source = i.source, state = 'pending', attempts = 0,
-                         result = NULL, recovery = NULL, kept = NULL, started_at = NULL, first_token_at = NULL,
-                         finished_at = NULL, queued_at = ?
-                       FROM incoming i WHERE i.custom_id = requests.custom_id AND requests.params != i.params""",
-                    (now,),
-                )
-                await db.execute(
-                    """UPDATE requests SET input_row = i.input_row FROM incoming i
-                       WHERE i.custom_id = requests.custom_id AND requests.input_row IS NOT i.input_row"""
-                )
-                cursor = await db.execute(
-                    """INSERT INTO requests (custom_id, params, source, input_row, queued_at)
-                       SELECT custom_id, params, source, input_row, ? FROM incoming WHERE true
-                       ON CONFLICT (custom_id) DO NOTHING""",
-                    (now,),
-                )
-                added = cursor.rowcount
-                await db.execute(
-                    """INSERT INTO job (id, name, spec, fingerprint, created_at, updated_at) VALUES (1, ?, ?, ?, ?, ?)
-                       ON CONFLICT (id) DO UPDATE
-                       SET name = excluded.name, spec = excluded.spec, fingerprint = excluded.fingerprint,
-                           updated_at = excluded.updated_at""",
-                    (name, json.dumps(spec), fingerprint, now, now),
-                )
-                await db.execute("DROP TABLE temp.incoming")
+            await db.execute(
+                "CREATE TEMP TABLE incoming (ord INTEGER PRIMARY KEY, custom_id TEXT, params TEXT, path TEXT,"
+                " line INTEGER, input_row TEXT,"
+                " source TEXT GENERATED ALWAYS AS (path || COALESCE(':' || line, '')))"
+            )
+            problems = _Problems()
+
+            async def insert(rows: list[Row]) -> None:
+                await db.executemany(INSERT_INCOMING, rows)
+
+            await _read_batches(items, problems, insert, progress)
+            await db.execute("CREATE INDEX temp.incoming_ids ON incoming (custom_id)")
+            async with db.execute(
+                """SELECT i.custom_id, i.path, i.line,
+                          (SELECT f.source FROM incoming f WHERE f.custom_id = i.custom_id ORDER BY f.ord LIMIT 1)
+                   FROM incoming i
+                   WHERE EXISTS (SELECT 1 FROM incoming f WHERE f.custom_id = i.custom_id AND f.ord < i.ord)
+                   ORDER BY i.ord"""
+            ) as cursor:
+                async for custom_id, path, line, first in cursor:
+                    problems.add(_duplicate(custom_id, path, line, first))
+            problems.raise_any()
+            async with db.execute(
+                """SELECT COUNT(*) FROM incoming i JOIN requests r ON r.custom_id = i.custom_id
+                   WHERE r.params != i.params"""
+            ) as cursor:
+                changed: int = (await cursor.fetchone() or (0,))[0]
+            await db.execute("DELETE FROM requests WHERE custom_id NOT IN (SELECT custom_id FROM incoming)")
+            await db.execute(
+                """DELETE FROM attempts WHERE request_id IN (
+                     SELECT r.id FROM requests r JOIN incoming i USING (custom_id) WHERE r.params != i.params)"""
+            )
+            await db.execute(
+                """UPDATE requests SET params = i.params, source = i.source, state = 'pending', attempts = 0,
+                     result = NULL, recovery = NULL, kept = NULL, started_at = NULL, first_token_at = NULL,
+                     finished_at = NULL, queued_at = ?
+                   FROM incoming i WHERE i.custom_id = requests.custom_id AND requests.params != i.params""",
+                (now,),
+            )
+            await db.execute(
+                """UPDATE requests SET input_row = i.input_row FROM incoming i
+                   WHERE i.custom_id = requests.custom_id AND requests.input_row IS NOT i.input_row"""
+            )
+            cursor = await db.execute(
+                """INSERT INTO requests (custom_id, params, source, input_row, queued_at)
+                   SELECT custom_id, params, source, input_row, ? FROM incoming WHERE true
+                   ON CONFLICT (custom_id) DO NOTHING""",
+                (now,),
+            )
+            added = cursor.rowcount
+            await db.execute("DROP TABLE temp.incoming")
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await db.execute("DROP TABLE IF EXISTS temp.incoming")
