@@ -1,7 +1,14 @@
 """What the orchestrator costs against the bare SDK pattern, in the same run, against the simulator.
 
-The simulator runs at full speed in a process of its own. Each client runs in a fresh process
-so that its CPU time and peak RSS are its own:
+The simulator runs in a process of its own, a fresh one for each of three cases:
+
+- idealised: full speed, one token per delta: every event is a token, the case where the
+  baseline's typed parsing of each event costs the most (what earlier figures were measured on);
+- full speed, 1-5 tokens per delta, as the API streams them;
+- paced like the API (0.5 s to the first token, 60 tokens/s per stream, 1-5 tokens per delta),
+  ``--paced-requests`` at ``--paced-concurrency``.
+
+Each client runs in a fresh process so that its CPU time and peak RSS are its own:
 
 - baseline: the SDK's usual pattern, ``asyncio.gather`` over every request with a semaphore,
   ``messages.stream()`` and ``get_final_message()``, no store (and the SDK's own retries);
@@ -14,6 +21,7 @@ orchestrator with 2,000 and with 100,000 queued requests (the latter stopped aft
 completions as the former) should peak at about the same RSS.
 
     python scripts/bench_overhead.py [--requests 2000] [--concurrency 64] [--big 100000]
+                                     [--paced-requests 1000] [--paced-concurrency 500]
 """
 
 from __future__ import annotations
@@ -177,6 +185,7 @@ def profile_table(path: Path) -> list[tuple[str, float]]:
             ("/anthropic/", "anthropic SDK (event parsing, models)"),
             ("/pydantic", "pydantic (SDK models)"),
             ("/httpx2/", "httpx2"),
+            ("/aiohttp/", "aiohttp (HTTP transport)"),
             ("/httpcore", "httpcore"),
             ("/h11/", "h11 (HTTP parsing)"),
             ("/aiosqlite/", "aiosqlite"),
@@ -199,6 +208,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--big", type=int, default=100_000, help="queued requests for the memory check")
+    parser.add_argument("--paced-requests", type=int, default=1000)
+    parser.add_argument("--paced-concurrency", type=int, default=500)
     parser.add_argument("--role", choices=["baseline", "orchestrator"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
@@ -208,61 +219,75 @@ def main() -> None:
         role_main(args)
         return
 
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", "--speed", "inf"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert simulator.stdout is not None
-    url = next(w for w in simulator.stdout.readline().split() if w.startswith("http://"))
-    common = ["--url", url, "--requests", str(args.requests), "--concurrency", str(args.concurrency)]
-    try:
-        rows = {
-            "baseline": spawn("--role", "baseline", *common),
-            "orchestrator": spawn("--role", "orchestrator", *common),
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            profile = Path(tmp) / "profile.out"
-            spawn("--role", "orchestrator", *common, "--profile", str(profile))
-            breakdown = profile_table(profile)
-        big = spawn(
-            "--role",
-            "orchestrator",
-            "--url",
-            url,
-            "--requests",
-            str(args.big),
-            "--concurrency",
-            str(args.concurrency),
-            "--stop-after",
-            str(args.requests),
-        )
-    finally:
-        simulator.terminate()
-        simulator.wait()
-
-    print(f"{args.requests:,} requests, concurrency {args.concurrency}, simulator at full speed in its own process\n")
+    cases = [
+        ("idealised: full speed, 1 token per delta", ["--speed", "inf", "--tokens-per-delta", "1"], args.requests),
+        ("full speed, 1-5 tokens per delta", ["--speed", "inf", "--tokens-per-delta", "1:5"], args.requests),
+        (
+            "paced: 0.5 s to first token, 60 tok/s per stream, 1-5 tokens per delta",
+            ["--speed", "1", "--tokens-per-delta", "1:5"],
+            args.paced_requests,
+        ),
+    ]
+    print("simulator in its own process; each client in a fresh process\n")
     print(f"{'client':<14}{'req/s':>9}{'out tok/s':>12}{'CPU s':>8}{'CPU s / 1M out tok':>20}{'peak RSS MB':>13}")
-    per_million = {}
-    for name, row in rows.items():
-        per_million[name] = row["cpu"] / row["tokens"] * 1e6
-        print(
-            f"{name:<14}{row['requests'] / row['wall']:>9,.0f}{row['tokens'] / row['wall']:>12,.0f}{row['cpu']:>8.2f}"
-            f"{per_million[name]:>20.2f}{row['rss_mb']:>13.0f}"
+    for number, (label, simulator_args, requests) in enumerate(cases):
+        concurrency = args.paced_concurrency if number == 2 else args.concurrency
+        simulator = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", *simulator_args],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
-    base, ours = rows["baseline"], rows["orchestrator"]
-    speedup = (ours["requests"] / ours["wall"]) / (base["requests"] / base["wall"])
-    print(
-        f"\norchestrator / baseline: throughput {speedup:.2f}x, "
-        f"CPU per 1M output tokens {per_million['orchestrator'] / per_million['baseline']:.2f}x"
-    )
-    print("\nwhere the orchestrator's CPU goes (cProfile, own time):")
+        assert simulator.stdout is not None
+        url = next(w for w in simulator.stdout.readline().split() if w.startswith("http://"))
+        common = ["--url", url, "--requests", str(requests), "--concurrency", str(concurrency)]
+        try:
+            rows = {
+                "baseline": spawn("--role", "baseline", *common),
+                "orchestrator": spawn("--role", "orchestrator", *common),
+            }
+            if number == 1:
+                with tempfile.TemporaryDirectory() as tmp:
+                    profile = Path(tmp) / "profile.out"
+                    spawn("--role", "orchestrator", *common, "--profile", str(profile))
+                    breakdown = profile_table(profile)
+                big = spawn(
+                    "--role",
+                    "orchestrator",
+                    "--url",
+                    url,
+                    "--requests",
+                    str(args.big),
+                    "--concurrency",
+                    str(concurrency),
+                    "--stop-after",
+                    str(requests),
+                )
+                ours_rss = rows["orchestrator"]["rss_mb"]
+        finally:
+            simulator.terminate()
+            simulator.wait()
+        print(f"{label}: {requests:,} requests, concurrency {concurrency}")
+        per_million = {}
+        for name, row in rows.items():
+            per_million[name] = row["cpu"] / row["tokens"] * 1e6
+            print(
+                f"{name:<14}{row['requests'] / row['wall']:>9,.0f}{row['tokens'] / row['wall']:>12,.0f}"
+                f"{row['cpu']:>8.2f}{per_million[name]:>20.2f}{row['rss_mb']:>13.0f}"
+            )
+        base, ours = rows["baseline"], rows["orchestrator"]
+        speedup = (ours["requests"] / ours["wall"]) / (base["requests"] / base["wall"])
+        print(
+            f"  orchestrator / baseline: throughput {speedup:.2f}x, "
+            f"CPU per 1M output tokens {per_million['orchestrator'] / per_million['baseline']:.2f}x\n",
+            flush=True,
+        )
+    print("where the orchestrator's CPU goes (cProfile, own time; full speed, 1-5 tokens per delta):")
     for label, share in breakdown:
         if share >= 0.005:
             print(f"  {label:<42}{share:>6.0%}")
     print(
-        f"\nmemory: {args.requests:,} queued -> {ours['rss_mb']:.0f} MB peak; {args.big:,} queued "
+        f"\nmemory: {args.requests:,} queued -> {ours_rss:.0f} MB peak; {args.big:,} queued "
         f"(stopped after {big['requests']:,} done) -> {big['rss_mb']:.0f} MB peak"
     )
 

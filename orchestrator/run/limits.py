@@ -293,7 +293,10 @@ class Limiter:
             self._notify()
 
     def output_streamed(self, permit: Permit, tokens: int) -> None:
-        self.state.output_streamed(permit, tokens, self._clock())
+        # Called on every read of every stream: the clock is read only when there is output to
+        # charge beyond what the permit reserved, which most reads do not have.
+        if tokens > permit.output_reserved and tokens > permit.output_charged:
+            self.state.output_streamed(permit, tokens, self._clock())
 
     def release(self, permit: Permit, output_tokens: int, completed: bool) -> None:
         self.state.release(permit, output_tokens, completed, self._clock())
