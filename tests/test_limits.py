@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.run.bucket import TokenBucket
 from orchestrator.run.limits import (
+    CLASSES,
     DEFAULT_OUTPUT_GUESS,
     Limiter,
     LimitState,
@@ -253,4 +254,51 @@ async def test_limiter_wakes_a_waiter_on_release_and_cancelled_waiters_take_noth
     assert limiter.state.in_flight == 1
     with anyio.move_on_after(0.01):  # a waiter cancelled while blocked
         await limiter.acquire(M, 1, 1)
+    assert limiter.state.in_flight == 1
+
+
+def _headers(limit: int) -> dict[str, str]:
+    return {f"anthropic-ratelimit-{name}-{kind}": str(limit) for name in CLASSES for kind in ("limit", "remaining")}
+
+
+@pytest.mark.anyio
+async def test_the_probes_headers_let_every_waiter_go_at_once() -> None:
+    limiter = Limiter(state(LimitSpec(), concurrency=100, probe=True))  # the first request probes alone
+    probe = await limiter.acquire(M, 1, 1)
+    got: list[Permit] = []
+
+    async def launch() -> None:
+        got.append(await limiter.acquire(M, 1, 1))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(launch)
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        limiter.observe(M, _headers(1_000_000_000))
+    assert len(got) == 50
+    assert limiter.state.in_flight == 51
+    limiter.release(probe, 1, completed=True)
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_head_of_the_queue_hands_the_wait_on() -> None:
+    limiter = Limiter(state(LimitSpec(), concurrency=1))
+    first = await limiter.acquire(M, 1, 1)
+    got: list[Permit] = []
+
+    async def launch() -> None:
+        got.append(await limiter.acquire(M, 1, 1))
+
+    async with anyio.create_task_group() as outer:
+        async with anyio.create_task_group() as heads:
+            heads.start_soon(launch)  # the head of the queue
+            await anyio.wait_all_tasks_blocked()
+            outer.start_soon(launch)  # queued behind it
+            await anyio.wait_all_tasks_blocked()
+            heads.cancel_scope.cancel()
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        limiter.release(first, 1, completed=True)
+    assert len(got) == 1
     assert limiter.state.in_flight == 1

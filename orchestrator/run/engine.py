@@ -25,7 +25,7 @@ from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
 from orchestrator.run.budget import Budget
 from orchestrator.run.limits import Limiter, LimitState
-from orchestrator.run.progress import Snapshot, View
+from orchestrator.run.progress import Quiet, Snapshot, View
 from orchestrator.run.request import RequestRunner
 from orchestrator.run.writer import Writer
 from orchestrator.settings import JobSettings, limit_specs
@@ -188,7 +188,8 @@ class Job:
 
         async with anyio.create_task_group() as outer:
             outer.start_soon(write)
-            outer.start_soon(self._show_progress)
+            if not isinstance(self.view, Quiet):  # a snapshot walks every stream in flight
+                outer.start_soon(self._show_progress)
             if handle_signals:
                 outer.start_soon(self._watch_signals)
             try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,9 +252,23 @@ async def wait_event(event: anyio.Event, timeout: float | None) -> None:
         await event.wait()
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A launch waiting its turn: woken when it is admitted or has become the head of the queue."""
+
+    model: str
+    input_estimate: int
+    max_tokens: int
+    woken: anyio.Event = field(default_factory=anyio.Event)
+    permit: Permit | None = None
+
+
 class Limiter:
-    """``LimitState`` behind an async ``acquire``: waiters queue in order and wake on a timer
-    (when the buckets will allow them) or on a change (a release, a correction)."""
+    """``LimitState`` behind an async ``acquire``: waiters queue in order; the head waits on a
+    timer (when the buckets will allow it) or on a change (a release, a correction), and when
+    it is admitted it admits every waiter behind it that the limits allow, all at once: after
+    a probe, or when limits are far away, a thousand launches go in one step of the event loop,
+    not one per step. With nobody waiting, a launch the limits allow is admitted at once."""
 
     def __init__(
         self, state: LimitState, clock: Callable[[], float] = anyio.current_time, wait: Wait = wait_event
@@ -261,7 +276,7 @@ class Limiter:
         self.state = state
         self._clock = clock
         self._wait = wait
-        self._queue = anyio.Lock()
+        self._waiters: deque[_Waiter] = deque()
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -280,12 +295,45 @@ class Limiter:
         self._changed = anyio.Event()
 
     async def acquire(self, model: str, input_estimate: int, max_tokens: int) -> Permit:
-        async with self._queue:
-            while True:
-                decision = self.state.admit(model, input_estimate, max_tokens, self._clock())
-                if isinstance(decision, Permit):
-                    return decision
-                await self._wait(self._changed, decision)
+        if not self._waiters:
+            decision = self.state.admit(model, input_estimate, max_tokens, self._clock())
+            if isinstance(decision, Permit):
+                return decision
+        waiter = _Waiter(model, input_estimate, max_tokens)
+        self._waiters.append(waiter)
+        try:
+            while waiter.permit is None:
+                if self._waiters[0] is waiter:
+                    wait = self._admit_waiters()
+                    if waiter.permit is None:
+                        await self._wait(self._changed, wait)
+                else:
+                    await waiter.woken.wait()
+        except BaseException:
+            if waiter.permit is not None:  # admitted as it was cancelled: give the permit back
+                self.release(waiter.permit, 0, completed=False)
+            else:
+                head = self._waiters[0] is waiter
+                self._waiters.remove(waiter)
+                if head and self._waiters:
+                    self._waiters[0].woken.set()  # the next in line takes over the waiting
+            raise
+        return waiter.permit
+
+    def _admit_waiters(self) -> float | None:
+        """Admit waiters from the head on while the limits allow; then wake the new head (it waits
+        next), and return what the head must wait for (seconds, or None until a change)."""
+        now = self._clock()
+        while self._waiters:
+            head = self._waiters[0]
+            decision = self.state.admit(head.model, head.input_estimate, head.max_tokens, now)
+            if not isinstance(decision, Permit):
+                head.woken.set()
+                return decision
+            head.permit = decision
+            self._waiters.popleft()
+            head.woken.set()
+        return None
 
     def input_known(self, permit: Permit, actual: int) -> None:
         self.state.input_known(permit, actual, self._clock())

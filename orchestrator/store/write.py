@@ -10,6 +10,8 @@ from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, AttemptStarted
 from orchestrator.store.base import Base
 from orchestrator.store.schema import transaction
 
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
 
 class Writing(Base):
     async def reset_interrupted(self) -> int:
@@ -146,7 +148,7 @@ class Writing(Base):
 
 def _checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
     return (
-        None if c.partial is None else json.dumps(c.partial, separators=(",", ":")),
+        None if c.partial is None else _encode(c.partial),
         c.message_id,
         c.usage.input_tokens,
         c.usage.output_tokens,
