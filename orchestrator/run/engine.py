@@ -31,7 +31,7 @@ from orchestrator.run.writer import Writer
 from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import Store
 
-PAGE = 512
+PAGE = 512  # requests read from the store at once, at the least (else as many as the concurrency)
 PROGRESS_EVERY = 0.5
 WRITER_GRACE = 60.0  # seconds the writer gets for its last commit after a stop
 
@@ -55,14 +55,19 @@ class Summary:
         return self.counts[State.PENDING] == 0 and self.counts[State.RUNNING] == 0
 
 
-async def _produce(store: Store, send: MemoryObjectSendStream[Request], budget: Budget) -> None:
+async def _produce(store: Store, send: MemoryObjectSendStream[Request], budget: Budget, page_size: int) -> None:
     async with send:
         after = 0
-        while page := await store.pending(after, PAGE):
+        while page := await store.pending(after, page_size):
             for request in page:
                 if budget.refused:  # the spend cap: nothing more is launched
                     return
-                await send.send(request)
+                # Hand a request to a waiting worker (or the buffer) at once: an awaited send is a
+                # turn of the event loop per request, which paces launches at thousands of streams.
+                try:
+                    send.send_nowait(request)
+                except anyio.WouldBlock:
+                    await send.send(request)
             after = page[-1].id
 
 
@@ -196,7 +201,9 @@ class Job:
                 with self._work:
                     async with anyio.create_task_group() as group:
                         send, receive = anyio.create_memory_object_stream[Request](settings.concurrency)
-                        group.start_soon(_produce, store, send, self.budget)
+                        # A page covers the whole pool: launches do not wait for the store, which
+                        # is busy with checkpoints.
+                        group.start_soon(_produce, store, send, self.budget, max(PAGE, settings.concurrency))
                         async with receive:
                             # Twice as many workers as streams: a request waiting out its backoff
                             # holds a worker but no stream, so the streams stay busy.
