@@ -20,6 +20,19 @@ from orchestrator.simulator import Simulator
 from orchestrator.simulator.replies import plan_reply
 from orchestrator.store import Store, open_store
 
+# A tool for tool_use replies: the simulator streams its input as input_json_delta chunks.
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "The weather somewhere",
+        "input_schema": {
+            "type": "object",
+            "properties": {"location": {"type": "string"}, "unit": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["location"],
+        },
+    }
+]
+
 
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
@@ -81,3 +94,11 @@ async def run_in_process(
         running = Job(store, client, settings, Quiet())
         summary = await running.run(handle_signals=False)
     return running, summary
+
+
+async def until_checkpointed(sim: Simulator, running: Job, streams: int) -> None:
+    """Wait until ``streams`` streams stall and a checkpoint holds every delta they received."""
+    await sim.until(lambda s: s.stalls_now == streams)
+    await running.writer.until(
+        lambda w: len(w.live) == streams and all(not live.dirty for live in w.live.values()) and w.tally.checkpoints > 0
+    )

@@ -22,7 +22,7 @@ from orchestrator.simulator import SimulatorConfig
 from orchestrator.simulator.tokens import count_tokens
 from orchestrator.store import open_store
 from tests.conftest import INSTANT, Running
-from tests.helpers import query, read_results, reply_of, text_of, write_jsonl
+from tests.helpers import query, read_results, reply_of, text_of, until_checkpointed, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
@@ -277,13 +277,7 @@ async def test_checkpoints_reach_the_store_while_streaming_and_stop_saves_them(
         running = Job(store, client, settings, Quiet())
         async with anyio.create_task_group() as group:
             group.start_soon(lambda: running.run(handle_signals=False))
-            await sim.until(lambda s: s.stalls_now == 4)
-            # Every stream has received its deltas; wait for a checkpoint that holds all of them.
-            await running.writer.until(
-                lambda w: (
-                    len(w.live) == 4 and all(not live.dirty for live in w.live.values()) and w.tally.checkpoints > 0
-                )
-            )
+            await until_checkpointed(sim, running, 4)
             partial = query(
                 db,
                 "SELECT r.custom_id, a.partial, a.outcome FROM attempts a JOIN requests r ON r.id = a.request_id",

@@ -122,7 +122,7 @@ class _Block:
 class Accumulator:
     """Feeds on one stream's events; ``message()`` is the final message, ``snapshot()`` the partial one."""
 
-    __slots__ = ("_blocks", "_counted", "_message", "_open", "_stopped", "deltas")
+    __slots__ = ("_blocks", "_counted", "_ended", "_message", "_open", "_stopped", "deltas")
 
     def __init__(self) -> None:
         self._message: dict[str, Any] | None = None
@@ -131,6 +131,7 @@ class Accumulator:
         self.deltas = 0  # content deltas received
         self._stopped = False  # message_stop received
         self._counted = False  # a message_delta has given the real output count
+        self._ended = False  # the last message_delta gave a stop_reason
 
     def feed(self, event: Any) -> None:
         """Take one decoded event; raises ``MalformedStream`` where the SDK's accumulation fails."""
@@ -214,14 +215,15 @@ class Accumulator:
                 message.pop(key, None)
             else:
                 message[key] = without_nulls(value)
+        self._ended = delta.get("stop_reason") is not None
         if delta.get("container") is not None:
             message["container"] = without_nulls(delta["container"])
         output_tokens = reported.get("output_tokens")
-        if output_tokens is None:  # the SDK sets it to None too
+        if output_tokens is None:  # the SDK sets it to None too; we have no count from the server
             usage.pop("output_tokens", None)
         else:
             usage["output_tokens"] = output_tokens
-        self._counted = True
+        self._counted = output_tokens is not None
         for key in _USAGE_OPTIONAL:
             value = reported.get(key)
             if value is not None:
@@ -240,8 +242,7 @@ class Accumulator:
     def done(self) -> bool:
         """The message is complete: ``message_stop`` came, or every block stopped and a
         ``message_delta`` gave the ``stop_reason`` (the SDK returns the same message either way)."""
-        message = self._message
-        return self._stopped or (self._counted and self._open == 0 and message is not None and "stop_reason" in message)
+        return self._stopped or (self._ended and self._open == 0)
 
     @property
     def message_id(self) -> str | None:
