@@ -3,7 +3,8 @@
     OrchestratorError
     ├── UserError                 bad input or options; exit status 2, nothing sent
     │   ├── JobFileError          a job file problem, with file and line
-    │   └── JobChangedError       the job file differs from the job already in the database
+    │   ├── JobChangedError       the job file differs from the job already in the database
+    │   └── JobRunning            another process is running the job right now
     ├── JobAborted                the job cannot go on (bad key, no permission, spend cap); exit 3
     └── StreamError               one attempt's stream is not a reply: the attempt is broken
         ├── BrokenStream          the body ended cleanly before the message was complete
@@ -59,6 +60,10 @@ class JobFileError(UserError):
 
 
 class JobChangedError(UserError):
+    pass
+
+
+class JobRunning(UserError):
     pass
 
 

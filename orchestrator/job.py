@@ -37,7 +37,7 @@ from orchestrator.run.progress import LoadProgress, make_view
 from orchestrator.run.reach import UNREACHABLE
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import Simulator, SimulatorConfig, serve
-from orchestrator.store import JobRow, Store, open_store, remove_store
+from orchestrator.store import JobRow, Store, open_store, remove_store, runner_lock
 
 RESULTS_ROOT = Path("results")
 SIMULATED_ROOT = RESULTS_ROOT / "simulated"  # simulated jobs never share a folder with real ones by default
@@ -114,11 +114,12 @@ def _check_key(simulator: SimulatorConfig | None) -> None:
 
 @asynccontextmanager
 async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
-    """The job's store; one created here is removed again if no job was loaded into it (bad input)."""
+    """The job's store with its runner lock held (``JobRunning`` at once if another process runs
+    it); one created here is removed again if no job was loaded into it (bad input)."""
     created = [path for path in (db.parent, db) if not path.exists()]
     loaded = True
     try:
-        async with open_store(db) as store:
+        async with open_store(db) as store, runner_lock(db):  # refused: nothing loaded, nothing removed
             try:
                 yield store
             except BaseException:

@@ -15,8 +15,10 @@ from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import Process
 
-from orchestrator.simulator import SimulatorConfig, Stats, Timing
+from orchestrator.cli import run_command
+from orchestrator.simulator import Simulator, SimulatorConfig, Stats, Timing
 from tests.conftest import Running
 from tests.helpers import expected_replies, query, read_results, text_of
 
@@ -185,3 +187,57 @@ async def test_kill_9_at_several_points_loses_nothing_and_duplicates_nothing(
     assert len(succeeded_attempts) == count
     assert all(n == 1 for _, n in succeeded_attempts)
     assert query(db, "SELECT COUNT(*) FROM attempts WHERE outcome IS NULL") == [(0,)]
+
+
+async def run_until_stalled(sim: Simulator, argv: list[str]) -> Process:
+    """``orchestrator ARGV`` in a process, once its first stream stalls (mid-run, its lock taken)."""
+    process = await anyio.open_process(cli(*argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    with anyio.fail_after(30):
+        await sim.until(lambda s: s.stalls_now == 1)
+    return process
+
+
+async def test_a_second_run_of_a_running_job_is_refused_at_once(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_prompts(tmp_path / "job.jsonl", ["slow <<sim-fault: stall after=2 seconds=2 times=1>>", "b", "c"])
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    async with simulate() as (sim, _, url):
+        argv = ["run", str(job), "--base-url", url, "--results", str(out), "--quiet"]
+        first = await run_until_stalled(sim, argv)
+        # Hold the first run where it is (mid-stream, its lock taken) while the others try.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = await anyio.run_process(cli(*argv), env=ENV, check=False)
+            capsys.readouterr()
+            resumed = await run_command(["resume", str(db), "--quiet"])  # in this process: refused all the same
+            refusal = capsys.readouterr().err
+            status = await run_command(["status", str(db)])  # status reads a running job
+        finally:
+            first.send_signal(signal.SIGCONT)
+        with anyio.fail_after(30):
+            await first.wait()
+        expected = expected_replies(sim, job)
+    assert (second.returncode, resumed, status) == (2, 2, 0)
+    for message in (second.stderr.decode(), refusal):
+        assert f"{db} is being run by another orchestrator process (pid {first.pid}). Nothing was sent." in message
+        assert "Traceback" not in message
+    assert first.returncode == 0
+    assert sim.stats.requests == 3  # one per request: the refused runs sent nothing, the first was undisturbed
+    lines = results(out / "results.jsonl")
+    assert {cid: text_of(line) for cid, line in lines.items()} == expected
+    assert all(line["attempts"] == 1 for line in lines.values())
+
+
+async def test_a_run_killed_with_sigkill_leaves_the_job_unlocked(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_prompts(tmp_path / "job.jsonl", ["held <<sim-fault: stall after=2 seconds=60 times=1>>", "b"])
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        argv = ["run", str(job), "--base-url", url, "--results", str(out), "--quiet"]
+        first = await run_until_stalled(sim, argv)
+        first.kill()
+        await first.wait()
+        assert await run_command(argv) == 0
+        expected = expected_replies(sim, job)
+    assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected

@@ -9,6 +9,7 @@ exports of it.
     schema.py   migrations            load.py     job files -> requests (validated, de-duplicated)
     write.py    the run's write path  queries.py  everything read back (status, export, report)
     batches.py  message batches: intents, server states, results applied
+    lock.py     one runner per job (an OS lock beside the database)
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import aiosqlite
 from orchestrator.errors import UserError
 from orchestrator.store.batches import Batching, BatchRow
 from orchestrator.store.load import Loading
+from orchestrator.store.lock import runner_lock
 from orchestrator.store.queries import JobRow, Queries
 from orchestrator.store.schema import MIGRATIONS, migrate
 from orchestrator.store.write import Writing
 
-__all__ = ["MIGRATIONS", "BatchRow", "JobRow", "Store", "open_store", "remove_store"]
+__all__ = ["MIGRATIONS", "BatchRow", "JobRow", "Store", "open_store", "remove_store", "runner_lock"]
 
 
 class Store(Loading, Writing, Batching, Queries):
@@ -77,6 +79,7 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 
 def remove_store(path: Path) -> None:
-    """Remove a job database and its write-ahead files (one that was just created and never held a job)."""
-    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+    """Remove a job database, its write-ahead files and its lock file (one that was just created and
+    never held a job)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + ".lock"):
         path.with_name(name).unlink(missing_ok=True)
