@@ -32,8 +32,10 @@ from orchestrator.cli.parser import build_parser, run_parser
 from orchestrator.errors import JobChangedError, UserError
 from orchestrator.job import RESULTS_ROOT, SIMULATED_ROOT, aborted_error, run
 from orchestrator.models import State
+from orchestrator.pricing import load_prices
 from orchestrator.report.export import result_line
 from orchestrator.settings import LIMITS, SETTINGS
+from orchestrator.store import open_store
 from orchestrator.store.queries import read_results
 
 JobInput = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
@@ -158,19 +160,22 @@ async def arun_job(job: JobInput, **options: Any) -> JobResult:
     argv = ["run", str(path), *_argv(options)]
     args = build_parser().parse_args(argv)
     args.argv = argv
-    outcome = await run(run_options(args))
+    run_as = run_options(args)
+    outcome = await run(run_as)
     error = aborted_error(outcome)
     if error is not None:
         raise error
     summary = outcome.summary
     if summary.stopped:
         raise KeyboardInterrupt(f"stopped; run it again to resume (orchestrator resume {outcome.db})")
+    async with open_store(outcome.db, create=False) as store:  # streamed and batch attempts at their prices
+        cost = load_prices(run_as.prices).total(await store.billed_by_tier(None, None))
     return JobResult(
         db=outcome.db,
         results_file=outcome.results,
         counts=dict(summary.counts),
         billed=summary.billed.as_dict(),
-        cost=summary.cost,
+        cost=cost,
         elapsed=summary.elapsed,
     )
 

@@ -13,6 +13,8 @@ import pytest
 
 import orchestrator
 from orchestrator.cli import run_command
+from orchestrator.models import Usage
+from orchestrator.pricing import load_prices
 from orchestrator.simulator import SimulatorConfig, Timing
 from tests.conftest import Running
 from tests.helpers import query, read_results, reply_of, text_of
@@ -37,8 +39,7 @@ def test_run_job_from_sync_code_resumes_after_an_abort(tmp_path: Path) -> None:
     assert done.succeeded == 9
     assert done.errored == 0
     assert done.billed["output_tokens"] > 0
-    assert done.cost is not None
-    assert done.cost > 0
+    assert done.cost == load_prices().cost("claude-haiku-4-5", Usage.from_dict(done.billed))
     results = done.results()
     assert isinstance(results, types.GeneratorType)
     lines = list(results)

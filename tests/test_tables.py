@@ -86,6 +86,18 @@ def test_csv_rows_through_the_template() -> None:
     }
 
 
+def test_doubled_quotes_beside_a_delimiter_in_one_field(tmp_path: Path) -> None:
+    # csv.Sniffer alone reads this dialect without doubled quotes, and the rows fall apart.
+    rows = "".join(f'k{i},"Review {i}, with ""quotes""\nand a second line"\n' for i in range(50))
+    (tmp_path / "t.csv").write_text("id,text\n" + rows)
+    (tmp_path / "job.toml").write_text('[[tables]]\npath = "t.csv"\nid_column = "id"\n[template]\nprompt = "{text}"\n')
+    items = list(read_requests(load_spec(tmp_path / "job.toml", {})))
+    assert len(items) == 50
+    first = items[0]
+    assert isinstance(first, Loaded)
+    assert first.params["messages"][0]["content"] == 'Review 0, with "quotes"\nand a second line'
+
+
 def test_any_sniffed_dialect_and_generated_ids(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("name;note\nada;'x; y'\nbob;plain\n")
     (tmp_path / "job.toml").write_text('[[tables]]\npath = "t.csv"\n[template]\nprompt = "{name}: {note}"\n')
@@ -249,3 +261,21 @@ def test_a_big_table_is_streamed(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert count == 20_000
     assert peak < 2_000_000
+
+
+async def test_csv_export_renames_input_columns_named_like_its_own(simulate: Simulate, tmp_path: Path) -> None:
+    (tmp_path / "t.jsonl").write_text('{"custom_id": "a1", "cost_usd": 3, "q": "x"}\n')
+    (tmp_path / "job.toml").write_text(
+        '[[tables]]\npath = "t.jsonl"\nid_column = "custom_id"\n[template]\nprompt = "{q}"\n'
+    )
+    out = tmp_path / "out"
+    async with simulate() as (_, _, url):
+        assert (
+            await run_command(["run", str(tmp_path / "job.toml"), "--base-url", url, "--results", str(out), *FAST]) == 0
+        )
+    assert await run_command(["export", str(out / "job.sqlite"), "--format", "csv"]) == 0
+    with (out / "results.csv").open(newline="") as handle:
+        header, row = list(csv.reader(handle))
+    assert header[:3] == ["input_custom_id", "input_cost_usd", "q"]
+    assert row[:4] == ["a1", "3", "x", "a1"]
+    assert Decimal(row[header.index("cost_usd")]) > 0

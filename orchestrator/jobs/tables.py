@@ -174,7 +174,9 @@ def _csv_rows(path: Path) -> Iterator[Row | Problem | Columns]:
             dialect: type[csv.Dialect] | csv.Dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
             with contextlib.suppress(csv.Error):  # one column, or too little to tell: the default dialect
                 dialect = csv.Sniffer().sniff(sample, delimiters=DELIMITERS)
-            reader = csv.reader(handle, dialect)
+            # The sniffer misses doubled quotes in a field that also holds the delimiter ("a, ""b"""):
+            # without an escape character, "" inside quotes is a quote, as RFC 4180 has it.
+            reader = csv.reader(handle, dialect, doublequote=dialect.doublequote or dialect.escapechar is None)
             header = next(reader, None)
             if not header:
                 yield Problem(name, None, "empty table: a CSV table needs a header row")
