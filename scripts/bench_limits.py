@@ -14,7 +14,9 @@ the measuring window, with the share of requests refused with a 429.
 Recovery: with 10% of streams dropped at a random point, the same job with ``--recover auto``
 (prefill, on a model that accepts it) and ``--recover restart``; regenerated output tokens are
 those billed beyond the uninterrupted replies, and every recovered text is checked against the
-uninterrupted reply (and against ``max_tokens``, with a third run where 100 cuts most replies).
+uninterrupted reply (and against ``max_tokens``, with a third run where 100 cuts most replies,
+and a fourth against a server that does not answer ``count_tokens``: kept texts bounded by
+their bytes, so replies stop short of ``max_tokens``).
 The output tokens the results record as billed (partly estimated for broken streams) are set
 against what the simulator billed.
 
@@ -176,15 +178,16 @@ def measure(limit_name: str, kind: str, warmup: float, duration: float, concurre
     }
 
 
-def recovery(strategy: str, count: int, concurrency: int, max_tokens: int) -> dict[str, int]:
-    """Billed output tokens beyond the uninterrupted replies, what the results recorded of them, and
-    texts that differ from the uninterrupted replies or hold more than ``max_tokens``."""
+def recovery(strategy: str, count: int, concurrency: int, max_tokens: int, *simulator_options: str) -> dict[str, int]:
+    """Billed output tokens beyond the uninterrupted replies, what the results recorded of them, texts
+    that stop short of the uninterrupted replies at ``max_tokens`` (and by how many tokens), and texts
+    that differ from them otherwise or hold more than ``max_tokens``."""
     from orchestrator.jobs.read import Loaded, read_requests
     from orchestrator.jobs.spec import load_spec
     from orchestrator.simulator.replies import plan_reply
     from orchestrator.simulator.tokens import count_tokens
 
-    simulator, url = start_simulator("--speed", "inf", "--fault", "drop=0.1")
+    simulator, url = start_simulator("--speed", "inf", "--fault", "drop=0.1", *simulator_options)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             job = write_job(Path(tmp) / "job.jsonl", count, 0)
@@ -206,6 +209,8 @@ def recovery(strategy: str, count: int, concurrency: int, max_tokens: int) -> di
         simulator.terminate()
         simulator.wait()
     texts = {line["custom_id"]: "".join(b["text"] for b in line["result"]["message"]["content"]) for line in lines}
+    full = {cid: "".join(tokens) for cid, tokens in expected.items()}
+    short = [cid for cid, text in texts.items() if text != full[cid] and full[cid].startswith(text)]
     return {
         "drops": billed["faults_injected"].get("drop", 0),
         "billed": billed["output_tokens_billed"],
@@ -214,7 +219,9 @@ def recovery(strategy: str, count: int, concurrency: int, max_tokens: int) -> di
         "regenerated": billed["output_tokens_billed"] - sum(len(tokens) for tokens in expected.values()),
         "recovered": sum(1 for line in lines if "recovery" in line),
         "cut": sum(1 for line in lines if line["result"]["message"]["stop_reason"] == "max_tokens"),
-        "wrong": sum(1 for cid, text in texts.items() if text != "".join(expected[cid])),
+        "short": len(short),
+        "tokens_short": sum(len(expected[cid]) - count_tokens(texts[cid]) for cid in short),
+        "wrong": sum(1 for cid, text in texts.items() if not full[cid].startswith(text)),
         "past": sum(1 for text in texts.values() if count_tokens(text) > max_tokens),
         "results": len(lines),
     }
@@ -255,16 +262,18 @@ def main() -> None:
     )
     print(
         f"{'strategy':<10}{'max_tokens':>11}{'drops':>7}{'recovered':>10}{'cut':>6}{'billed':>9}{'recorded':>10}"
-        f"{'estimated':>10}{'regenerated':>12}{'wrong':>7}{'past':>6}"
+        f"{'estimated':>10}{'regenerated':>12}{'short':>7}{'tok short':>10}{'wrong':>7}{'past':>6}"
     )
     regenerated = {}
-    for strategy, max_tokens in (("auto", 1024), ("restart", 1024), ("auto", 100)):
-        result = recovery(strategy, args.recovery_requests, args.concurrency, max_tokens)
+    runs = [("auto", 1024, ()), ("restart", 1024, ()), ("auto", 100, ()), ("auto", 100, ("--no-count-tokens",))]
+    for strategy, max_tokens, options in runs:
+        result = recovery(strategy, args.recovery_requests, args.concurrency, max_tokens, *options)
         regenerated[strategy, max_tokens] = result["regenerated"]
         print(
             f"{strategy:<10}{max_tokens:>11,}{result['drops']:>7}{result['recovered']:>10}{result['cut']:>6}"
             f"{result['billed']:>9,}{result['recorded']:>10,}{result['estimated']:>10}{result['regenerated']:>12,}"
-            f"{result['wrong']:>7}{result['past']:>6}"
+            f"{result['short']:>7}{result['tokens_short']:>10}{result['wrong']:>7}{result['past']:>6}"
+            f"{'   (server without count_tokens)' if options else ''}"
         )
     restart = regenerated["restart", 1024]
     ratio = regenerated["auto", 1024] / restart if restart else 0.0

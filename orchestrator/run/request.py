@@ -49,7 +49,8 @@ class RequestRunner:
         recovery = Recovery.from_dict(request.kept)
         correction: tuple[int, int] | None = None
         if request.interrupted is not None:  # cut by a stop or a crash: continue from its last checkpoint
-            recovery, tokens = await self._keep(recovery, request.params, request.interrupted)
+            billed_known = not request.interrupted_estimated
+            recovery, tokens = await self._keep(recovery, request.params, request.interrupted, billed_known)
             if tokens is not None and request.interrupted_estimated:
                 correction = (request.attempts, tokens)
         estimate = estimate_input_tokens(request.params)
@@ -106,17 +107,20 @@ class RequestRunner:
                 await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final), recovery)
                 return
             if failure.outcome is Outcome.BROKEN and live.acc.started:
-                recovery, live.output_estimate = await self._keep(recovery, params, live.acc.snapshot())
+                partial = live.acc.snapshot()
+                recovery, live.output_estimate = await self._keep(recovery, params, partial, live.acc.counted)
             await self._end(live, live.ended(time.time(), failure.outcome, failure), recovery)
             await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
 
     async def _keep(
-        self, recovery: Recovery, params: dict[str, Any], partial: dict[str, Any]
+        self, recovery: Recovery, params: dict[str, Any], partial: dict[str, Any], billed_known: bool
     ) -> tuple[Recovery, int | None]:
-        """The recovery after an attempt broke with ``partial``; and the server's count of what the
-        attempt generated (its billed output, which the stream did not say), if it gave one."""
+        """The recovery after an attempt broke with ``partial``; and, unless the stream said it
+        (``billed_known``), the server's count of what the attempt generated (its billed output)."""
         kept = after_break(recovery, self.strategy, params, partial)
         generated = generated_text(partial)
+        if billed_known and (kept.counted or kept.counted_text != generated):
+            return kept, None  # the server counted the attempt's output; _counted counts the kept text
         tokens = await self.counter.count(params["model"], generated)
         if tokens is not None and not kept.counted and kept.counted_text == generated:
             kept = kept.with_count(tokens)
