@@ -6,6 +6,8 @@
     │   ├── JobChangedError       the job file differs from the job already in the database
     │   └── JobRunning            another process is running the job right now
     ├── JobAborted                the job cannot go on (bad key, no permission, spend cap); exit 3
+    │   └── StorageError          the job's database or results cannot be written (full disk, read-only)
+    │       └── DatabaseBusy      another process holds the database's write lock (a run waits it out)
     └── StreamError               one attempt's stream is not a reply: the attempt is broken
         ├── BrokenStream          the body ended cleanly before the message was complete
         └── MalformedStream       an event the accumulation cannot take (undecodable data,
@@ -69,6 +71,14 @@ class JobRunning(UserError):
 
 class JobAborted(OrchestratorError):
     exit_status = 3
+
+
+class StorageError(JobAborted):
+    pass
+
+
+class DatabaseBusy(StorageError):
+    pass
 
 
 class StreamError(OrchestratorError):

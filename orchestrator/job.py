@@ -14,17 +14,12 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anthropic
 import anyio
-import httpx2
 
-from orchestrator.batch.calls import Caller, CallFailed
-from orchestrator.batch.cancel import cancel_batches
-from orchestrator.batch.engine import BatchJob
 from orchestrator.batch.plan import Splitter
-from orchestrator.errors import JobAborted, JobChangedError, UserError
+from orchestrator.errors import JobAborted, JobChangedError, StorageError, UserError
 from orchestrator.jobs.params import check_options
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import JobSpec, load_spec
@@ -32,12 +27,17 @@ from orchestrator.models import State
 from orchestrator.pricing import PriceTable, load_prices, money
 from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
-from orchestrator.run.engine import Job, Summary
 from orchestrator.run.progress import LoadProgress, make_view
-from orchestrator.run.reach import UNREACHABLE
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
-from orchestrator.simulator import Simulator, SimulatorConfig, serve
+from orchestrator.simulator import SimulatorConfig
 from orchestrator.store import JobRow, Store, open_store, remove_store, runner_lock
+
+if TYPE_CHECKING:
+    import anthropic
+    import httpx2
+
+    from orchestrator.run.engine import Summary
+
 
 RESULTS_ROOT = Path("results")
 SIMULATED_ROOT = RESULTS_ROOT / "simulated"  # simulated jobs never share a folder with real ones by default
@@ -69,7 +69,7 @@ class Outcome:
     summary: Summary
     db: Path
     results: Path  # results.jsonl
-    written: int  # lines in it
+    written: int | None  # lines in it; None: not written (the job is not complete)
 
 
 def _note(message: str) -> None:
@@ -83,6 +83,9 @@ def http_client(settings: JobSettings) -> httpx2.AsyncClient:
     the body in Python, and its pool scans every connection on each request), which is what
     thousands of concurrent streams are made of.
     """
+    import anthropic  # the SDK only where a request is sent: the command line starts fast
+    import httpx2
+
     limits = httpx2.Limits(max_connections=settings.concurrency + 8, max_keepalive_connections=settings.concurrency)
     timeout = httpx2.Timeout(settings.read_timeout, connect=10.0)
     return anthropic.DefaultAioHttpClient(limits=limits, timeout=timeout)
@@ -93,6 +96,11 @@ async def open_client(
     simulator: SimulatorConfig | None, base_url: str | None, settings: JobSettings
 ) -> AsyncIterator[anthropic.AsyncAnthropic]:
     """The SDK client: against the built-in simulator when given one, else the endpoint."""
+    # The SDK is imported only where a request is sent: the command line starts fast.
+    import anthropic
+
+    from orchestrator.simulator import Simulator, serve
+
     if simulator is not None:
         async with (
             serve(Simulator(simulator)) as url,
@@ -204,6 +212,9 @@ async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path,
 
 async def run(options: RunOptions) -> Outcome:
     """Run a job to its end (or until stopped); raises JobAborted when the API stopped it."""
+    from orchestrator.batch.engine import BatchJob  # these import the SDK
+    from orchestrator.run.engine import Job
+
     spec = _spec(options)
     results, db = _places(options, spec)
     settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.settings)
@@ -240,7 +251,11 @@ async def run(options: RunOptions) -> Outcome:
             else:
                 summary = await Job(store, client, settings, view, prices).run()
         out = results / "results.jsonl"
-        written, _ = await export_results(store, out)
+        written = None
+        if summary.complete:
+            # Only at the job's end: a stop must be quick at any size (`orchestrator export` writes
+            # what is done at any time).
+            written, _ = await export_results(store, out)
     return Outcome(summary, db, out, written)
 
 
@@ -255,9 +270,21 @@ async def _check_priced(store: Store, prices: PriceTable) -> None:
 
 
 def aborted_error(outcome: Outcome) -> JobAborted | None:
-    """The error a run stopped by the API (bad key, no permission, its spend limit) or by the spend
-    cap ends with, if it was."""
+    """The error a run stopped by the API (bad key, no permission, its spend limit), by the spend
+    cap or by its database (a full disk, a read-only file) ends with, if it was."""
     summary = outcome.summary
+    if summary.storage is not None:
+        lost = ""
+        if summary.unsaved:
+            named = ", ".join(summary.unsaved[:10]) + (", ..." if len(summary.unsaved) > 10 else "")
+            lost = (
+                f" What was received for {len(summary.unsaved):,} requests could not be saved ({named}): "
+                "they will be requested again."
+            )
+        return StorageError(
+            f"the job stopped: {summary.storage}{lost} Everything else is saved. Free space (or make the "
+            f"database writable), then resume with: orchestrator resume {outcome.db}"
+        )
     failure = summary.aborted
     if failure is None and summary.capped:
         left = summary.counts[State.PENDING] + summary.counts[State.RUNNING]
@@ -268,6 +295,8 @@ def aborted_error(outcome: Outcome) -> JobAborted | None:
         )
     if failure is None:
         return None
+    from orchestrator.run.reach import UNREACHABLE  # imports the SDK (loaded by now: the job ran)
+
     error = failure.error.get("error", {})
     if failure.reason == UNREACHABLE:
         return JobAborted(
@@ -299,6 +328,9 @@ async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
 
 async def cancel(db: Path, base_url: str | None) -> list[str]:
     """Cancel the message batches of the job in ``db`` still in flight; the ids of those asked to cancel."""
+    from orchestrator.batch.calls import Caller, CallFailed  # these import the SDK
+    from orchestrator.batch.cancel import cancel_batches
+
     if not db.exists():
         raise UserError(f"{db}: no such job database")
     async with open_store(db, create=False) as store:

@@ -120,9 +120,10 @@ class Usage:
 class AttemptStarted:
     request_id: int
     number: int
-    at: float
+    at: float  # when the attempt began: before the rate limiter admitted it
     kept: dict[str, Any] | None = None  # what the reply keeps as this attempt starts (recover.Recovery)
     corrects: tuple[int, int] | None = None  # (number, output tokens): an interrupted attempt's recount
+    sent_at: float | None = None  # when the request went out (None: nothing was sent)
 
 
 @dataclass(frozen=True)

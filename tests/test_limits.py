@@ -302,3 +302,26 @@ async def test_a_cancelled_head_of_the_queue_hands_the_wait_on() -> None:
         limiter.release(first, 1, completed=True)
     assert len(got) == 1
     assert limiter.state.in_flight == 1
+
+
+@pytest.mark.anyio
+async def test_one_models_wait_never_holds_up_another_model() -> None:
+    other = "claude-sonnet-4-5"
+    limiter = Limiter(LimitState(10, {M: LimitSpec(rpm=1, itpm=10**9, otpm=10**9)}, LimitSpec(), burst=1.0))
+    first = await limiter.acquire(M, 1, 1)  # M's one request a minute is spent
+    got: list[str] = []
+
+    async def take(model: str) -> None:
+        await limiter.acquire(model, 1, 1)
+        got.append(model)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(take, M)  # waits about a minute for M's bucket
+        await anyio.wait_all_tasks_blocked()
+        group.start_soon(take, M)  # queued behind it
+        group.start_soon(take, other)
+        await anyio.wait_all_tasks_blocked()
+        assert got == [other]  # admitted at once, while M's head waits on its timer
+        group.cancel_scope.cancel()
+    limiter.release(first, 1, completed=True)
+    assert limiter.state.in_flight == 1  # the cancelled waiters took nothing

@@ -11,8 +11,11 @@ status code either way. Anything else (a bug of ours) is not classified here and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import anthropic
@@ -54,14 +57,22 @@ def _where(url: httpx2.URL) -> str:
     return f"{url.scheme}://{url.netloc.decode()}"
 
 
-def _retry_after(headers: httpx2.Headers) -> float | None:
+def retry_after(headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after`` as seconds or as an HTTP date."""
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC as well
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now())
 
 
 def classify(exc: BaseException) -> Failure | None:
@@ -96,7 +107,7 @@ def classify(exc: BaseException) -> Failure | None:
                 f"it does not answer as the Messages API ({str(exc.body or exc.message)[:200]})"
             )
             body = _shaped("api_error", message)
-        return Failure(outcome, f"http_{status}", status, body, _retry_after(headers), headers, reached)
+        return Failure(outcome, f"http_{status}", status, body, retry_after(headers), headers, reached)
     if isinstance(exc, anthropic.APIConnectionError) and isinstance(exc.__cause__, CONNECT_ERRORS):
         # No connection could be made (refused, no such host, TLS, connect timeout): the endpoint's
         # failure, not the request's.

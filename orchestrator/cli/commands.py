@@ -18,8 +18,7 @@ from orchestrator.report.export import export_csv, export_results
 from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
 from orchestrator.report.html import render_html
 from orchestrator.settings import LIMITS, SETTINGS
-from orchestrator.simulator import Simulator, serve
-from orchestrator.store import open_store
+from orchestrator.store import open_reader
 
 
 def run_options(args: argparse.Namespace) -> RunOptions:
@@ -120,6 +119,8 @@ async def cancel_job(args: argparse.Namespace) -> int:
 
 
 async def simulate(args: argparse.Namespace) -> int:
+    from orchestrator.simulator import Simulator, serve
+
     simulator = Simulator(simulator_config(args))
     async with serve(simulator, args.host, args.port) as url:
         print(f"simulator listening on {url}  (stats: {url}/_simulator/stats; Ctrl-C stops)", flush=True)
@@ -131,15 +132,17 @@ async def status(args: argparse.Namespace) -> int:
     db = Path(args.db)
     if not db.exists():
         raise UserError(f"{db}: no such job database")
-    async with open_store(db, create=False) as store:
+    async with open_reader(db) as store:
         job = await store.job()
         counts = await store.counts()
         billed = await store.billed()
+        by_tier = await store.billed_by_tier(None, None)
         first = await store.first_start()
         batches = await store.batches()
     if job is None:
         raise UserError(f"{db} holds no job")
-    print_status(db, job, counts, billed, first, batches, args.json)
+    cost = load_prices(Path(args.prices) if args.prices else None).total(by_tier)
+    print_status(db, job, counts, billed, cost, first, batches, args.json)
     return 0
 
 
@@ -148,7 +151,7 @@ async def export(args: argparse.Namespace) -> int:
     if not db.exists():
         raise UserError(f"{db}: no such job database")
     out = Path(args.out) if args.out else db.parent / f"results.{args.format}"
-    async with open_store(db, create=False) as store:
+    async with open_reader(db) as store:
         if args.format == "csv":
             written, unfinished = await export_csv(store, out, load_prices(Path(args.prices) if args.prices else None))
             note = f" ({unfinished:,} of them unfinished)" if unfinished else ""
@@ -169,7 +172,7 @@ async def report(args: argparse.Namespace) -> int:
     for db in databases:
         if not db.exists():
             raise UserError(f"{db}: no such job database")
-        async with open_store(db, create=False) as store:
+        async with open_reader(db) as store:
             reports.append(await job_report(store, db, prices, filters))
     if args.format == "json":
         text = render_json(reports, prices)

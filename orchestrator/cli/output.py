@@ -6,16 +6,20 @@ import json
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.models import State, Usage
-from orchestrator.run.engine import Summary
 from orchestrator.run.progress import Snapshot, describe
 from orchestrator.store import BatchRow
 from orchestrator.store.queries import JobRow
 
+if TYPE_CHECKING:
+    from orchestrator.run.engine import Summary
 
-def print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
+
+def print_summary(summary: Summary, db: Path, out: Path, written: int | None) -> None:
     counts = summary.counts
     billed = summary.billed
     print(
@@ -30,7 +34,14 @@ def print_summary(summary: Summary, db: Path, out: Path, written: int) -> None:
             "after overloads",
             file=sys.stderr,
         )
-    print(f"results: {out} ({written:,} lines); database: {db}", file=sys.stderr)
+    if written is None:
+        print(
+            f"database: {db} (results.jsonl is written when the job is complete; "
+            f"`orchestrator export {db}` writes what is done)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"results: {out} ({written:,} lines); database: {db}", file=sys.stderr)
 
 
 def _batch_line(row: BatchRow) -> str:
@@ -47,6 +58,7 @@ def print_status(
     job: JobRow,
     counts: dict[str, int],
     billed: Usage,
+    cost: Decimal | None,
     first: float | None,
     batches: list[BatchRow],
     as_json: bool,
@@ -63,22 +75,14 @@ def print_status(
         output_tokens=billed.output_tokens,
         elapsed=elapsed,
         done_this_run=done,
+        cost=cost,
     )
     if as_json:
         shown = [{"id": b.id, "state": b.state, "requests": b.requests, "expires_at": b.expires_at} for b in batches]
-        print(
-            json.dumps(
-                {
-                    "job": job.name,
-                    "endpoint": job.endpoint,
-                    "simulated": job.simulated,
-                    "counts": counts,
-                    "billed": billed.as_dict(),
-                    "elapsed": elapsed,
-                    "batches": shown,
-                }
-            )
-        )
+        cost_usd = None if cost is None else float(round(cost, 6))  # as the report's JSON gives it
+        status: dict[str, Any] = {"job": job.name, "endpoint": job.endpoint, "simulated": job.simulated}
+        status |= {"counts": counts, "billed": billed.as_dict(), "cost_usd": cost_usd, "elapsed": elapsed}
+        print(json.dumps({**status, "batches": shown}))
         return
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
     print(f"job {job.name}  ({db}, created {created})")

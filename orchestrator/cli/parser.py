@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts, tokens and ETA of a job")
     status.add_argument("db")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
     export = commands.add_parser("export", help="rewrite results.jsonl from the database, or write a CSV")
     export.add_argument("db")
     export.add_argument(

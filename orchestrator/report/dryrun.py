@@ -16,10 +16,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
-
-import anthropic
-import httpx2
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
@@ -27,6 +24,9 @@ from orchestrator.jobs.read import Loaded
 from orchestrator.pricing import PriceTable, money
 from orchestrator.run.limits import estimate_input_tokens
 from orchestrator.settings import limit_specs
+
+if TYPE_CHECKING:
+    import anthropic
 
 SAMPLE = 50  # requests per model counted exactly with count_tokens
 COUNT_FIELDS = ("system", "tools", "tool_choice", "thinking")
@@ -82,6 +82,9 @@ def plan(items: Iterable[Loaded | Problem], splitter: Splitter | None = None) ->
 
 async def count_samples(client: anthropic.AsyncAnthropic, models: dict[str, ModelPlan]) -> str | None:
     """Count each model's sample exactly; return why not, if the server would not."""
+    import anthropic  # the SDK only where a request is sent (the command line starts fast)
+    import httpx2
+
     for model, found in models.items():
         for params in found.samples:
             extra = {key: params[key] for key in COUNT_FIELDS if key in params}

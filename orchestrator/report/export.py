@@ -4,16 +4,24 @@ or a CSV, one row per request in input order, its table row's columns joined wit
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
+from collections.abc import Iterator
+from contextlib import aclosing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from orchestrator.errors import StorageError
 from orchestrator.jobs.tables import cell_text
 from orchestrator.models import State
 from orchestrator.pricing import BATCH, STANDARD, PriceTable
 from orchestrator.store import Store
+
+# What a file system answers when a file cannot grow: full, over quota, past the file size limit,
+# read-only, failing.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 
 # The CSV export's own columns, after the input row's (an input column of the same name gets "input_").
 RESULT_COLUMNS = (
@@ -28,14 +36,49 @@ RESULT_COLUMNS = (
 )
 
 
+@contextmanager
+def _replacing(out: Path, store: Store, newline: str | None = None) -> Iterator[IO[str]]:
+    """A file written beside ``out`` and moved over it once complete. On any failure it is removed,
+    and a disk that is full (or read-only, or failing) is a ``StorageError`` saying so."""
+    partial = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w", encoding="utf-8", newline=newline) as handle:
+            yield handle
+        os.replace(partial, out)
+    except BaseException as exc:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+        if not isinstance(exc, OSError) or exc.errno not in NO_ROOM:
+            raise  # a path that cannot be written is the command line's to name
+        raise StorageError(
+            f"could not write {out}: {exc.strerror or exc}. The results are safe in {store.path}: free space "
+            f"(or choose another --out), then run: orchestrator export {store.path}"
+        ) from exc
+
+
 def _iso(stamp: float | None) -> str | None:
     return None if stamp is None else datetime.fromtimestamp(stamp, UTC).isoformat(timespec="milliseconds")
+
+
+def as_sent(message: dict[str, Any]) -> dict[str, Any]:
+    """A final message with the fields the API always sends, null or not: the stream accumulates
+    as the SDK does (nulls dropped), but a message from the API has ``stop_sequence: null``."""
+    if "stop_sequence" in message:
+        return message
+    shaped: dict[str, Any] = {}
+    for key, value in message.items():
+        shaped[key] = value
+        if key == "stop_reason":
+            shaped["stop_sequence"] = None
+    shaped.setdefault("stop_sequence", None)
+    return shaped
 
 
 def result_line(row: dict[str, Any]) -> dict[str, Any]:
     """One results line: ``custom_id`` and ``result`` as the Batches API writes them, then ours."""
     if row["state"] == State.SUCCEEDED:
-        result: dict[str, Any] = {"type": "succeeded", "message": row["result"]}
+        result: dict[str, Any] = {"type": "succeeded", "message": as_sent(row["result"])}
     else:
         result = {"type": "errored", "error": row["result"]}
     timing = row["timing"]
@@ -54,17 +97,15 @@ def result_line(row: dict[str, Any]) -> dict[str, Any]:
 
 async def export_results(store: Store, out: Path) -> tuple[int, int]:
     """Write every finished request, in input order, to ``out`` (atomically); (written, unfinished)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".tmp")
     written = unfinished = 0
-    with partial.open("w") as handle:
-        async for row in store.results():
-            if row["state"] not in (State.SUCCEEDED, State.ERRORED):
-                unfinished += 1
-                continue
-            handle.write(json.dumps(result_line(row), ensure_ascii=False) + "\n")
-            written += 1
-    os.replace(partial, out)
+    async with aclosing(store.results()) as rows:
+        with _replacing(out, store) as handle:
+            async for row in rows:
+                if row["state"] not in (State.SUCCEEDED, State.ERRORED):
+                    unfinished += 1
+                    continue
+                handle.write(json.dumps(result_line(row), ensure_ascii=False) + "\n")
+                written += 1
     return written, unfinished
 
 
@@ -97,19 +138,17 @@ def _csv_fields(row: dict[str, Any], prices: PriceTable) -> list[Any]:
 async def export_csv(store: Store, out: Path, prices: PriceTable) -> tuple[int, int]:
     """Every request in input order as a CSV row (atomically): the input row's columns (table inputs),
     then ``RESULT_COLUMNS``; (rows written, of them unfinished)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".tmp")
     columns = await store.input_columns()
     header = [f"input_{name}" if name in RESULT_COLUMNS else name for name in columns] + list(RESULT_COLUMNS)
     written = unfinished = 0
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        async for row in store.results():
-            values = row["input_row"] or {}
-            cells = [cell_text(values.get(name)) or "" for name in columns]
-            writer.writerow(cells + _csv_fields(row, prices))
-            written += 1
-            unfinished += row["state"] not in (State.SUCCEEDED, State.ERRORED)
-    os.replace(partial, out)
+    async with aclosing(store.results()) as rows:
+        with _replacing(out, store, newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            async for row in rows:
+                values = row["input_row"] or {}
+                cells = [cell_text(values.get(name)) or "" for name in columns]
+                writer.writerow(cells + _csv_fields(row, prices))
+                written += 1
+                unfinished += row["state"] not in (State.SUCCEEDED, State.ERRORED)
     return written, unfinished

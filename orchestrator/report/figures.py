@@ -50,7 +50,8 @@ class Figures:
     kept_cost: Decimal | None = Decimal(0)
     unpriced: set[str] = field(default_factory=set)
     ttft: list[float] = field(default_factory=list)
-    total: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)  # latency of the successful attempt, from its send
+    limiter_wait: list[float] = field(default_factory=list)  # per request, over its attempts
     failed_attempts: Counter[str] = field(default_factory=Counter)  # by reason
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, message)
     first_start: float | None = None
@@ -67,6 +68,7 @@ class Figures:
         self.unpriced |= other.unpriced
         self.ttft += other.ttft
         self.total += other.total
+        self.limiter_wait += other.limiter_wait
         self.failed_attempts.update(other.failed_attempts)
         self.errors.update(other.errors)
         self.first_start = _min(self.first_start, other.first_start)
@@ -189,7 +191,10 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
             f.finishes.append((row["finished_at"], row["kept"].output_tokens))
             if row["ttft"] is not None:
                 f.ttft.append(row["ttft"])
-            f.total.append(row["finished_at"] - row["started_at"])
+            if row["latency"] is not None:
+                f.total.append(row["latency"])
+        if row["limiter_wait"] is not None:
+            f.limiter_wait.append(row["limiter_wait"])
         if state == State.ERRORED and row["error"] is not None:
             f.errors[row["error"]] += 1
     for model, f in models.items():
@@ -245,6 +250,7 @@ def as_dict(figures: Figures) -> dict[str, Any]:
         "latency_seconds": {
             "time_to_first_token": {f"p{p}": percentile(figures.ttft, p) for p in PERCENTILES},
             "total": {f"p{p}": percentile(figures.total, p) for p in PERCENTILES},
+            "limiter_wait": {f"p{p}": percentile(figures.limiter_wait, p) for p in PERCENTILES},
         },
         "throughput": {
             "elapsed_seconds": figures.elapsed,
@@ -290,7 +296,8 @@ CSV_COLUMNS = [
     "job", "model", "succeeded", "errored", "unfinished", "input_tokens", "output_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "cache_read_tokens", "cost_usd", "kept_output_tokens",
     "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
-    "total_p50_s", "total_p90_s", "total_p99_s", "requests_per_minute", "output_tokens_per_minute", "simulated",
+    "total_p50_s", "total_p90_s", "total_p99_s", "limiter_wait_p50_s", "limiter_wait_p90_s", "limiter_wait_p99_s",
+    "requests_per_minute", "output_tokens_per_minute", "simulated",
 ]  # fmt: skip
 
 
@@ -304,6 +311,7 @@ def _csv_row(job: str, model: str, f: Figures, simulated: bool) -> list[Any]:
         f.kept.output_tokens, f.wasted.input_tokens, f.wasted.output_tokens, data["wasted_cost_usd"],
         *(latency["time_to_first_token"][f"p{p}"] for p in PERCENTILES),
         *(latency["total"][f"p{p}"] for p in PERCENTILES),
+        *(latency["limiter_wait"][f"p{p}"] for p in PERCENTILES),
         data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"], simulated,
     ]  # fmt: skip
 
@@ -339,13 +347,14 @@ def _text_block(title: str, rows: dict[str, Figures]) -> list[str]:
 def _text_details(f: Figures) -> list[str]:
     figures = as_dict(f)
     latency = figures["latency_seconds"]
-    ttft, total = (
+    ttft, total, wait = (
         ", ".join(f"p{p} {seconds_text(latency[kind][f'p{p}'])}" for p in PERCENTILES)
-        for kind in ("time_to_first_token", "total")
+        for kind in ("time_to_first_token", "total", "limiter_wait")
     )
     throughput = figures["throughput"]
     lines = [
-        f"  latency (succeeded): first token {ttft}; total {total}",
+        f"  latency (succeeded, from the request's send): first token {ttft}; total {total}",
+        f"  waiting for the rate limiter (per request): {wait}",
         f"  throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
         f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s",
     ]

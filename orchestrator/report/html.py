@@ -133,11 +133,14 @@ def _details(f: Figures) -> str:
         for name, values in (
             ("time to first token", figures["latency_seconds"]["time_to_first_token"]),
             ("total", figures["latency_seconds"]["total"]),
+            ("rate limiter wait (per request)", figures["latency_seconds"]["limiter_wait"]),
         )
     )
     throughput = figures["throughput"]
     parts = [
-        "<table><tr><th>latency (succeeded)</th>" + "".join(f"<th>p{p}</th>" for p in PERCENTILES) + "</tr>"
+        "<table><tr><th>latency (succeeded, from the send)</th>"
+        + "".join(f"<th>p{p}</th>" for p in PERCENTILES)
+        + "</tr>"
         f"{latency}</table>",
         f"<p>Throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
         f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s.</p>",

@@ -30,6 +30,7 @@ class LiveAttempt:
     model: str = ""
     acc: Accumulator = field(default_factory=Accumulator)
     first_token_at: float | None = None
+    sent_at: float | None = None  # when the rate limiter let it go
     checkpointed: int = -1  # deltas at the last checkpoint
     kept: dict[str, Any] | None = None  # what the reply kept before this attempt (written with its start)
     corrects: tuple[int, int] | None = None  # (number, output tokens) of an interrupted attempt, recounted

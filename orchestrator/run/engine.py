@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 import anthropic
@@ -21,6 +21,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from orchestrator.api.failures import Failure
+from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
 from orchestrator.run.budget import Budget
@@ -49,6 +50,8 @@ class Summary:
     capped: bool = False  # the spend cap stopped the launches
     cost: Decimal | None = None  # USD billed by the whole job; None if a model is unpriced
     cap: Decimal | None = None  # the spend cap of this run
+    storage: StorageError | None = None  # the database could not be written: the job stopped
+    unsaved: list[str] = field(default_factory=list)  # custom_ids whose received replies could not be saved
 
     @property
     def complete(self) -> bool:
@@ -71,9 +74,10 @@ async def _produce(store: Store, send: MemoryObjectSendStream[Request], budget: 
             after = page[-1].id
 
 
-async def _consume(receive: MemoryObjectReceiveStream[Request], runner: RequestRunner) -> None:
+async def _consume(receive: MemoryObjectReceiveStream[Request], runner: RequestRunner, writer: Writer) -> None:
     async with receive:
         async for request in receive:
+            await writer.caught_up()  # no new request while the database is busy
             await runner.run(request)
 
 
@@ -100,7 +104,7 @@ class Job:
         self._billed_before: dict[tuple[str, str], Usage] = {}  # by (model, service tier)
         self.settings = settings
         self.view = view
-        self.writer = Writer(store, settings.checkpoint_interval)
+        self.writer = Writer(store, settings.checkpoint_interval, on_failure=self._storage_failed)
         self.limiter = Limiter(limit_state(settings))
         cap = None if settings.max_cost is None else Decimal(str(settings.max_cost))
         self.budget = Budget(cap, prices)
@@ -114,6 +118,7 @@ class Job:
         )
         self.stopping = False
         self.aborted: Failure | None = None
+        self.storage: StorageError | None = None
         self._work = anyio.CancelScope()
         self._started = 0.0
         self._before: dict[str, int] = {}
@@ -121,6 +126,12 @@ class Job:
     def stop(self) -> None:
         """Stop launching requests and cancel the streams in flight; the writer saves them."""
         self.stopping = True
+        self._work.cancel()
+
+    def _storage_failed(self, error: StorageError) -> None:
+        """The database cannot be written: stop launching and cancel the streams (the writer keeps
+        what they received and saves what still fits)."""
+        self.storage = error
         self._work.cancel()
 
     def _abort(self, failure: Failure) -> None:
@@ -155,6 +166,7 @@ class Job:
             done_this_run=finished,
             cost=self.cost(),
             cap=self.budget.cap,
+            note=writer.note(),
         )
 
     async def _show_progress(self) -> None:
@@ -208,7 +220,7 @@ class Job:
                             # Twice as many workers as streams: a request waiting out its backoff
                             # holds a worker but no stream, so the streams stay busy.
                             for _ in range(2 * settings.concurrency):
-                                group.start_soon(_consume, receive.clone(), self.runner)
+                                group.start_soon(_consume, receive.clone(), self.runner, writer)
             finally:
                 writer.close()
                 # The writer's last commit (final checkpoints) must happen even while we are being
@@ -218,6 +230,8 @@ class Job:
                     self.view.update(self.snapshot())
                     self.view.close()
                 outer.cancel_scope.cancel()
+        if writer.unsaved and self.storage is None:  # the database stayed busy to the end
+            self.storage = writer.failure or DatabaseBusy(f"{store.path} stayed locked by another process")
         return Summary(
             counts=await store.counts(),
             billed=await store.billed(),
@@ -229,4 +243,6 @@ class Job:
             capped=self.budget.refused,
             cost=self.cost(),
             cap=self.budget.cap,
+            storage=self.storage,
+            unsaved=await store.custom_ids(writer.unsaved),
         )

@@ -264,11 +264,13 @@ class _Waiter:
 
 
 class Limiter:
-    """``LimitState`` behind an async ``acquire``: waiters queue in order; the head waits on a
-    timer (when the buckets will allow it) or on a change (a release, a correction), and when
-    it is admitted it admits every waiter behind it that the limits allow, all at once: after
-    a probe, or when limits are far away, a thousand launches go in one step of the event loop,
-    not one per step. With nobody waiting, a launch the limits allow is admitted at once."""
+    """``LimitState`` behind an async ``acquire``. Each model has its own queue: its waiters go in
+    order, and only the head of each queue waits, on a timer (when its model's buckets will allow
+    it) or on a change (a release, a correction), holding nothing another model needs: one model's
+    wait never holds up a launch for another. When a head is admitted it admits every waiter
+    behind it that the limits allow, all at once: after a probe, or when limits are far away, a
+    thousand launches go in one step of the event loop, not one per step. With nobody waiting, a
+    launch the limits allow is admitted at once."""
 
     def __init__(
         self, state: LimitState, clock: Callable[[], float] = anyio.current_time, wait: Wait = wait_event
@@ -276,7 +278,7 @@ class Limiter:
         self.state = state
         self._clock = clock
         self._wait = wait
-        self._waiters: deque[_Waiter] = deque()
+        self._waiters: dict[str, deque[_Waiter]] = {}  # per model: its waiters, in order
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -295,16 +297,17 @@ class Limiter:
         self._changed = anyio.Event()
 
     async def acquire(self, model: str, input_estimate: int, max_tokens: int) -> Permit:
-        if not self._waiters:
+        waiters = self._waiters.setdefault(model, deque())
+        if not waiters:
             decision = self.state.admit(model, input_estimate, max_tokens, self._clock())
             if isinstance(decision, Permit):
                 return decision
         waiter = _Waiter(model, input_estimate, max_tokens)
-        self._waiters.append(waiter)
+        waiters.append(waiter)
         try:
             while waiter.permit is None:
-                if self._waiters[0] is waiter:
-                    wait = self._admit_waiters()
+                if waiters[0] is waiter:
+                    wait = self._admit_waiters(waiters)
                     if waiter.permit is None:
                         await self._wait(self._changed, wait)
                 else:
@@ -313,25 +316,25 @@ class Limiter:
             if waiter.permit is not None:  # admitted as it was cancelled: give the permit back
                 self.release(waiter.permit, 0, completed=False)
             else:
-                head = self._waiters[0] is waiter
-                self._waiters.remove(waiter)
-                if head and self._waiters:
-                    self._waiters[0].woken.set()  # the next in line takes over the waiting
+                head = waiters[0] is waiter
+                waiters.remove(waiter)
+                if head and waiters:
+                    waiters[0].woken.set()  # the next in line takes over the waiting
             raise
         return waiter.permit
 
-    def _admit_waiters(self) -> float | None:
+    def _admit_waiters(self, waiters: deque[_Waiter]) -> float | None:
         """Admit waiters from the head on while the limits allow; then wake the new head (it waits
         next), and return what the head must wait for (seconds, or None until a change)."""
         now = self._clock()
-        while self._waiters:
-            head = self._waiters[0]
+        while waiters:
+            head = waiters[0]
             decision = self.state.admit(head.model, head.input_estimate, head.max_tokens, now)
             if not isinstance(decision, Permit):
                 head.woken.set()
                 return decision
             head.permit = decision
-            self._waiters.popleft()
+            waiters.popleft()
             head.woken.set()
         return None
 

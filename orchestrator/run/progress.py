@@ -29,6 +29,7 @@ class Snapshot:
     cost: Decimal | None = None  # USD billed so far by the whole job; None if a model is unpriced
     detail: str = ""  # what else the mode has to say (batch mode: batches ended, expiry)
     cap: Decimal | None = None  # the spend cap (--max-cost), if any
+    note: str | None = None  # what holds the job up, if anything (a busy database)
 
 
 def _rates(s: Snapshot) -> tuple[float, float, float | None]:
@@ -54,8 +55,9 @@ def _cost(s: Snapshot) -> str:
 
 def describe(s: Snapshot) -> str:
     per_minute, tokens_per_second, eta = _rates(s)
+    note = f"{s.note}, " if s.note else ""
     return (
-        f"{s.done:,}/{s.total:,} done, {s.in_flight} in flight, {s.failed} failed, {s.retries} retries, "
+        f"{s.done:,}/{s.total:,} done, {note}{s.in_flight} in flight, {s.failed} failed, {s.retries} retries, "
         f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(s)}, ETA {_duration(eta)}"
         + (f", {s.detail}" if s.detail else "")
     )
@@ -76,20 +78,41 @@ class Quiet:
 
 
 class Bar:
-    def __init__(self, total: int, done: int, stream: IO[str]) -> None:
-        self._bar = tqdm(total=total, initial=done, unit="req", file=stream, dynamic_ncols=True, smoothing=0.1)
+    """A tqdm bar whose fields come most important first (ETA, cost, a note, then the rest): a
+    narrow terminal trims the line from its end."""
+
+    FORMAT = "{n_fmt}/{total_fmt} ({percentage:.0f}%){postfix} |{bar}|"
+
+    def __init__(self, total: int, done: int, stream: IO[str], ncols: int | None = None) -> None:
+        self._bar = tqdm(
+            total=total,
+            initial=done,
+            unit="req",
+            file=stream,
+            ncols=ncols,
+            dynamic_ncols=ncols is None,
+            bar_format=self.FORMAT,
+        )
         self._done = done
 
     def update(self, snapshot: Snapshot) -> None:
-        per_minute, tokens_per_second, _ = _rates(snapshot)
-        self._bar.set_postfix_str(
-            f"in flight {snapshot.in_flight}, failed {snapshot.failed}, retries {snapshot.retries}, "
-            f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(snapshot)}"
-            + (f", {snapshot.detail}" if snapshot.detail else ""),
-            refresh=False,
-        )
+        per_minute, tokens_per_second, eta = _rates(snapshot)
+        fields = [f"ETA {_duration(eta)}", money(snapshot.cost)]
+        if snapshot.note:
+            fields.append(snapshot.note)
+        fields += [
+            f"{snapshot.in_flight} in flight",
+            f"{snapshot.failed} failed",
+            f"{snapshot.retries} retries",
+            f"{tokens_per_second:,.0f} out tok/s",
+            f"{per_minute:,.0f} req/min",
+        ]
+        if snapshot.detail:
+            fields.append(snapshot.detail)
+        self._bar.set_postfix_str(", ".join(fields), refresh=False)
         self._bar.update(snapshot.done - self._done)
         self._done = snapshot.done
+        self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

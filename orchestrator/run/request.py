@@ -14,7 +14,7 @@ import anyio
 from orchestrator.api.failures import Failure, classify
 from orchestrator.models import AttemptEnded, Outcome, Request, State
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
-from orchestrator.run.backoff import Backoff
+from orchestrator.run.backoff import Backoff, Retries
 from orchestrator.run.budget import Budget
 from orchestrator.run.count import TokenCounter, generated_text
 from orchestrator.run.limits import Limiter, estimate_input_tokens
@@ -39,12 +39,12 @@ class RequestRunner:
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
+        self.retries = Retries(self.backoff, self.settings.max_attempts, self.settings.retry_max_seconds)
         self.strategy = Strategy(self.settings.recover)
         self.counter = TokenCounter(self.client)
 
     async def run(self, request: Request) -> None:
-        settings = self.settings
-        give_up_at = self.clock() + settings.retry_max_seconds
+        began = self.clock()
         number = request.attempts
         recovery = Recovery.from_dict(request.kept)
         correction: tuple[int, int] | None = None
@@ -74,6 +74,7 @@ class RequestRunner:
             if worst is None:  # launching it could pass the spend cap: the job launches nothing more
                 return
             permit = await self.limiter.acquire(params["model"], estimate, params["max_tokens"])
+            live.sent_at = time.time()
             await self.sink.started(live)
             failure: Failure | None = None
             try:
@@ -92,17 +93,17 @@ class RequestRunner:
                 await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
                 return
             self._feedback(params["model"], failure)
-            out_of_tries = number - request.attempts >= settings.max_attempts or self.clock() >= give_up_at
+            wait = self.retries.next_wait(number - request.attempts, began, self.clock(), failure.retry_after, self.rng)
             if failure.reached:
                 self.reach.answer()
-            elif self.reach.missed(out_of_tries or failure.outcome is Outcome.PERMANENT):
+            elif self.reach.missed(wait is None or failure.outcome is Outcome.PERMANENT):
                 failure = unreachable(failure, self.reach.streak)
             if failure.outcome is Outcome.FATAL:
                 ended = live.ended(time.time(), Outcome.FATAL, failure, next_state=State.PENDING)
                 await self._end(live, ended, recovery)
                 self.on_fatal(failure)
                 return
-            if failure.outcome is Outcome.PERMANENT or out_of_tries:
+            if failure.outcome is Outcome.PERMANENT or wait is None:
                 final = (State.ERRORED, failure.error)
                 await self._end(live, live.ended(time.time(), failure.outcome, failure, final=final), recovery)
                 return
@@ -110,7 +111,7 @@ class RequestRunner:
                 partial = live.acc.snapshot()
                 recovery, live.output_estimate = await self._keep(recovery, params, partial, live.acc.counted)
             await self._end(live, live.ended(time.time(), failure.outcome, failure), recovery)
-            await anyio.sleep(self.backoff.delay(number - request.attempts, failure.retry_after, self.rng))
+            await anyio.sleep(wait)
 
     async def _keep(
         self, recovery: Recovery, params: dict[str, Any], partial: dict[str, Any], billed_known: bool

@@ -4,6 +4,13 @@ Workers hand it attempt starts and ends through a bounded memory stream. It comm
 has arrived as soon as it arrives (so a finished request is durable at once), and every
 ``interval`` seconds it also checkpoints each in-flight attempt whose output grew. When
 closed, it writes a last checkpoint of every attempt still in flight, marked interrupted.
+
+What cannot be written yet is held in memory, in order, and written with what comes next:
+while another process holds the database (busy), the writer keeps receiving and tries again
+every ``BUSY_RETRY`` seconds, and the job launches no new request until it has caught up. If
+the database cannot be written at all (a full disk, a read-only file), ``on_failure`` stops the
+job; once closed, the writer saves what still fits, one request at a time, finished replies
+first, and ``unsaved`` lists the requests whose records could not be saved.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from orchestrator.models import AttemptEnded, AttemptStarted, Outcome, Record, State, Usage
+from orchestrator.errors import DatabaseBusy, StorageError
+from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, State, Usage
 from orchestrator.run.attempt import LiveAttempt
 from orchestrator.store import Store
+
+BUSY_RETRY = 0.5  # seconds between two tries of a busy database (SQLite itself waits 5 s first)
 
 
 @dataclass
@@ -39,13 +49,31 @@ class Tally:
         return total
 
 
+def _request_of(record: Record) -> int:
+    return record.request_id if isinstance(record, AttemptStarted) else record.checkpoint.request_id
+
+
 class Writer:
-    def __init__(self, store: Store, interval: float, buffer: int = 4096) -> None:
+    def __init__(
+        self,
+        store: Store,
+        interval: float,
+        buffer: int = 4096,
+        on_failure: Callable[[StorageError], None] | None = None,
+    ) -> None:
         self.store = store
         self.interval = interval
         self.live: dict[tuple[int, int], LiveAttempt] = {}
         self.tally = Tally()
-        self._committed = anyio.Event()
+        self.on_failure = on_failure
+        self.failure: StorageError | None = None  # the database cannot be written
+        self.busy_since: float | None = None  # the database has been busy since (anyio time)
+        self.held: list[Record] = []  # received, not yet written (busy, or failed)
+        self.held_checkpoints: dict[tuple[int, int], Checkpoint] = {}
+        self.unsaved: list[int] = []  # once closed: requests whose received output could not be saved
+        self._caught_up = anyio.Event()
+        self._caught_up.set()
+        self._changed = anyio.Event()  # set at each commit and each change of the database's state
         self._send: MemoryObjectSendStream[LiveAttempt | AttemptEnded]
         self._receive: MemoryObjectReceiveStream[LiveAttempt | AttemptEnded]
         self._send, self._receive = anyio.create_memory_object_stream[LiveAttempt | AttemptEnded](buffer)
@@ -61,9 +89,23 @@ class Writer:
         self._send.close()
 
     async def until(self, predicate: Callable[[Writer], bool]) -> None:
-        """Wait until ``predicate(self)`` holds after a commit (for tests and tools, not polling)."""
+        """Wait until ``predicate(self)`` holds after a commit or a change of the database's state
+        (busy, failed): for tests and tools, not polling."""
         while not predicate(self):
-            await self._committed.wait()
+            await self._changed.wait()
+
+    async def caught_up(self) -> None:
+        """Wait until nothing received is held back by a busy database (new requests wait here)."""
+        await self._caught_up.wait()
+
+    def note(self) -> str | None:
+        """What holds the writer up, for the progress line."""
+        if self.failure is not None:
+            return f"database cannot be written, {len(self.held):,} records held"
+        if self.busy_since is None:
+            return None
+        waited = anyio.current_time() - self.busy_since
+        return f"database busy {waited:.0f} s (locked by another process), {len(self.held):,} records held"
 
     def live_output_tokens(self) -> int:
         return sum(live.acc.output_tokens for live in self.live.values())
@@ -71,58 +113,127 @@ class Writer:
     async def run(self) -> None:
         """Commit until closed. If the writer dies, its receive side closes with it, so a sender
         fails at once instead of waiting forever on a stream nobody reads."""
-        async with self._receive:
-            next_checkpoint = anyio.current_time() + self.interval
-            closed = False
+        try:
+            async with self._receive:
+                await self._run()
+                while self.held and self.failure is None:  # closed while busy: keep trying
+                    await anyio.sleep(BUSY_RETRY)
+                    await self._flush()
+                if self.failure is not None:
+                    await self._save_what_fits()
+        finally:
+            # What was paid for and is lost: attempts' ends (their reply, or its partial output).
+            ended = (record for record in self.held if isinstance(record, AttemptEnded))
+            self.unsaved = list(dict.fromkeys(record.checkpoint.request_id for record in ended))
+
+    async def _run(self) -> None:
+        next_checkpoint = anyio.current_time() + self.interval
+        retry_at = 0.0
+        closed = False
+        while not closed:
+            items: list[LiveAttempt | AttemptEnded] = []
+            waiting = self.busy_since is not None and self.failure is None  # to try a busy database again
+            wake = min(next_checkpoint, retry_at) if waiting else next_checkpoint
+            with anyio.move_on_after(max(0.0, wake - anyio.current_time())):
+                try:
+                    items.append(await self._receive.receive())
+                except anyio.EndOfStream:
+                    closed = True
             while not closed:
-                items: list[LiveAttempt | AttemptEnded] = []
-                with anyio.move_on_after(max(0.0, next_checkpoint - anyio.current_time())):
-                    try:
-                        items.append(await self._receive.receive())
-                    except anyio.EndOfStream:
-                        closed = True
-                while not closed:
-                    try:
-                        items.append(self._receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                    except anyio.EndOfStream:
-                        closed = True
-                records = [self._record(item) for item in items]
-                now = time.time()
-                checkpoints = []
-                if closed or anyio.current_time() >= next_checkpoint:
-                    checkpoints = [live.checkpoint(now) for live in self.live.values() if live.dirty]
-                    next_checkpoint = anyio.current_time() + self.interval
-                if closed:
-                    for live in self.live.values():
-                        ended = live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING)
-                        self._bill(live, ended.checkpoint.usage)
-                        records.append(ended)
-                    checkpoints = []
-                    self.live.clear()
-                if records or checkpoints:
-                    with anyio.CancelScope(shield=True):
-                        await self.store.write(records, checkpoints)
-                    self._count(records, len(checkpoints))
+                try:
+                    items.append(self._receive.receive_nowait())
+                except anyio.WouldBlock:
+                    break
+                except anyio.EndOfStream:
+                    closed = True
+            self.held += [self._record(item) for item in items]
+            now = time.time()
+            if closed or anyio.current_time() >= next_checkpoint:
+                for live in self.live.values():
+                    if live.dirty:
+                        self.held_checkpoints[live.key] = live.checkpoint(now)
+                next_checkpoint = anyio.current_time() + self.interval
+            if closed:
+                for live in self.live.values():
+                    ended = live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING)
+                    self._bill(live, ended.checkpoint.usage)
+                    self.held.append(ended)
+                self.held_checkpoints.clear()
+                self.live.clear()
+            due = self.busy_since is None or anyio.current_time() >= retry_at
+            if self.failure is None and due and (self.held or self.held_checkpoints):
+                await self._flush()
+                retry_at = anyio.current_time() + BUSY_RETRY
+
+    async def _flush(self) -> None:
+        """Write everything held, in one transaction; on a busy database hold it for the next try."""
+        records, checkpoints = self.held, list(self.held_checkpoints.values())
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.write(records, checkpoints)
+        except DatabaseBusy:
+            if self.busy_since is None:
+                self.busy_since = anyio.current_time()
+                self._caught_up = anyio.Event()
+                self._signal()
+            return
+        except StorageError as exc:
+            self.failure = exc
+            self._caught_up.set()  # nothing will be launched: the job stops
+            self._signal()
+            if self.on_failure is not None:
+                self.on_failure(exc)
+            return
+        self.held = []
+        self.held_checkpoints = {}
+        if self.busy_since is not None:
+            self.busy_since = None
+            self._caught_up.set()
+        self._count(records, len(checkpoints))
+
+    async def _save_what_fits(self) -> None:
+        """After a failure: write each request's records in a transaction of its own, the requests
+        with a final result first; keep holding what could not be written."""
+        by_request: dict[int, list[Record]] = {}
+        for record in self.held:
+            by_request.setdefault(_request_of(record), []).append(record)
+        finals = [rid for rid, records in by_request.items() if any(_is_final(r) for r in records)]
+        order = finals + [rid for rid in by_request if rid not in set(finals)]
+        kept: list[Record] = []
+        for request_id in order:
+            records = by_request[request_id]
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self.store.write(records, [])
+            except StorageError:
+                kept += records
+                continue
+            self._count(records, 0)
+        self.held = kept
 
     def _record(self, item: LiveAttempt | AttemptEnded) -> Record:
         if isinstance(item, LiveAttempt):
             self.live[item.key] = item
-            return AttemptStarted(item.request_id, item.number, item.started_at, item.kept, item.corrects)
+            return AttemptStarted(
+                item.request_id, item.number, item.started_at, item.kept, item.corrects, sent_at=item.sent_at
+            )
         live = self.live.pop((item.checkpoint.request_id, item.checkpoint.number), None)
         if live is not None:
             self._bill(live, item.checkpoint.usage)
         return item
 
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
     def _bill(self, live: LiveAttempt, usage: Usage) -> None:
         self.tally.billed_by_model.setdefault(live.model, Usage()).add(usage)
 
     def _count(self, records: list[Record], checkpoints: int) -> None:
+        """Tally what was just committed."""
         tally = self.tally
         tally.checkpoints += checkpoints
-        self._committed.set()
-        self._committed = anyio.Event()
+        self._signal()
         for record in records:
             if isinstance(record, AttemptEnded):
                 tally.outcomes[record.outcome] += 1
@@ -130,3 +241,7 @@ class Writer:
                     tally.finished[record.final[0]] += 1
                 elif record.outcome in (Outcome.BROKEN, Outcome.RETRYABLE):
                     tally.retries += 1
+
+
+def _is_final(record: Record) -> bool:
+    return isinstance(record, AttemptEnded) and record.final is not None

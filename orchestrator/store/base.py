@@ -1,10 +1,35 @@
-"""The connection every part of the store shares."""
+"""The connection every part of the store shares, and what SQLite's failures to write mean."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import aiosqlite
+
+from orchestrator.errors import DatabaseBusy, StorageError
+
+BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+# A full disk (SQLITE_FULL; some file systems answer a write with an I/O error instead), a
+# read-only file, folder or file system, a file that cannot be opened.
+CANNOT_WRITE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+
+
+def storage_error(exc: BaseException, path: Path) -> StorageError | None:
+    """What a failure of SQLite stands for: the database is busy (another process writes it) or
+    cannot be written; None for anything else (a bug of ours, a damaged file)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in BUSY:
+        return DatabaseBusy(
+            f"{path} is locked by another process ({exc}); orchestrator waited for it. "
+            "Let the other process finish (another run of this job? a database tool with a transaction open?), "
+            "then run the command again."
+        )
+    if code in CANNOT_WRITE:
+        return StorageError(f"{path} cannot be written: {exc} (a full disk, or a read-only file or folder?)")
+    return None
 
 
 class Base:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,12 +64,24 @@ class Queries(Base):
         async with self.db.execute("SELECT DISTINCT json_extract(params, '$.model') FROM requests") as cursor:
             return sorted([row[0] async for row in cursor])
 
+    async def custom_ids(self, ids: list[int]) -> list[str]:
+        """The custom_ids of these requests, in input order."""
+        found: list[str] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            async with self.db.execute(
+                f"SELECT custom_id FROM requests WHERE id IN ({marks}) ORDER BY id", chunk
+            ) as cursor:
+                found += [row[0] async for row in cursor]
+        return found
+
     async def first_start(self) -> float | None:
         async with self.db.execute("SELECT MIN(started_at) FROM attempts") as cursor:
             row = await cursor.fetchone()
         return None if row is None else row[0]
 
-    async def results(self) -> AsyncIterator[dict[str, Any]]:
+    async def results(self) -> AsyncGenerator[dict[str, Any], None]:
         """Every request in input order, with its result, usage summed over attempts and timings."""
         async with self.db.execute(RESULTS_SQL) as cursor:
             async for row in cursor:
@@ -133,14 +145,19 @@ class Queries(Base):
 
     async def request_outcomes(self, since: float | None, until: float | None) -> AsyncIterator[dict[str, Any]]:
         """Each request (finished in [since, until) when a range is given): model, state, times, what
-        its final message holds, its error, and the time to first token of its successful attempt."""
+        its final message holds, its error; the time to first token and the latency of its
+        successful attempt, counted from when it was sent; and how long its attempts waited for
+        the rate limiter (jobs from before ``sent_at`` was recorded: from the attempt's start)."""
         async with self.db.execute(
             """SELECT json_extract(r.params, '$.model'), r.state, r.started_at, r.finished_at,
                       json_extract(r.result, '$.usage'), json_extract(r.result, '$.error.type'),
                       json_extract(r.result, '$.error.message'),
-                      (SELECT a.first_token_at - a.started_at FROM attempts a
+                      (SELECT a.first_token_at - COALESCE(a.sent_at, a.started_at) FROM attempts a
                        WHERE a.request_id = r.id AND a.outcome = 'succeeded'),
-                      COALESCE(json_extract(r.result, '$.usage.service_tier'), 'standard')
+                      COALESCE(json_extract(r.result, '$.usage.service_tier'), 'standard'),
+                      (SELECT a.ended_at - COALESCE(a.sent_at, a.started_at) FROM attempts a
+                       WHERE a.request_id = r.id AND a.outcome = 'succeeded'),
+                      (SELECT SUM(a.sent_at - a.started_at) FROM attempts a WHERE a.request_id = r.id)
                FROM requests r
                WHERE (? IS NULL AND ? IS NULL)
                   OR (r.finished_at >= COALESCE(?, r.finished_at) AND r.finished_at < COALESCE(?, r.finished_at + 1))
@@ -157,6 +174,8 @@ class Queries(Base):
                     "error": None if row[5] is None else (row[5], row[6] or ""),
                     "ttft": row[7],
                     "tier": row[8],  # how the final message was billed: standard, or batch
+                    "latency": row[9],
+                    "limiter_wait": row[10],
                 }
 
 

@@ -27,15 +27,17 @@ def migration_name(step: Migration) -> str:
 
 @asynccontextmanager
 async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any exception (cancellation included) a shielded ``ROLLBACK``."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; on any exception (cancellation included, or a failed
+    ``COMMIT``) a shielded ``ROLLBACK``, unless SQLite has rolled back already (it does on a full disk)."""
     await db.execute("BEGIN IMMEDIATE")
     try:
         yield
+        await db.execute("COMMIT")
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await db.execute("ROLLBACK")
+            if db.in_transaction:
+                await db.execute("ROLLBACK")
         raise
-    await db.execute("COMMIT")
 
 
 async def _execute_all(db: aiosqlite.Connection, script: str) -> None:
@@ -151,6 +153,23 @@ async def _0007_batches(db: aiosqlite.Connection) -> None:
 async def _0008_job_endpoint(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE job ADD COLUMN endpoint TEXT")  # where its last run ran: 'simulator' or a URL
     await db.execute("ALTER TABLE job ADD COLUMN simulated INTEGER NOT NULL DEFAULT 0")  # holds simulated results
+
+
+@migration
+async def _0009_attempt_sent_at(db: aiosqlite.Connection) -> None:
+    # When the request went out, after the rate limiter admitted it (started_at is before).
+    await db.execute("ALTER TABLE attempts ADD COLUMN sent_at REAL")
+
+
+async def pending_migrations(db: aiosqlite.Connection) -> list[str]:
+    """The names of the migrations this database has not had (reads only)."""
+    async with db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'migrations'") as cursor:
+        row = await cursor.fetchone()
+    done: set[str] = set()
+    if row is not None and row[0]:
+        async with db.execute("SELECT name FROM migrations") as cursor:
+            done = {row[0] async for row in cursor}
+    return [migration_name(step) for step in MIGRATIONS if migration_name(step) not in done]
 
 
 async def migrate(db: aiosqlite.Connection) -> list[str]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any
 
 from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, Request
-from orchestrator.store.base import Base
+from orchestrator.store.base import Base, storage_error
 from orchestrator.store.schema import transaction
 
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
@@ -69,15 +70,25 @@ class Writing(Base):
             ]
 
     async def write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
-        """Apply attempt starts, checkpoints and ends in one transaction."""
+        """Apply attempt starts, checkpoints and ends in one transaction; raises ``DatabaseBusy``
+        when another process holds the database, ``StorageError`` when it cannot be written."""
+        try:
+            await self._write(records, checkpoints)
+        except sqlite3.OperationalError as exc:
+            error = storage_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from exc
+
+    async def _write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
         started = [r for r in records if isinstance(r, AttemptStarted)]
         ended = [r for r in records if isinstance(r, AttemptEnded)]
         db = self.db
         async with transaction(db):
             if started:
                 await db.executemany(
-                    "INSERT INTO attempts (request_id, number, started_at) VALUES (?, ?, ?)",
-                    [(r.request_id, r.number, r.at) for r in started],
+                    "INSERT INTO attempts (request_id, number, started_at, sent_at) VALUES (?, ?, ?, ?)",
+                    [(r.request_id, r.number, r.at, r.sent_at) for r in started],
                 )
                 # The reply kept so far is durable before the attempt that continues it is sent.
                 await db.executemany(
