@@ -190,17 +190,18 @@ def test_bad_lines_are_reported_with_file_and_line(tmp_path: Path) -> None:
 
 def test_prompt_lines_take_the_short_path_only_when_the_full_check_would_pass(tmp_path: Path) -> None:
     lines = [{"prompt": " \n\t"}, {"prompt": 5}, {"prompt": "hi", "custom_id": 7}, {"prompt": "hi", "custom_id": "ok"}]
-    path = write_lines(tmp_path / "p.jsonl", [*lines, {"prompt": "hi"}])
+    path = write_lines(tmp_path / "p.jsonl", [*lines, {"prompt": "hi"}, {"prompt": "hi", "custom_id": "nl\n"}])
     items = loaded(path)
     assert [p.message for p in items if isinstance(p, Problem)] == [
         "'prompt' must be a non-empty string",
         "'prompt' must be a non-empty string",
         "invalid custom_id 7: it must match ^[a-zA-Z0-9_-]{1,64}$",
+        "invalid custom_id 'nl\\n': it must match ^[a-zA-Z0-9_-]{1,64}$",  # the whole id, final newline too
     ]
     assert [(i.custom_id, i.line) for i in items if isinstance(i, Loaded)] == [("ok", 4), ("p-5", 5)]
     # Defaults that fail the check fail every line, short shape or not.
     items = loaded(path, {"max_tokens": 0})
-    assert len(items) == 5
+    assert len(items) == 6
     assert all(isinstance(i, Problem) for i in items)
     assert "'max_tokens' must be an integer at least 1" in str(items[3])
 

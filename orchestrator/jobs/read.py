@@ -19,7 +19,7 @@ from orchestrator.jobs.spec import JobSpec, Source, stem_id
 from orchestrator.jobs.tables import row_request, table_rows
 from orchestrator.models import MESSAGE_PARAMS
 
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # the whole id (fullmatch: "$" would accept a final newline)
 SIMPLE_FIELDS = (MESSAGE_PARAMS - {"messages"}) | {"prompt", "custom_id"}
 
 
@@ -46,7 +46,7 @@ def _check_params(params: dict[str, Any]) -> str | None:
 
 
 def _check_id(custom_id: Any) -> str | None:
-    if not isinstance(custom_id, str) or not CUSTOM_ID.match(custom_id):
+    if not isinstance(custom_id, str) or not CUSTOM_ID.fullmatch(custom_id):
         return f"invalid custom_id {custom_id!r}: it must match ^[a-zA-Z0-9_-]{{1,64}}$"
     return None
 
@@ -161,7 +161,7 @@ def _read_lines(source: Source, name: str, stem: str, defaults: dict[str, Any]) 
                     and prompt
                     and not prompt.isspace()
                     and type(custom_id) is str
-                    and CUSTOM_ID.match(custom_id)
+                    and CUSTOM_ID.fullmatch(custom_id)
                 ):
                     params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
                     yield Loaded(custom_id, params, name, number)
