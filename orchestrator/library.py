@@ -3,7 +3,7 @@
 The keyword arguments are the ``run`` command's long options with underscores (``base_url``,
 ``simulate``, ``concurrency``, ``max_cost``, ``results``, ...). They are checked here (names against
 the command's options, run settings through ``settings.SETTINGS``) and become that command line,
-which then takes the command's own path (``cli.commands.run_options`` -> ``job.run``): the same
+which then takes the command's own path (``options.run_options`` -> ``job.run``): the same
 store, the same checks and messages, and a stored command line that ``orchestrator resume DB``
 runs again. An iterable of request dicts is first written, streamed, to ``input.jsonl`` in the
 job's results folder (named by a hash of its content unless ``results`` or ``db`` is given), so
@@ -27,11 +27,10 @@ from typing import Any
 
 import anyio
 
-from orchestrator.cli.commands import run_options
-from orchestrator.cli.parser import build_parser, run_parser
 from orchestrator.errors import JobChangedError, UserError
 from orchestrator.job import RESULTS_ROOT, SIMULATED_ROOT, aborted_error, run
 from orchestrator.models import State
+from orchestrator.options import run_options, run_parser
 from orchestrator.pricing import load_prices
 from orchestrator.report.export import result_line
 from orchestrator.settings import LIMITS, SETTINGS
@@ -158,8 +157,8 @@ async def arun_job(job: JobInput, **options: Any) -> JobResult:
     else:
         path, options = _write_requests(job, options)
     argv = ["run", str(path), *_argv(options)]
-    args = build_parser().parse_args(argv)
-    args.argv = argv
+    args = run_parser().parse_args(argv[2:])
+    args.job, args.argv = str(path), argv
     run_as = run_options(args)
     outcome = await run(run_as)
     error = aborted_error(outcome)

@@ -9,9 +9,10 @@ from pathlib import Path
 import anyio
 
 from orchestrator.cli.output import print_status, print_summary
-from orchestrator.cli.parser import ONE_OFF, build_parser, simulator_config
+from orchestrator.cli.parser import build_parser
 from orchestrator.errors import UserError
-from orchestrator.job import SIMULATOR, RunOptions, aborted_error, cancel, dry_run, run, stored_job
+from orchestrator.job import SIMULATOR, aborted_error, cancel, dry_run, run, stored_job
+from orchestrator.options import run_options, simulator_config
 from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
 from orchestrator.report.export import export_csv, export_results
@@ -19,28 +20,6 @@ from orchestrator.report.figures import Filters, find_databases, job_report, ren
 from orchestrator.report.html import render_html
 from orchestrator.settings import LIMITS, SETTINGS
 from orchestrator.store import open_reader
-
-
-def run_options(args: argparse.Namespace) -> RunOptions:
-    job = Path(args.job)
-    # Stored for resume: the job file by its absolute path, so a resume works from anywhere.
-    argv = [arg if arg != args.job else str(job.resolve()) for arg in args.argv if arg not in ONE_OFF]
-    given = {"model": args.model, "max_tokens": args.max_tokens, "system": args.system, "temperature": args.temperature}
-    return RunOptions(
-        job=job,
-        db=Path(args.db) if args.db else None,
-        results=Path(args.results) if args.results else None,
-        simulator=simulator_config(args) if args.simulate else None,
-        base_url=args.base_url,
-        allow_changed=args.allow_changed,
-        allow_endpoint_change=args.allow_endpoint_change,
-        retry_errored=args.retry_errored,
-        quiet=args.quiet,
-        prices=Path(args.prices) if args.prices else None,
-        settings={setting.name: getattr(args, setting.name) for setting in (*SETTINGS, *LIMITS)},
-        defaults={key: value for key, value in given.items() if value is not None},
-        argv=argv,
-    )
 
 
 async def run_job(args: argparse.Namespace) -> int:
