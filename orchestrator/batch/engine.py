@@ -13,9 +13,6 @@ second exits at once.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -32,8 +29,9 @@ from orchestrator.batch.results import collect
 from orchestrator.batch.submit import Refused, create, describe, watermark
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable
-from orchestrator.run.engine import PROGRESS_EVERY, Summary
-from orchestrator.run.progress import Snapshot, View
+from orchestrator.run.engine import Summary
+from orchestrator.run.progress import Snapshot, View, show_progress
+from orchestrator.run.signals import watch_signals
 from orchestrator.settings import JobSettings
 from orchestrator.store import BatchRow, Store
 from orchestrator.store.batches import COLLECTED, ENDED, SUBMITTING
@@ -41,6 +39,8 @@ from orchestrator.store.batches import COLLECTED, ENDED, SUBMITTING
 PAGE = 2000  # pending requests read at once while splitting
 POLL_CAP = 60.0  # seconds between polls at most
 NOT_FOUND = 404
+
+DETACHING = "Detaching: the batches keep running on the server"
 
 
 class BatchJob:
@@ -101,24 +101,6 @@ class BatchJob:
             cost=self._cost,
             detail=detail,
         )
-
-    async def _show_progress(self) -> None:
-        while True:
-            self.view.update(self.snapshot())
-            await anyio.sleep(PROGRESS_EVERY)
-
-    async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                if self.stopping:
-                    print("\nStopped at once.", file=sys.stderr, flush=True)
-                    os._exit(130)
-                print(
-                    "\nDetaching: the batches keep running on the server (Ctrl-C again to exit at once).",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.stop()
 
     def _applied(self, chunk: list[BatchResult], states: Counter[str]) -> None:
         self.finished.update(states)
@@ -221,9 +203,11 @@ class BatchJob:
         self._started = anyio.current_time()
         self._since = time.time()
         async with anyio.create_task_group() as outer:
-            outer.start_soon(self._show_progress)
+            outer.start_soon(show_progress, self.view, self.snapshot)
             if handle_signals:
-                outer.start_soon(self._watch_signals)
+                outer.start_soon(
+                    watch_signals, lambda: self.stopping, self.stop, "Detaching: the batches keep running on the server"
+                )
             try:
                 with self._work:
                     await self._loop()

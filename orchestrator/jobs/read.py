@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import Problem
+from orchestrator.jobs.lines import text_lines
 from orchestrator.jobs.params import field_problem
 from orchestrator.jobs.spec import JobSpec, Source, stem_id
 from orchestrator.jobs.tables import row_request, table_rows
@@ -135,39 +136,35 @@ def _read_lines(source: Source, name: str, stem: str, defaults: dict[str, Any]) 
     accepts exactly what the full check does; anything else takes the full check."""
     defaults_valid = _check_params({**defaults, "messages": [{}]}) is None
     loads = json.loads
-    with source.path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield Problem(name, number, "not UTF-8 text")
+    for item in text_lines(source.path):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        number, line = item
+        if source.kind == "lines":
+            params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
+            yield Loaded(f"{stem}-{number}", params, name, number)
+            continue
+        try:
+            obj = loads(line)
+        except ValueError as exc:
+            yield Problem(name, number, f"malformed JSON: {exc}")
+            continue
+        if defaults_valid and type(obj) is dict and "prompt" in obj and len(obj) <= 2:
+            prompt = obj["prompt"]
+            custom_id = obj.get("custom_id", None) if len(obj) == 2 else f"{stem}-{number}"
+            if (
+                type(prompt) is str
+                and prompt
+                and not prompt.isspace()
+                and type(custom_id) is str
+                and CUSTOM_ID.fullmatch(custom_id)
+            ):
+                params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
+                yield Loaded(custom_id, params, name, number)
                 continue
-            if not line or line.isspace():
-                continue
-            if source.kind == "lines":
-                params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
-                yield Loaded(f"{stem}-{number}", params, name, number)
-                continue
-            try:
-                obj = loads(line)
-            except ValueError as exc:
-                yield Problem(name, number, f"malformed JSON: {exc}")
-                continue
-            if defaults_valid and type(obj) is dict and "prompt" in obj and len(obj) <= 2:
-                prompt = obj["prompt"]
-                custom_id = obj.get("custom_id", None) if len(obj) == 2 else f"{stem}-{number}"
-                if (
-                    type(prompt) is str
-                    and prompt
-                    and not prompt.isspace()
-                    and type(custom_id) is str
-                    and CUSTOM_ID.fullmatch(custom_id)
-                ):
-                    params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
-                    yield Loaded(custom_id, params, name, number)
-                    continue
-            parsed = _from_json_line(obj, defaults, f"{stem}-{number}")
-            if isinstance(parsed, str):
-                yield Problem(name, number, parsed)
-            else:
-                yield Loaded(parsed[0], parsed[1], name, number)
+        parsed = _from_json_line(obj, defaults, f"{stem}-{number}")
+        if isinstance(parsed, str):
+            yield Problem(name, number, parsed)
+        else:
+            yield Loaded(parsed[0], parsed[1], name, number)

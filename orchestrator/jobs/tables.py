@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Problem
+from orchestrator.jobs.lines import text_lines
 from orchestrator.models import MESSAGE_PARAMS
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
@@ -200,24 +201,20 @@ def _csv_rows(path: Path) -> Iterator[Row | Problem | Columns]:
 
 def _jsonl_rows(path: Path) -> Iterator[Row | Problem | Columns]:
     name = str(path)
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError:
-                yield Problem(name, number, "not UTF-8 text")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                yield Problem(name, number, f"malformed JSON: {exc}")
-                continue
-            if not isinstance(row, dict):
-                yield Problem(name, number, "a row of a JSONL table must be a JSON object")
-                continue
-            yield number, row
+    for item in text_lines(path):
+        if isinstance(item, Problem):
+            yield item
+            continue
+        number, line = item
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            yield Problem(name, number, f"malformed JSON: {exc}")
+            continue
+        if not isinstance(row, dict):
+            yield Problem(name, number, "a row of a JSONL table must be a JSON object")
+            continue
+        yield number, row
 
 
 def _parquet_rows(path: Path) -> Iterator[Row | Problem | Columns]:

@@ -10,9 +10,6 @@ last checkpoint of each. A second signal exits at once (SQLite keeps the databas
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -26,15 +23,17 @@ from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
 from orchestrator.run.budget import Budget
 from orchestrator.run.limits import Limiter, LimitState
-from orchestrator.run.progress import Quiet, Snapshot, View
+from orchestrator.run.progress import Quiet, Snapshot, View, show_progress
 from orchestrator.run.request import RequestRunner
+from orchestrator.run.signals import watch_signals
 from orchestrator.run.writer import Writer
 from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import Store
 
 PAGE = 512  # requests read from the store at once, at the least (else as many as the concurrency)
-PROGRESS_EVERY = 0.5
 WRITER_GRACE = 60.0  # seconds the writer gets for its last commit after a stop
+
+STOPPING = "Stopping: no new requests; saving what is in flight"
 
 
 @dataclass
@@ -169,24 +168,6 @@ class Job:
             note=writer.note(),
         )
 
-    async def _show_progress(self) -> None:
-        while True:
-            self.view.update(self.snapshot())
-            await anyio.sleep(PROGRESS_EVERY)
-
-    async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                if self.stopping:
-                    print("\nStopped at once.", file=sys.stderr, flush=True)
-                    os._exit(130)
-                print(
-                    "\nStopping: no new requests; saving what is in flight (Ctrl-C again to exit at once).",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                self.stop()
-
     async def run(self, *, handle_signals: bool = True) -> Summary:
         """Run every pending request to its end, or until stopped or aborted."""
         store, settings, writer = self.store, self.settings, self.writer
@@ -206,9 +187,14 @@ class Job:
         async with anyio.create_task_group() as outer:
             outer.start_soon(write)
             if not isinstance(self.view, Quiet):  # a snapshot walks every stream in flight
-                outer.start_soon(self._show_progress)
+                outer.start_soon(show_progress, self.view, self.snapshot)
             if handle_signals:
-                outer.start_soon(self._watch_signals)
+                outer.start_soon(
+                    watch_signals,
+                    lambda: self.stopping,
+                    self.stop,
+                    "Stopping: no new requests; saving what is in flight",
+                )
             try:
                 with self._work:
                     async with anyio.create_task_group() as group:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import IO, Protocol
 
+import anyio
 from tqdm import tqdm
 
 from orchestrator.pricing import money
@@ -167,3 +169,13 @@ class LoadProgress:
             return
         self._next = now + self._every
         print(f"loading: {read:,} lines read and checked ({now - self._started:.0f} s)", file=self._stream, flush=True)
+
+
+PROGRESS_EVERY = 0.5  # seconds between two updates of a view
+
+
+async def show_progress(view: View, snapshot: Callable[[], Snapshot]) -> None:
+    """Update ``view`` with a fresh snapshot every ``PROGRESS_EVERY`` seconds, until cancelled."""
+    while True:
+        view.update(snapshot())
+        await anyio.sleep(PROGRESS_EVERY)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
 from orchestrator.errors import DatabaseBusy, StorageError
 
+IN_CHUNK = 500  # values of one IN (...) list, well under SQLite's limit of bound parameters
 BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 # A full disk (SQLITE_FULL; some file systems answer a write with an I/O error instead), a
 # read-only file, folder or file system, a file that cannot be opened.
@@ -36,3 +39,12 @@ class Base:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+
+    async def rows_in(self, sql: str, values: Sequence[Any]) -> AsyncIterator[sqlite3.Row]:
+        """The rows of ``sql``, whose ``{marks}`` stands for an IN list of ``values``, read a chunk
+        of ``IN_CHUNK`` values at a time."""
+        for start in range(0, len(values), IN_CHUNK):
+            chunk = values[start : start + IN_CHUNK]
+            async with self.db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk) as cursor:
+                async for row in cursor:
+                    yield row

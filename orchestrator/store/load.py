@@ -139,15 +139,13 @@ class Loading(Base):
 
     async def _duplicates(self, rows: list[Row], problems: _Problems) -> None:
         """The rows of a batch that collided with a custom_id stored before them."""
-        first: dict[str, str] = {}
         ids = sorted({row[0] for row in rows})
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            async with self.db.execute(
-                f"SELECT custom_id, source FROM requests WHERE custom_id IN ({marks})", chunk
-            ) as cursor:
-                first.update({custom_id: source async for custom_id, source in cursor})
+        first: dict[str, str] = {
+            custom_id: source
+            async for custom_id, source in self.rows_in(
+                "SELECT custom_id, source FROM requests WHERE custom_id IN ({marks})", ids
+            )
+        }
         for custom_id, _, path, line, _ in rows:
             if first[custom_id] != _source(path, line):
                 problems.add(_duplicate(custom_id, path, line, first[custom_id]))

@@ -66,15 +66,8 @@ class Queries(Base):
 
     async def custom_ids(self, ids: list[int]) -> list[str]:
         """The custom_ids of these requests, in input order."""
-        found: list[str] = []
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            async with self.db.execute(
-                f"SELECT custom_id FROM requests WHERE id IN ({marks}) ORDER BY id", chunk
-            ) as cursor:
-                found += [row[0] async for row in cursor]
-        return found
+        sql = "SELECT custom_id FROM requests WHERE id IN ({marks}) ORDER BY id"
+        return [row[0] async for row in self.rows_in(sql, sorted(ids))]
 
     async def first_start(self) -> float | None:
         async with self.db.execute("SELECT MIN(started_at) FROM attempts") as cursor:
