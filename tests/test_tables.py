@@ -187,10 +187,12 @@ async def test_bad_rows_exit_2_and_send_nothing(
     (tmp_path / "t.csv").write_text('text\nfine\n\n""\n')
     (tmp_path / "job.toml").write_text('[[tables]]\npath = "t.csv"\n[template]\nprompt = "{text}"\n')
     async with simulate() as (sim, _, url):
-        status = await run_command(["run", str(tmp_path / "job.toml"), "--base-url", url, *FAST])
+        out = tmp_path / "out"
+        status = await run_command(["run", str(tmp_path / "job.toml"), "--base-url", url, "--results", str(out), *FAST])
     assert status == 2
     assert f"{tmp_path / 't.csv'}:4: no value in column 'text'" in capsys.readouterr().err
     assert sim.stats.requests == 0
+    assert not (out / "job.sqlite").exists()  # nothing written
 
 
 @pytest.mark.parametrize(
