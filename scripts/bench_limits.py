@@ -35,9 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.benchlib import simulator_stats, start_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
@@ -53,23 +55,6 @@ SCENARIOS = {
 
 def prompt(i: int, padding: int) -> str:
     return f"Request {i}: tell me about rate limits. " + "Context. " * (padding // 9)
-
-
-def start_simulator(*options: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", *options],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    url = next(word for word in process.stdout.readline().split() if word.startswith("http://"))
-    return process, url
-
-
-def stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/_simulator/stats") as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
 
 
 def write_job(path: Path, count: int, padding: int) -> Path:
@@ -153,9 +138,9 @@ def measure(limit_name: str, kind: str, warmup: float, duration: float, concurre
             client = client_process(kind, url, count, padding, concurrency, Path(tmp))
             try:
                 time.sleep(warmup)
-                before, started = stats(url), time.monotonic()
+                before, started = simulator_stats(url), time.monotonic()
                 time.sleep(duration)
-                after, ended = stats(url), time.monotonic()
+                after, ended = simulator_stats(url), time.monotonic()
             finally:
                 client.send_signal(signal.SIGKILL)
                 client.wait()
@@ -199,7 +184,7 @@ def recovery(strategy: str, count: int, concurrency: int, max_tokens: int, *simu
                 env=env,
                 check=True,
             )
-            billed = stats(url)
+            billed = simulator_stats(url)
             lines = [json.loads(line) for line in Path(f"{tmp}/out/results.jsonl").read_text().splitlines()]
             expected: dict[str, list[str]] = {}
             for item in read_requests(load_spec(job, {"model": MODEL, "max_tokens": max_tokens})):

@@ -41,6 +41,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.benchlib import cpu, start_simulator
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
 MAX_TOKENS = 1024
@@ -48,11 +52,6 @@ MAX_TOKENS = 1024
 
 def prompt(i: int) -> str:
     return f"Request number {i}: write about rate limits."
-
-
-def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb() -> float:
@@ -232,14 +231,7 @@ def main() -> None:
     print(f"{'client':<14}{'req/s':>9}{'out tok/s':>12}{'CPU s':>8}{'CPU s / 1M out tok':>20}{'peak RSS MB':>13}")
     for number, (label, simulator_args, requests) in enumerate(cases):
         concurrency = args.paced_concurrency if number == 2 else args.concurrency
-        simulator = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", *simulator_args],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert simulator.stdout is not None
-        url = next(w for w in simulator.stdout.readline().split() if w.startswith("http://"))
+        simulator, url = start_simulator(*simulator_args)
         common = ["--url", url, "--requests", str(requests), "--concurrency", str(concurrency)]
         try:
             rows = {

@@ -27,14 +27,16 @@ import asyncio
 import cProfile
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.benchlib import cpu, simulator_stats, start_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
@@ -44,11 +46,6 @@ REPLY_TOKENS = 200
 
 def prompt(i: int) -> str:
     return f"Request number {i}: write about rate limits."
-
-
-def cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def simulator_args(tokens_per_delta: str) -> list[str]:
@@ -64,24 +61,6 @@ def simulator_args(tokens_per_delta: str) -> list[str]:
         "--reply-tokens",
         f"{REPLY_TOKENS}:{REPLY_TOKENS}",
     ]
-
-
-def start_simulator(tokens_per_delta: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", *simulator_args(tokens_per_delta)],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stdout is not None
-    url = next(word for word in process.stdout.readline().split() if word.startswith("http://"))
-    return process, url
-
-
-def simulator_stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/_simulator/stats") as response:
-        stats: dict[str, Any] = json.load(response)
-    return stats
 
 
 async def floor(url: str, requests: int) -> dict[str, Any]:
@@ -171,7 +150,7 @@ def role_main(args: argparse.Namespace) -> None:
 
 def measure(role: str, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     """One client run in a fresh process against a fresh simulator, with the simulator's stats."""
-    simulator, url = start_simulator(args.tokens_per_delta)
+    simulator, url = start_simulator(*simulator_args(args.tokens_per_delta))
     try:
         command = [sys.executable, __file__, "--role", role, "--url", url, "--requests", str(args.requests)]
         command += ["--concurrency", str(args.concurrency), *extra]
