@@ -27,6 +27,7 @@ from orchestrator.models import State
 from orchestrator.pricing import PriceTable, load_prices, money
 from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
+from orchestrator.run.collector import fewer_collections
 from orchestrator.run.progress import LoadProgress, make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import SimulatorConfig
@@ -246,10 +247,11 @@ async def run(options: RunOptions) -> Outcome:
             )
         async with open_client(options.simulator, options.base_url, settings) as client:
             view = make_view(sum(counts.values()), done, quiet=options.quiet)
-            if settings.mode == BATCH:
-                summary = await BatchJob(store, client, settings, view, prices).run()
-            else:
-                summary = await Job(store, client, settings, view, prices).run()
+            with fewer_collections():
+                if settings.mode == BATCH:
+                    summary = await BatchJob(store, client, settings, view, prices).run()
+                else:
+                    summary = await Job(store, client, settings, view, prices).run()
         out = results / "results.jsonl"
         written = None
         if summary.complete:
