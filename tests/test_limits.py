@@ -11,6 +11,7 @@ import pytest
 from orchestrator.run.bucket import TokenBucket
 from orchestrator.run.limits import (
     CLASSES,
+    DEFAULT_FLOW_GUESS,
     DEFAULT_OUTPUT_GUESS,
     Limiter,
     LimitState,
@@ -62,24 +63,42 @@ def test_input_tokens_are_reserved_then_corrected() -> None:
 
 
 def test_output_is_reserved_charged_as_it_streams_and_settled() -> None:
-    limits = state(LimitSpec(otpm=60_000))  # 1,000 a second, a bucket of 1,000
+    limits = state(LimitSpec(otpm=60_000))  # 1,000 a second, a bucket of 1,000 (one second of burst)
     bucket = limits.model(M, 0.0).buckets["output-tokens"]
     permit = limits.admit(M, 0, 4096, now=0.0)
     assert isinstance(permit, Permit)
-    assert permit.output_reserved == DEFAULT_OUTPUT_GUESS
-    assert bucket.level == pytest.approx(1000 - DEFAULT_OUTPUT_GUESS)
-    limits.output_streamed(permit, 100, now=0.0)  # within the reservation: nothing more
-    assert bucket.level == pytest.approx(1000 - DEFAULT_OUTPUT_GUESS)
+    # A down payment: what one stream produces within the burst, not its whole expected output.
+    assert permit.output_reserved == DEFAULT_FLOW_GUESS * 1.0 < DEFAULT_OUTPUT_GUESS
+    assert bucket.level == pytest.approx(1000 - DEFAULT_FLOW_GUESS)
+    limits.output_streamed(permit, 50, now=0.0)  # within the down payment: nothing more
+    assert bucket.level == pytest.approx(940)
     limits.output_streamed(permit, 400, now=0.0)  # beyond it: charged as it streams
     assert bucket.level == pytest.approx(600)
-    limits.release(permit, 450, completed=True, now=0.0)
-    assert bucket.level == pytest.approx(550)
-    assert limits.models[M].output_guess == pytest.approx(DEFAULT_OUTPUT_GUESS + (450 - DEFAULT_OUTPUT_GUESS) * 0.2)
-    short = limits.admit(M, 0, 10, now=0.0)  # never reserves more than max_tokens
+    limits.release(permit, 450, completed=True, now=2.0)  # 2 s after its admission: refilled
+    assert bucket.level == pytest.approx(1000 - 50)
+    model = limits.models[M]
+    assert model.output_guess == pytest.approx(DEFAULT_OUTPUT_GUESS + (450 - DEFAULT_OUTPUT_GUESS) * 0.2)
+    assert model.flow_guess == pytest.approx(DEFAULT_FLOW_GUESS + (225 - DEFAULT_FLOW_GUESS) * 0.2)
+    short = limits.admit(M, 0, 10, now=2.0)  # never reserves more than max_tokens
     assert isinstance(short, Permit)
     assert short.output_reserved == 10
-    limits.release(short, 3, completed=True, now=0.0)  # unused reservation comes back
-    assert bucket.level == pytest.approx(547)
+    limits.release(short, 3, completed=False, now=2.0)  # unused reservation comes back
+    assert bucket.level == pytest.approx(1000 - 50 - 3)
+
+
+def test_a_full_output_bucket_admits_the_streams_its_flow_sustains_at_once() -> None:
+    # 2M OTPM: 32,333 tokens a second at 97%, half a second of burst. The API counts output as it
+    # is generated, so a full bucket admits what the flow sustains (60 tokens/s a stream), at once;
+    # a stream's whole expected output (256 tokens) would have admitted only 63.
+    limits = LimitState(1000, default=LimitSpec(rpm=10**6, itpm=10**9, otpm=2_000_000))
+    admitted = 0
+    while isinstance(limits.admit(M, 10, 4096, now=0.0), Permit):
+        admitted += 1
+    assert admitted == int(2_000_000 * 0.97 / 60 / DEFAULT_FLOW_GUESS)  # 538
+    model = limits.models[M]
+    for _ in range(50):  # long replies at 200 tokens a second: fewer streams sustain the flow
+        model.learn(1000, 5.0)
+    assert model.down_payment(4096) == pytest.approx(100, rel=0.01)
 
 
 def test_output_flow_near_the_limit_stops_launches() -> None:

@@ -11,12 +11,24 @@ import anyio
 import pytest
 
 from orchestrator.cli import run_command
+from orchestrator.job import http_client
+from orchestrator.run.engine import Job
+from orchestrator.run.limits import Permit
+from orchestrator.run.progress import Quiet
 from orchestrator.settings import JobSettings
-from orchestrator.simulator import FaultRates, Limits, SimulatorConfig
+from orchestrator.simulator import FaultRates, Limits, SimulatorConfig, Timing
 from orchestrator.simulator.replies import full_reply
 from orchestrator.simulator.tokens import count_tokens
 from tests.conftest import INSTANT, Running
-from tests.helpers import expected_replies, query, read_results, run_in_process, text_of, write_jsonl
+from tests.helpers import (
+    expected_replies,
+    loaded_store,
+    query,
+    read_results,
+    run_in_process,
+    text_of,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -142,6 +154,49 @@ async def test_limits_are_learned_from_headers(simulate: Simulate, tmp_path: Pat
         assert await run(job, tmp_path / "out", url, "--concurrency", "8") == 0
     assert sim.stats.outcomes["ok"] == 40
     assert sim.stats.rate_limited == 0  # the first request probes; the rest wait for its headers
+
+
+# A top tier's headers (60,000 RPM, 10M ITPM, 2M OTPM) against streams held open by a long time to
+# the first token. Both clocks stand still: no bucket refills, so whatever runs at once was let in by
+# what the first response's headers said.
+TOP_TIER = Limits(rpm=60_000, itpm=10_000_000, otpm=2_000_000)
+MODEL = "claude-haiku-4-5"
+
+
+async def open_at_once(simulate: Simulate, tmp_path: Path, streams: int, requests_left: int | None = None) -> Job:
+    """300 requests at ``--concurrency 300`` in automatic mode until ``streams`` are open, then a stop;
+    the server has ``requests_left`` requests in its bucket (None: a full bucket)."""
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(300)])
+    settings = JobSettings(concurrency=300)
+    config = SimulatorConfig(timing=Timing(ttft=600.0), limits=TOP_TIER)
+    async with (
+        simulate(config, clock=lambda: 0.0, http_client=http_client(settings)) as (sim, client, _),
+        loaded_store(job, tmp_path / "job.sqlite") as store,
+    ):
+        bucket = sim.limits.buckets["requests"]
+        if requests_left is not None and bucket is not None:
+            bucket.level = requests_left
+        running = Job(store, client, settings, Quiet(), limiter_clock=lambda: 0.0)
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: running.run(handle_signals=False))
+            await sim.until(lambda stats: stats.streams_now == streams)
+            assert running.limiter.state.in_flight == streams  # the client let in no more than that
+            assert sim.stats.rate_limited == 0
+            running.stop()
+    return running
+
+
+async def test_generous_headers_open_the_gate_to_the_whole_concurrency(simulate: Simulate, tmp_path: Path) -> None:
+    # The probe goes alone; its headers let the other 299 go at once (the output bucket holds half
+    # a second of 2M OTPM: a stream's whole expected output would have let in 63).
+    await open_at_once(simulate, tmp_path, 300)
+
+
+async def test_headers_that_say_little_remains_hold_the_gate(simulate: Simulate, tmp_path: Path) -> None:
+    running = await open_at_once(simulate, tmp_path, 5, requests_left=5)  # the probe, then 4
+    state = running.limiter.state
+    assert state.models[MODEL].buckets["requests"].level < 1
+    assert not isinstance(state.admit(MODEL, 10, 1024, 0.0), Permit)  # the gate holds
 
 
 async def test_a_429_pauses_the_pool_instead_of_a_herd_of_retries(simulate: Simulate, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ last checkpoint of each. A second signal exits at once (SQLite keeps the databas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -97,6 +98,7 @@ class Job:
         settings: JobSettings,
         view: View,
         prices: PriceTable | None = None,
+        limiter_clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         self.store = store
         self.prices = prices
@@ -104,7 +106,7 @@ class Job:
         self.settings = settings
         self.view = view
         self.writer = Writer(store, settings.checkpoint_interval, on_failure=self._storage_failed)
-        self.limiter = Limiter(limit_state(settings))
+        self.limiter = Limiter(limit_state(settings), clock=limiter_clock)
         cap = None if settings.max_cost is None else Decimal(str(settings.max_cost))
         self.budget = Budget(cap, prices)
         self.runner = RequestRunner(

@@ -4,10 +4,14 @@ The arithmetic (``LimitState``) is pure over times passed in; ``Limiter`` puts i
 async ``acquire`` that waits on a timer or on a release, never by polling.
 
 - A request is admitted when its model's buckets allow it: one request (RPM), its estimated
-  input tokens (ITPM) and the output it is expected to produce (OTPM, a running average). The
-  input estimate is corrected by the real ``usage`` once the stream starts; output is charged as
-  it streams beyond the expectation and the unused part is given back at the end. So the
-  limiter stops launching when the output flow nears the limit.
+  input tokens (ITPM) and a down payment on its output (OTPM). The input estimate is corrected
+  by the real ``usage`` once the stream starts. The API counts output tokens as they are
+  generated (``max_tokens`` does not count), so the down payment is what one stream is expected
+  to produce within the bucket's ``burst``: its expected output (a running average), at most its
+  expected flow (tokens per second of a stream's life, a running average) times ``burst``. A
+  full bucket thus lets in as many streams as the limit's flow sustains, all at once; output is
+  charged as it streams beyond the down payment and the unused part is given back at the end,
+  so the limiter stops launching when the output flow nears the limit.
 - Buckets refill continuously at ``headroom`` (default 97%) of the limit and hold ``burst``
   (0.5) seconds of refill, half what the API's buckets are known to hold at the least: the
   client stays half a bucket behind the server from its first request on, which absorbs about
@@ -38,6 +42,7 @@ from orchestrator.settings import LimitSpec
 
 CLASSES = ("requests", "input-tokens", "output-tokens")
 DEFAULT_OUTPUT_GUESS = 256  # expected output tokens of a model's first requests
+DEFAULT_FLOW_GUESS = 60.0  # expected output tokens per second of a stream's life, until one has completed
 OVERLOAD_FACTOR = 0.7
 OVERLOAD_COOLDOWN = 2.0  # seconds between two cuts of the concurrency
 
@@ -73,6 +78,7 @@ class ModelLimits:
     buckets: dict[str, TokenBucket] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)  # the per-minute limit behind each bucket
     output_guess: float = DEFAULT_OUTPUT_GUESS
+    flow_guess: float = DEFAULT_FLOW_GUESS
     # What this model has in flight: a bucket learned now must not forget it.
     in_flight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
     probing: bool = False  # some limit is unknown and no response has come back yet
@@ -83,6 +89,16 @@ class ModelLimits:
         level = capacity if remaining is None else min(capacity, remaining)
         self.buckets[name] = TokenBucket(capacity=capacity, rate=rate, level=level, updated=now)
         self.limits[name] = limit
+
+    def down_payment(self, max_tokens: int) -> float:
+        """The output tokens an admission charges: what one stream produces within the burst."""
+        return max(1.0, min(float(max_tokens), self.output_guess, self.flow_guess * self.burst))
+
+    def learn(self, output_tokens: int, seconds: float) -> None:
+        """A completed attempt produced ``output_tokens`` in ``seconds`` from its admission."""
+        self.output_guess += (output_tokens - self.output_guess) * 0.2
+        if seconds > 0 and output_tokens > 0:
+            self.flow_guess += (output_tokens / seconds - self.flow_guess) * 0.2
 
     def wants(self, input_tokens: int, output_tokens: float) -> dict[str, float]:
         return {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": output_tokens}
@@ -138,6 +154,7 @@ class Permit:
     model: str
     input_estimate: int
     output_reserved: float
+    admitted_at: float = 0.0
     output_charged: float = 0.0
     input_corrected: bool = False
 
@@ -189,13 +206,13 @@ class LimitState:
         limits = self.model(model, now)
         if limits.probing and limits.in_flight["requests"] > 0:
             return None
-        output = min(float(max_tokens), limits.output_guess)
+        output = limits.down_payment(max_tokens)
         wait = limits.wait_time(input_estimate, output, now)
         if wait > 0:
             return wait
         limits.take(input_estimate, output, now)
         self.in_flight += 1
-        return Permit(model=model, input_estimate=input_estimate, output_reserved=output)
+        return Permit(model=model, input_estimate=input_estimate, output_reserved=output, admitted_at=now)
 
     def input_known(self, permit: Permit, actual: int, now: float) -> None:
         """The stream started and reported its real input tokens: correct the reservation."""
@@ -219,7 +236,7 @@ class LimitState:
         charged = max(permit.output_reserved, permit.output_charged)
         limits.adjust("output-tokens", output_tokens - charged, now)
         if completed:
-            limits.output_guess += (output_tokens - limits.output_guess) * 0.2
+            limits.learn(output_tokens, now - permit.admitted_at)
 
     def observe(self, model: str, headers: Mapping[str, str], now: float) -> None:
         seen = parse_headers(headers)

@@ -332,6 +332,7 @@ class Simulator:
             return response
         stats.streams_now += 1
         stats.peak_streams = max(stats.peak_streams, stats.streams_now)
+        self._notify()
         position = len(events) if fault is None else fault_position(fault, events)
         if fault is not None and fault.kind is FaultKind.MALFORMED:
             events = with_malformed(events, position, fault.variant, blocks)
