@@ -13,6 +13,7 @@ from orchestrator.run.limits import (
     CLASSES,
     DEFAULT_FLOW_GUESS,
     DEFAULT_OUTPUT_GUESS,
+    DEFAULT_TOKENS_PER_DELTA,
     Limiter,
     LimitState,
     Permit,
@@ -96,9 +97,22 @@ def test_a_full_output_bucket_admits_the_streams_its_flow_sustains_at_once() -> 
         admitted += 1
     assert admitted == int(2_000_000 * 0.97 / 60 / DEFAULT_FLOW_GUESS)  # 538
     model = limits.models[M]
-    for _ in range(50):  # long replies at 200 tokens a second: fewer streams sustain the flow
-        model.learn(1000, 5.0)
+    for _ in range(50):  # long replies at 200 tokens a second, in deltas of 4: fewer streams sustain the flow
+        model.learn(1000, 5.0, 250)
     assert model.down_payment(4096) == pytest.approx(100, rel=0.01)
+    assert model.tokens_per_delta == pytest.approx(4, rel=0.01)
+
+
+@pytest.mark.anyio
+async def test_streamed_deltas_are_charged_as_the_tokens_they_carry() -> None:
+    limiter = Limiter(state(LimitSpec(otpm=60_000)))  # a bucket of 1,000
+    bucket = limiter.state.model(M, 0.0).buckets["output-tokens"]
+    permit = await limiter.acquire(M, 0, 4096)  # a down payment of 60
+    limiter.output_streamed(permit, 100)  # deltas of about 3 tokens until one stream has completed
+    assert bucket.level == pytest.approx(1000 - 100 * DEFAULT_TOKENS_PER_DELTA, abs=1)
+    limiter.release(permit, 500, completed=True, deltas=100)  # settled at the server's count
+    assert bucket.level == pytest.approx(500, abs=1)
+    assert limiter.state.models[M].tokens_per_delta == pytest.approx(3 + (5 - 3) * 0.2)
 
 
 def test_output_flow_near_the_limit_stops_launches() -> None:

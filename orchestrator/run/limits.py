@@ -10,8 +10,9 @@ async ``acquire`` that waits on a timer or on a release, never by polling.
   to produce within the bucket's ``burst``: its expected output (a running average), at most its
   expected flow (tokens per second of a stream's life, a running average) times ``burst``. A
   full bucket thus lets in as many streams as the limit's flow sustains, all at once; output is
-  charged as it streams beyond the down payment and the unused part is given back at the end,
-  so the limiter stops launching when the output flow nears the limit.
+  charged as it streams beyond the down payment (until a stream's end gives its count: its
+  deltas times the tokens a delta carries, a running average) and the unused part is given back
+  at the end, so the limiter stops launching when the output flow nears the limit.
 - Buckets refill continuously at ``headroom`` (default 97%) of the limit and hold ``burst``
   (0.5) seconds of refill, half what the API's buckets are known to hold at the least: the
   client stays half a bucket behind the server from its first request on, which absorbs about
@@ -43,6 +44,7 @@ from orchestrator.settings import LimitSpec
 CLASSES = ("requests", "input-tokens", "output-tokens")
 DEFAULT_OUTPUT_GUESS = 256  # expected output tokens of a model's first requests
 DEFAULT_FLOW_GUESS = 60.0  # expected output tokens per second of a stream's life, until one has completed
+DEFAULT_TOKENS_PER_DELTA = 3.0  # the API's deltas carry several tokens; learned from the first completions
 OVERLOAD_FACTOR = 0.7
 OVERLOAD_COOLDOWN = 2.0  # seconds between two cuts of the concurrency
 
@@ -79,6 +81,7 @@ class ModelLimits:
     limits: dict[str, float] = field(default_factory=dict)  # the per-minute limit behind each bucket
     output_guess: float = DEFAULT_OUTPUT_GUESS
     flow_guess: float = DEFAULT_FLOW_GUESS
+    tokens_per_delta: float = DEFAULT_TOKENS_PER_DELTA
     # What this model has in flight: a bucket learned now must not forget it.
     in_flight: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CLASSES, 0.0))
     probing: bool = False  # some limit is unknown and no response has come back yet
@@ -94,11 +97,13 @@ class ModelLimits:
         """The output tokens an admission charges: what one stream produces within the burst."""
         return max(1.0, min(float(max_tokens), self.output_guess, self.flow_guess * self.burst))
 
-    def learn(self, output_tokens: int, seconds: float) -> None:
-        """A completed attempt produced ``output_tokens`` in ``seconds`` from its admission."""
+    def learn(self, output_tokens: int, seconds: float, deltas: int) -> None:
+        """A completed attempt produced ``output_tokens`` in ``deltas`` deltas, ``seconds`` from its admission."""
         self.output_guess += (output_tokens - self.output_guess) * 0.2
         if seconds > 0 and output_tokens > 0:
             self.flow_guess += (output_tokens / seconds - self.flow_guess) * 0.2
+        if deltas > 0:
+            self.tokens_per_delta += (output_tokens / deltas - self.tokens_per_delta) * 0.2
 
     def wants(self, input_tokens: int, output_tokens: float) -> dict[str, float]:
         return {"requests": 1.0, "input-tokens": float(input_tokens), "output-tokens": output_tokens}
@@ -155,6 +160,7 @@ class Permit:
     input_estimate: int
     output_reserved: float
     admitted_at: float = 0.0
+    tokens_per_delta: float = 1.0  # the model's, at the admission: streamed deltas to tokens
     output_charged: float = 0.0
     input_corrected: bool = False
 
@@ -212,7 +218,7 @@ class LimitState:
             return wait
         limits.take(input_estimate, output, now)
         self.in_flight += 1
-        return Permit(model=model, input_estimate=input_estimate, output_reserved=output, admitted_at=now)
+        return Permit(model, input_estimate, output, admitted_at=now, tokens_per_delta=limits.tokens_per_delta)
 
     def input_known(self, permit: Permit, actual: int, now: float) -> None:
         """The stream started and reported its real input tokens: correct the reservation."""
@@ -220,15 +226,15 @@ class LimitState:
             permit.input_corrected = True
             self.model(permit.model, now).adjust("input-tokens", actual - permit.input_estimate, now)
 
-    def output_streamed(self, permit: Permit, tokens: int, now: float) -> None:
-        """Output tokens received so far by this attempt: charge what exceeds the reservation."""
+    def output_streamed(self, permit: Permit, tokens: float, now: float) -> None:
+        """Output tokens generated so far by this attempt (an estimate): charge what exceeds the reservation."""
         beyond = tokens - max(permit.output_reserved, permit.output_charged)
         if beyond > 0:
             permit.output_charged = tokens
             self.model(permit.model, now).adjust("output-tokens", beyond, now)
 
-    def release(self, permit: Permit, output_tokens: int, completed: bool, now: float) -> None:
-        """The attempt ended having received ``output_tokens``: settle its output reservation."""
+    def release(self, permit: Permit, output_tokens: int, completed: bool, now: float, deltas: int = 0) -> None:
+        """The attempt ended having received ``output_tokens`` (in ``deltas``): settle its output reservation."""
         self.in_flight -= 1
         limits = self.model(permit.model, now)
         limits.done(permit.input_estimate, permit.output_reserved)
@@ -236,7 +242,7 @@ class LimitState:
         charged = max(permit.output_reserved, permit.output_charged)
         limits.adjust("output-tokens", output_tokens - charged, now)
         if completed:
-            limits.learn(output_tokens, now - permit.admitted_at)
+            limits.learn(output_tokens, now - permit.admitted_at, deltas)
 
     def observe(self, model: str, headers: Mapping[str, str], now: float) -> None:
         seen = parse_headers(headers)
@@ -360,14 +366,17 @@ class Limiter:
         if actual < permit.input_estimate:
             self._notify()
 
-    def output_streamed(self, permit: Permit, tokens: int) -> None:
+    def output_streamed(self, permit: Permit, deltas: int) -> None:
+        """The attempt has received ``deltas`` deltas (or, once its stream gave it, the server's count
+        of its output tokens, which this overestimates until ``release`` settles it)."""
         # Called on every read of every stream: the clock is read only when there is output to
         # charge beyond what the permit reserved, which most reads do not have.
+        tokens = deltas * permit.tokens_per_delta
         if tokens > permit.output_reserved and tokens > permit.output_charged:
             self.state.output_streamed(permit, tokens, self._clock())
 
-    def release(self, permit: Permit, output_tokens: int, completed: bool) -> None:
-        self.state.release(permit, output_tokens, completed, self._clock())
+    def release(self, permit: Permit, output_tokens: int, completed: bool, deltas: int = 0) -> None:
+        self.state.release(permit, output_tokens, completed, self._clock(), deltas)
         if completed:
             self.state.succeeded()
         self._notify()

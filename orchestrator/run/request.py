@@ -84,7 +84,7 @@ class RequestRunner:
                 if failure is None:
                     raise
             finally:
-                self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done)
+                self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done, deltas=live.acc.deltas)
                 self.budget.settle(worst, params["model"], live.usage())
             if failure is None:
                 self.reach.answer()
