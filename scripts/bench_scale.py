@@ -174,6 +174,30 @@ def measure(role: str, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     return result
 
 
+def sustain(args: argparse.Namespace) -> None:
+    """How many paced streams one process keeps up with: ``--waves`` pools of requests at each
+    concurrency, against the time the server's pacing alone would take (each wave one stream's time)."""
+    alone = 0.5 + REPLY_TOKENS / 60
+    print(
+        f"{args.waves} pools of {REPLY_TOKENS}-token requests at each concurrency; simulator paced (0.5 s to first "
+        f"token, 60 tok/s, {args.tokens_per_delta} tokens per delta; one stream alone takes {alone:.2f} s)"
+    )
+    print(
+        f"{'concurrency':>11}{'peak streams':>13}{'wall s':>8}{'paced s':>8}{'wall/paced':>11}{'CPU s':>7}"
+        f"{'CPU/wall':>9}{'events/s':>10}{'out tok/s':>10}"
+    )
+    for concurrency in (int(value) for value in args.sustain.split(",")):
+        args.requests, args.concurrency = concurrency * args.waves, concurrency
+        row = measure("orchestrator", args)
+        stats, paced, wall = row["stats"], args.waves * alone, row["wall"]
+        print(
+            f"{concurrency:>11,}{stats['peak_streams']:>13,}{wall:>8.1f}{paced:>8.1f}{wall / paced:>11.2f}"
+            f"{row['cpu']:>7.1f}{row['cpu'] / wall:>9.2f}{stats['events_sent'] / wall:>10,.0f}"
+            f"{stats['output_tokens_billed'] / wall:>10,.0f}"
+        )
+        sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -182,6 +206,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each client")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the (last) orchestrator run here")
     parser.add_argument("--verbose", action="store_true", help="print the simulator's stats of each run")
+    parser.add_argument(
+        "--sustain",
+        help="concurrencies (comma-separated) at which to run --waves full pools back to back, orchestrator only",
+    )
+    parser.add_argument("--waves", type=int, default=4, help="pools of requests per --sustain run (default 4)")
     parser.add_argument("--role", choices=["floor", "floor-gc", "orchestrator"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,6 +218,9 @@ def main() -> None:
         role_main(args)
         return
 
+    if args.sustain:
+        sustain(args)
+        return
     expected = expected_texts(args.requests, args.tokens_per_delta)
     ideal = 0.5 + REPLY_TOKENS / 60
     print(

@@ -72,6 +72,18 @@ async def test_stream_equals_non_stream_and_usage_is_consistent(simulate: Simula
     assert sim.stats.input_tokens_billed == 2 * counted.input_tokens
 
 
+async def test_stats_count_every_event_sent(simulate: Simulate) -> None:
+    async with simulate() as (sim, client, _):
+        body = bytearray()
+        for i in range(3):
+            async with client.messages.with_streaming_response.create(
+                **request(f"count my events {i}"), stream=True
+            ) as response:
+                async for chunk in response.http_response.aiter_bytes():
+                    body += chunk
+    assert sim.stats.events_sent == body.count(b"\n\n") > 3 * 6  # start, block start/stop, deltas, stop
+
+
 async def test_replies_are_deterministic_and_vary_in_length(simulate: Simulate) -> None:
     async with simulate() as (_, client, _):
         first = [await client.messages.create(**request(f"prompt {i}")) for i in range(8)]

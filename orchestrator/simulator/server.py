@@ -68,6 +68,7 @@ class Stats:
     cache_creation_input_tokens_billed: int = 0
     cache_read_input_tokens_billed: int = 0
     output_tokens_billed: int = 0
+    events_sent: int = 0  # server-sent events of every stream
     count_tokens_calls: int = 0
     batches: BatchStats = field(default_factory=BatchStats)
 
@@ -84,6 +85,7 @@ class Stats:
             "cache_creation_input_tokens_billed": self.cache_creation_input_tokens_billed,
             "cache_read_input_tokens_billed": self.cache_read_input_tokens_billed,
             "output_tokens_billed": self.output_tokens_billed,
+            "events_sent": self.events_sent,
             "count_tokens_calls": self.count_tokens_calls,
             "batches": self.batches.as_dict(),
         }
@@ -374,6 +376,7 @@ class Simulator:
             stats.outcomes[outcome] += 1
             stats.streams_now -= 1
             stats.output_tokens_billed += emitter.tokens
+            stats.events_sent += emitter.sent
 
 
 class _Emitter:
