@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.benchlib import cpu, simulator_stats, start_simulator
+from scripts.benchlib import cpu, process_cpu, simulator_stats, start_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
@@ -163,11 +163,13 @@ def measure(role: str, args: argparse.Namespace, *extra: str) -> dict[str, Any]:
     try:
         command = [sys.executable, __file__, "--role", role, "--url", url, "--requests", str(args.requests)]
         command += ["--concurrency", str(args.concurrency), *extra]
+        server_cpu = process_cpu(simulator.pid)
         out = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
         if out.returncode != 0:
             raise SystemExit(out.stderr)
         result: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
         result["stats"] = simulator_stats(url)
+        result["server_cpu"] = process_cpu(simulator.pid) - server_cpu
     finally:
         simulator.terminate()
         simulator.wait()
@@ -184,7 +186,7 @@ def sustain(args: argparse.Namespace) -> None:
     )
     print(
         f"{'concurrency':>11}{'peak streams':>13}{'wall s':>8}{'paced s':>8}{'wall/paced':>11}{'CPU s':>7}"
-        f"{'CPU/wall':>9}{'events/s':>10}{'out tok/s':>10}"
+        f"{'CPU/wall':>9}{'server CPU/wall':>16}{'events/s':>10}{'out tok/s':>10}"
     )
     for concurrency in (int(value) for value in args.sustain.split(",")):
         args.requests, args.concurrency = concurrency * args.waves, concurrency
@@ -192,7 +194,8 @@ def sustain(args: argparse.Namespace) -> None:
         stats, paced, wall = row["stats"], args.waves * alone, row["wall"]
         print(
             f"{concurrency:>11,}{stats['peak_streams']:>13,}{wall:>8.1f}{paced:>8.1f}{wall / paced:>11.2f}"
-            f"{row['cpu']:>7.1f}{row['cpu'] / wall:>9.2f}{stats['events_sent'] / wall:>10,.0f}"
+            f"{row['cpu']:>7.1f}{row['cpu'] / wall:>9.2f}{row['server_cpu'] / wall:>16.2f}"
+            f"{stats['events_sent'] / wall:>10,.0f}"
             f"{stats['output_tokens_billed'] / wall:>10,.0f}"
         )
         sys.stdout.flush()

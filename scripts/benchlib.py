@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,6 +31,12 @@ def simulator_stats(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/_simulator/stats") as response:
         stats: dict[str, Any] = json.load(response)
     return stats
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds another process has used so far, user and system (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu() -> float:
