@@ -1,7 +1,10 @@
 """How close to the account's limits a job runs, and what recovering broken streams saves.
 
 Throughput: for RPM, ITPM and OTPM binding in turn, the simulator enforces that one limit (in a
-process of its own, with real timing), and each client runs in a process of its own:
+process of its own, with real timing, deltas of 1-5 tokens), and each client runs in a process of
+its own. Two kinds of streams: fast ones (0.1 s to the first token, 400 tokens/s) and streams
+paced like the API (0.5 s to the first token, 60 tokens/s), which need more of them open at once
+to reach a limit (``--paced-concurrency``):
 
 - orchestrator: ``orchestrator run`` with no limit given (automatic mode: it learns the limits
   from the ``anthropic-ratelimit-*`` headers);
@@ -20,8 +23,10 @@ their bytes, so replies stop short of ``max_tokens``).
 The output tokens the results record as billed (partly estimated for broken streams) are set
 against what the simulator billed.
 
-    python scripts/bench_limits.py [--warmup 5] [--duration 30] [--concurrency 32] [--recovery-requests 1000]
-                                   [--only-recovery]
+    python scripts/bench_limits.py [--warmup 5] [--duration 30] [--concurrency 32] [--paced-concurrency 128]
+                                   [--recovery-requests 1000] [--only-recovery] [--quick]
+
+``--quick``: 3 s of warm-up, 10 s of measure and 300 recovery requests (about 4 minutes).
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ from scripts.benchlib import simulator_stats, start_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
-TIMING = ["--ttft", "0.1", "--tps", "400"]
+TOKENS_PER_DELTA = ["--tokens-per-delta", "1:5"]
+# stream kind -> (simulator options, label)
+STREAMS = {
+    "fast": (["--speed", "1", "--ttft", "0.1", "--tps", "400", *TOKENS_PER_DELTA], "0.1 s to first token, 400 tok/s"),
+    "paced": (["--speed", "1", "--ttft", "0.5", "--tps", "60", *TOKENS_PER_DELTA], "0.5 s to first token, 60 tok/s"),
+}
 
 # limit name -> (simulator option, per-minute limit, prompt padding in characters, stats key, unit)
 SCENARIOS = {
@@ -129,9 +139,11 @@ def client_process(
     )
 
 
-def measure(limit_name: str, kind: str, warmup: float, duration: float, concurrency: int) -> dict[str, float]:
+def measure(
+    limit_name: str, streams: str, kind: str, warmup: float, duration: float, concurrency: int
+) -> dict[str, float]:
     option, per_minute, padding, key, _ = SCENARIOS[limit_name]
-    simulator, url = start_simulator(option, str(per_minute), *TIMING)
+    simulator, url = start_simulator(option, str(per_minute), *STREAMS[streams][0])
     count = 3000  # more than the window can take, whatever the binding limit
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +228,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=30.0)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="with fast streams, and for recovery")
+    parser.add_argument("--paced-concurrency", type=int, default=128, help="with streams paced like the API")
+    parser.add_argument("--quick", action="store_true", help="3 s warm-up, 10 s measure, 300 recovery requests")
     parser.add_argument("--recovery-requests", type=int, default=1000)
     parser.add_argument("--only-recovery", action="store_true", help="skip the throughput part")
     parser.add_argument("--naive", help=argparse.SUPPRESS)
@@ -226,20 +240,29 @@ def main() -> None:
     if args.naive:
         asyncio.run(naive(args.naive, args.count, args.padding, args.concurrency))
         return
+    if args.quick:
+        args.warmup, args.duration, args.recovery_requests = 3.0, 10.0, 300
 
     if not args.only_recovery:
         print(
-            f"sustained rate over {args.duration:.0f} s after {args.warmup:.0f} s of warm-up, concurrency "
-            f"{args.concurrency}; simulator: 0.1 s to first token, 400 tok/s per stream, 1 s buckets\n"
+            f"sustained rate over {args.duration:.0f} s after {args.warmup:.0f} s of warm-up; simulator: 1 s buckets, "
+            "1-5 tokens a delta\n"
         )
-        print(f"{'binding':<8}{'limit /min':>12}{'client':>14}{'achieved /min':>15}{'of limit':>10}{'429s':>8}")
-        for name, (_, per_minute, _, _, unit) in SCENARIOS.items():
-            for kind in ("orchestrator", "naive"):
-                row = measure(name, kind, args.warmup, args.duration, args.concurrency)
-                print(
-                    f"{name:<8}{per_minute:>12,.0f}{kind:>14}{row['rate']:>15,.0f}{row['share']:>10.1%}"
-                    f"{row['refused']:>8.1%}   ({unit})"
-                )
+        print(
+            f"{'streams':<8}{'binding':<8}{'limit /min':>12}{'client':>14}{'achieved /min':>15}{'of limit':>10}"
+            f"{'429s':>8}"
+        )
+        for streams, (_, label) in STREAMS.items():
+            concurrency = args.concurrency if streams == "fast" else args.paced_concurrency
+            print(f"{streams}: {label}, concurrency {concurrency}")
+            for name, (_, per_minute, _, _, unit) in SCENARIOS.items():
+                for kind in ("orchestrator", "naive"):
+                    row = measure(name, streams, kind, args.warmup, args.duration, concurrency)
+                    print(
+                        f"{streams:<8}{name:<8}{per_minute:>12,.0f}{kind:>14}{row['rate']:>15,.0f}{row['share']:>10.1%}"
+                        f"{row['refused']:>8.1%}   ({unit})",
+                        flush=True,
+                    )
 
     print(
         f"\nrecovery: {args.recovery_requests:,} requests to {MODEL}, 10% of streams dropped at a random point, "
