@@ -206,7 +206,7 @@ async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path,
         "limits": spec.limits,
     }
     progress = LoadProgress(quiet=options.quiet)
-    added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec), progress)
+    added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec, bulk=True), progress)
     if job is not None:
         _note(f"job updated: {added:,} new and {changed:,} changed requests")
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.benchlib import stopped_after, write_prompt_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,9 +51,7 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     job = workdir / "job.jsonl"
-    with job.open("w") as handle:
-        for i in range(args.requests):
-            handle.write(json.dumps({"prompt": f"Request number {i}: write about rate limits."}) + "\n")
+    write_prompt_lines(job, args.requests)
     simulator = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", "--speed", "inf"],
         stdout=subprocess.PIPE,
@@ -64,23 +65,20 @@ def main() -> None:
     started = time.monotonic()
     runner = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "ANTHROPIC_API_KEY": "sk-bench"})
     try:
-        while answered(url) == 0:
-            time.sleep(0.2)
-        first = time.monotonic()
-        print(
-            f"{args.requests:,} requests queued, concurrency {args.concurrency}; "
-            f"first request out after {first - started:.1f} s (loading), RSS then {rss_mb(runner.pid):.0f} MB"
-        )
-        print(f"{'s after first request':>22}{'requests done':>15}{'RSS MB':>9}")
-        while (elapsed := time.monotonic() - first) < args.seconds:
-            print(f"{elapsed:>22.0f}{answered(url):>15,}{rss_mb(runner.pid):>9.1f}", flush=True)
-            time.sleep(args.every)
-        print(f"{time.monotonic() - first:>22.0f}{answered(url):>15,}{rss_mb(runner.pid):>9.1f}")
-        runner.send_signal(signal.SIGTERM)
-        runner.wait(timeout=120)
+        with stopped_after(runner):
+            while answered(url) == 0:
+                time.sleep(0.2)
+            first = time.monotonic()
+            print(
+                f"{args.requests:,} requests queued, concurrency {args.concurrency}; "
+                f"first request out after {first - started:.1f} s (loading), RSS then {rss_mb(runner.pid):.0f} MB"
+            )
+            print(f"{'s after first request':>22}{'requests done':>15}{'RSS MB':>9}")
+            while (elapsed := time.monotonic() - first) < args.seconds:
+                print(f"{elapsed:>22.0f}{answered(url):>15,}{rss_mb(runner.pid):>9.1f}", flush=True)
+                time.sleep(args.every)
+            print(f"{time.monotonic() - first:>22.0f}{answered(url):>15,}{rss_mb(runner.pid):>9.1f}")
     finally:
-        if runner.poll() is None:
-            runner.kill()
         simulator.terminate()
         simulator.wait()
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,30 @@ def cpu() -> float:
     """CPU seconds this process has used, user and system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds another (running) process has used, user and system, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def write_prompt_lines(path: Path, lines: int) -> None:
+    """A JSONL job of ``lines`` prompt lines (``{"prompt": ...}``), each a little different."""
+    with path.open("w") as handle:
+        for i in range(lines):
+            handle.write(json.dumps({"prompt": f"Request number {i}: write about rate limits."}) + "\n")
+
+
+@contextmanager
+def stopped_after(process: subprocess.Popen[Any]) -> Iterator[subprocess.Popen[Any]]:
+    """The process, stopped with SIGTERM (as Ctrl-C stops a run) when the block ends; killed if it
+    does not stop within two minutes, or if the block fails."""
+    try:
+        yield process
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -7,11 +7,14 @@ word on values such as model names); fields not listed are passed through as giv
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
 from orchestrator.models import MESSAGE_PARAMS
+
+CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # the whole id (fullmatch: "$" would accept a final newline)
 
 
 def _number(value: Any) -> bool:

@@ -8,19 +8,20 @@ file. Duplicates across the whole job are found by the store while loading.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from itertools import compress
+from operator import not_
+from typing import Any, Literal, cast, overload
 
 from orchestrator.errors import Problem
-from orchestrator.jobs.lines import text_lines
-from orchestrator.jobs.params import field_problem
+from orchestrator.jobs.bulk import Prompts, jsonl_items, params_around, text_items
+from orchestrator.jobs.lines import line_blocks
+from orchestrator.jobs.params import CUSTOM_ID, field_problem
 from orchestrator.jobs.spec import JobSpec, Source, stem_id
 from orchestrator.jobs.tables import row_request, table_rows
 from orchestrator.models import MESSAGE_PARAMS
 
-CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # the whole id (fullmatch: "$" would accept a final newline)
 SIMPLE_FIELDS = (MESSAGE_PARAMS - {"messages"}) | {"prompt", "custom_id"}
 
 
@@ -97,18 +98,27 @@ def _table_requests(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded
             yield Loaded(parsed[0], parsed[1], name, number, row)
 
 
-def read_requests(spec: JobSpec) -> Iterator[Loaded | Problem]:
-    """Every request of the job in input order, or a Problem where a line is bad (or a file holds none)."""
+@overload
+def read_requests(spec: JobSpec) -> Iterator[Loaded | Problem]: ...
+
+
+@overload
+def read_requests(spec: JobSpec, *, bulk: Literal[True]) -> Iterator[Loaded | Prompts | Problem]: ...
+
+
+def read_requests(spec: JobSpec, *, bulk: bool = False) -> Iterator[Loaded | Prompts | Problem]:
+    """Every request of the job in input order, or a Problem where a line is bad (or a file holds
+    none); with ``bulk``, runs of plain prompt lines come as ``Prompts`` (checked a block at a time)."""
     for source in spec.sources:
         found = False
-        for item in _read_source(source, spec.defaults):
+        for item in _read_source(source, spec.defaults, bulk):
             found = True
             yield item
         if not found:
             yield Problem(str(source.path), None, "empty: no request in it")
 
 
-def _read_source(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded | Problem]:
+def _read_source(source: Source, defaults: dict[str, Any], bulk: bool) -> Iterator[Loaded | Prompts | Problem]:
     """The requests of one input (a UTF-8 byte order mark at its start is not part of it)."""
     name = str(source.path)
     stem = stem_id(source.path)
@@ -127,44 +137,69 @@ def _read_source(source: Source, defaults: dict[str, Any]) -> Iterator[Loaded | 
         params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
         yield Loaded(stem, params, name, None)
         return
-    yield from _read_lines(source, name, stem, defaults)
+    yield from _read_lines(source, name, stem, defaults, bulk)
 
 
-def _read_lines(source: Source, name: str, stem: str, defaults: dict[str, Any]) -> Iterator[Loaded | Problem]:
-    """The lines of a text or JSONL input. A line of the usual shape, ``{"prompt": ...}`` with
-    perhaps a ``custom_id``, is checked on a short path (the defaults were checked once) that
-    accepts exactly what the full check does; anything else takes the full check."""
+def _read_lines(
+    source: Source, name: str, stem: str, defaults: dict[str, Any], bulk: bool
+) -> Iterator[Loaded | Prompts | Problem]:
+    """The lines of a text or JSONL input, a block at a time: with ``bulk``, the plain prompt lines
+    of a block as ``Prompts`` (``jobs.bulk``), every other line one at a time."""
     defaults_valid = _check_params({**defaults, "messages": [{}]}) is None
-    loads = json.loads
-    for item in text_lines(source.path):
-        if isinstance(item, Problem):
-            yield item
-            continue
-        number, line = item
-        if source.kind == "lines":
-            params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
-            yield Loaded(f"{stem}-{number}", params, name, number)
-            continue
-        try:
-            obj = loads(line)
-        except ValueError as exc:
-            yield Problem(name, number, f"malformed JSON: {exc}")
-            continue
-        if defaults_valid and type(obj) is dict and "prompt" in obj and len(obj) <= 2:
-            prompt = obj["prompt"]
-            custom_id = obj.get("custom_id", None) if len(obj) == 2 else f"{stem}-{number}"
-            if (
-                type(prompt) is str
-                and prompt
-                and not prompt.isspace()
-                and type(custom_id) is str
-                and CUSTOM_ID.fullmatch(custom_id)
-            ):
-                params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
-                yield Loaded(custom_id, params, name, number)
-                continue
-        parsed = _from_json_line(obj, defaults, f"{stem}-{number}")
-        if isinstance(parsed, str):
-            yield Problem(name, number, parsed)
-        else:
-            yield Loaded(parsed[0], parsed[1], name, number)
+    around = params_around(defaults) if bulk and (defaults_valid or source.kind == "lines") else None
+    for first, lines in line_blocks(source.path):
+        items = [""] * len(lines)  # "": read one line at a time
+        if around is not None and None not in lines:
+            texts = cast(list[str], lines)
+            items = text_items(texts) if source.kind == "lines" else jsonl_items(texts)
+        start = 0
+        for i in compress(range(len(items)), map(not_, items)):
+            if i > start:
+                assert around is not None
+                yield Prompts(name, stem, first + start, items[start:i], *around)
+            yield from _line(source, name, stem, defaults, defaults_valid, first + i, lines[i])
+            start = i + 1
+        if start < len(items):
+            assert around is not None
+            yield Prompts(name, stem, first + start, items[start:], *around)
+
+
+def _line(
+    source: Source, name: str, stem: str, defaults: dict[str, Any], defaults_valid: bool, number: int, line: str | None
+) -> Iterator[Loaded | Problem]:
+    """The request of one line, if it is not blank, or why it is bad. A JSONL line of the usual
+    shape, ``{"prompt": ...}`` with perhaps a ``custom_id``, is checked on a short path (the
+    defaults were checked once) that accepts exactly what the full check does; anything else
+    takes the full check."""
+    if line is None:
+        yield Problem(name, number, "not UTF-8 text")
+        return
+    if not line or line.isspace():
+        return
+    if source.kind == "lines":
+        params = {**defaults, "messages": [{"role": "user", "content": line.rstrip("\r\n")}]}
+        yield Loaded(f"{stem}-{number}", params, name, number)
+        return
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        yield Problem(name, number, f"malformed JSON: {exc}")
+        return
+    if defaults_valid and type(obj) is dict and "prompt" in obj and len(obj) <= 2:
+        prompt = obj["prompt"]
+        custom_id = obj.get("custom_id", None) if len(obj) == 2 else f"{stem}-{number}"
+        if (
+            type(prompt) is str
+            and prompt
+            and not prompt.isspace()
+            and type(custom_id) is str
+            and CUSTOM_ID.fullmatch(custom_id)
+        ):
+            params = {**defaults, "messages": [{"role": "user", "content": prompt}]}
+            yield Loaded(custom_id, params, name, number)
+            return
+    parsed = _from_json_line(obj, defaults, f"{stem}-{number}")
+    if isinstance(parsed, str):
+        yield Problem(name, number, parsed)
+    else:
+        yield Loaded(parsed[0], parsed[1], name, number)

@@ -3,24 +3,43 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
+from orchestrator.jobs.bulk import Prompts, encode_params
 from orchestrator.jobs.read import Loaded
 from orchestrator.store.base import Base
 from orchestrator.store.schema import transaction
 
 LOAD_BATCH = 2000
+BLOCKS_IN_FLIGHT = 2  # blocks of prompt lines handed to the database thread and not yet in
 INSERT_INCOMING = "INSERT INTO incoming (custom_id, params, path, line, input_row) VALUES (?, ?, ?, ?, ?)"
 INSERT_NEW = (
     "INSERT INTO requests (custom_id, params, source, input_row, queued_at) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (custom_id) DO NOTHING"
 )
-_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+# The requests of a ``Prompts`` block (?1 its items as a JSON array, ?2 its first line, ?3 its
+# stem, ?4 its path, ?5 and ?6 the params around a prompt): custom_id, params, path, line.
+PROMPTS = """SELECT iif(q = 1, ?3 || '-' || (?2 + key), substr(value, 1, q - 1)) AS custom_id,
+     ?5 || substr(value, q) || ?6 AS params, ?4 AS path, ?2 + key AS line
+   FROM (SELECT key, value, instr(value, '"') AS q FROM json_each(?1))"""
+# Into a fresh job: a block with a custom_id stored before fails as a whole (cheaper than an
+# upsert's look-up of every row), then goes in again without the ones that collide.
+INSERT_PROMPTS_NEW = f"""INSERT INTO requests (custom_id, params, source, queued_at)
+   SELECT custom_id, params, path || ':' || line, ?7 FROM ({PROMPTS}) WHERE true"""
+UNIQUE_FAILED = "SQLITE_CONSTRAINT_UNIQUE"
+INSERT_PROMPTS_INCOMING = f"INSERT INTO incoming (custom_id, params, path, line) {PROMPTS}"
+# Those of its requests that collided with a custom_id stored before them: custom_id, line, first source.
+PROMPTS_COLLIDED = f"""SELECT p.custom_id, p.line, r.source FROM ({PROMPTS}) AS p
+   JOIN requests r ON r.custom_id = p.custom_id WHERE r.source != p.path || ':' || p.line ORDER BY p.line"""
 Row = tuple[str, str, str, int | None, str | None]  # custom_id, params, path, line, input_row
 Progress = Callable[[int], None]
 
@@ -54,32 +73,66 @@ class _Problems:
             raise JobFileError(self.found, self.more)
 
 
+def _prompts_args(block: Prompts) -> tuple[str, int, str, str, str, str]:
+    return json.dumps(block.items), block.first, block.stem, block.path, block.prefix, block.suffix
+
+
 async def _read_batches(
-    items: Iterable[Loaded | Problem],
+    items: Iterable[Loaded | Prompts | Problem],
     problems: _Problems,
     insert: Callable[[list[Row]], Awaitable[None]],
+    insert_prompts: Callable[[Prompts], Awaitable[None]],
     progress: Progress | None,
 ) -> None:
-    """Read every item and hand the valid ones to ``insert`` in batches. (Not overlapped with
-    the reading: the database thread and this one would take turns at the GIL on every row.)"""
+    """Read every item and hand the valid ones to ``insert`` in batches, and each block of prompt
+    lines to ``insert_prompts``, in input order (the database thread takes them in the order
+    given). A block is inserted while the next ones are read (one statement for a whole block: the
+    database thread does not take the GIL from this one at every row, as single rows would).
+    """
     rows: list[Row] = []
     read = 0
-    for item in items:
-        read += 1
-        if isinstance(item, Problem):
-            problems.add(item)
-            continue
-        row = None if item.row is None else json.dumps(item.row, separators=(",", ":"), default=str)
-        rows.append((item.custom_id, _encode(item.params), item.path, item.line, row))
-        if len(rows) >= LOAD_BATCH:
+    async with anyio.create_task_group() as group:
+        inserting: deque[anyio.Event] = deque()
+        for item in items:
+            if isinstance(item, Prompts):
+                if rows:
+                    await insert(rows)
+                    rows = []
+                while len(inserting) >= BLOCKS_IN_FLIGHT:
+                    await inserting.popleft().wait()
+                inserting.append(_start(group, insert_prompts, item))
+                await anyio.lowlevel.checkpoint()  # to the database thread; the next block is read meanwhile
+                read += len(item.items)
+                if progress is not None:
+                    progress(read)
+                continue
+            read += 1
+            if isinstance(item, Problem):
+                problems.add(item)
+                continue
+            row = None if item.row is None else json.dumps(item.row, separators=(",", ":"), default=str)
+            rows.append((item.custom_id, encode_params(item.params), item.path, item.line, row))
+            if len(rows) >= LOAD_BATCH:
+                await insert(rows)
+                rows = []
+                if progress is not None:
+                    progress(read)
+        if rows:
             await insert(rows)
-            rows = []
-            if progress is not None:
-                progress(read)
-    if rows:
-        await insert(rows)
     if progress is not None:
         progress(read)
+
+
+def _start(group: anyio.abc.TaskGroup, insert: Callable[[Prompts], Awaitable[None]], block: Prompts) -> anyio.Event:
+    """Start inserting ``block`` in ``group``; the event is set when it is in."""
+    done = anyio.Event()
+
+    async def run() -> None:
+        await insert(block)
+        done.set()
+
+    group.start_soon(run)
+    return done
 
 
 class Loading(Base):
@@ -88,7 +141,7 @@ class Loading(Base):
         name: str,
         spec: dict[str, Any],
         fingerprint: str,
-        items: Iterable[Loaded | Problem],
+        items: Iterable[Loaded | Prompts | Problem],
         progress: Progress | None = None,
     ) -> tuple[int, int]:
         """Load or reload the job's requests in one transaction; (added, changed) request counts.
@@ -116,7 +169,9 @@ class Loading(Base):
             )
         return added, changed
 
-    async def _load_new(self, items: Iterable[Loaded | Problem], now: float, progress: Progress | None) -> int:
+    async def _load_new(
+        self, items: Iterable[Loaded | Prompts | Problem], now: float, progress: Progress | None
+    ) -> int:
         """Into a job with no requests yet: straight into ``requests`` (a copy through a table of
         incoming requests costs more than all the rest), duplicates found as they collide."""
         db = self.db
@@ -133,7 +188,21 @@ class Loading(Base):
             if cursor.rowcount < len(rows):
                 await self._duplicates(rows, problems)
 
-        await _read_batches(items, problems, insert, progress)
+        async def insert_prompts(block: Prompts) -> None:
+            nonlocal added
+            args = _prompts_args(block)
+            try:
+                cursor = await db.execute(INSERT_PROMPTS_NEW, (*args, now))
+            except sqlite3.IntegrityError as exc:
+                if exc.sqlite_errorname != UNIQUE_FAILED:
+                    raise
+                cursor = await db.execute(INSERT_PROMPTS_NEW + " ON CONFLICT (custom_id) DO NOTHING", (*args, now))
+                async with db.execute(PROMPTS_COLLIDED, args) as collided:
+                    async for custom_id, line, first in collided:
+                        problems.add(_duplicate(custom_id, block.path, line, first))
+            added += cursor.rowcount
+
+        await _read_batches(items, problems, insert, insert_prompts, progress)
         problems.raise_any()
         return added
 
@@ -151,7 +220,7 @@ class Loading(Base):
                 problems.add(_duplicate(custom_id, path, line, first[custom_id]))
 
     async def _reload(
-        self, items: Iterable[Loaded | Problem], now: float, progress: Progress | None
+        self, items: Iterable[Loaded | Prompts | Problem], now: float, progress: Progress | None
     ) -> tuple[int, int]:
         """Into a job loaded before: through a table of the incoming requests, reconciled with the stored ones."""
         db = self.db
@@ -166,7 +235,10 @@ class Loading(Base):
             async def insert(rows: list[Row]) -> None:
                 await db.executemany(INSERT_INCOMING, rows)
 
-            await _read_batches(items, problems, insert, progress)
+            async def insert_prompts(block: Prompts) -> None:
+                await db.execute(INSERT_PROMPTS_INCOMING, _prompts_args(block))
+
+            await _read_batches(items, problems, insert, insert_prompts, progress)
             await db.execute("CREATE INDEX temp.incoming_ids ON incoming (custom_id)")
             async with db.execute(
                 """SELECT i.custom_id, i.path, i.line,
