@@ -177,7 +177,7 @@ def test_headers_teach_unknown_limits_and_keep_buckets_in_step() -> None:
     assert model.limits == {"requests": 100, "input-tokens": 120000}
     assert model.buckets["requests"].level == 0  # the server says none remain
     assert model.buckets["input-tokens"].capacity == pytest.approx(2000)
-    assert model.buckets["input-tokens"].level == pytest.approx(2000)  # 1,000 rounded down: trust +1,000
+    assert model.buckets["input-tokens"].level == pytest.approx(1500)  # 1,000 to the nearest thousand: trust +500
     assert "output-tokens" not in model.buckets
 
 

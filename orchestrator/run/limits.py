@@ -136,8 +136,8 @@ class ModelLimits:
     def observe(self, seen: dict[str, tuple[int, int]], now: float) -> None:
         self.probing = False
         for name, (limit, remaining) in seen.items():
-            # Token counts in the headers are rounded to thousands: only trust them to within 1,000.
-            slack = 1000 if name != "requests" and limit >= 1000 else 0
+            # Token counts in the headers are rounded to the nearest thousand: true to within 500.
+            slack = 500 if name != "requests" and limit >= 1000 else 0
             fixed = self.spec.of(name)
             if fixed is None and self.limits.get(name) != limit:
                 # Requests launched before this limit was known are not in this bucket, and the

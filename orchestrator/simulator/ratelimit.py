@@ -83,7 +83,8 @@ class ServerLimits:
                 remaining = max(0, math.floor(bucket.level))
                 to_full = bucket.time_to_full(now)
             if name != "requests":
-                remaining = remaining // 1000 * 1000 if limit >= 1000 else remaining
+                # Rounded to the nearest thousand, as the API documents it: up to 500 more than remains.
+                remaining = (remaining + 500) // 1000 * 1000 if limit >= 1000 else remaining
                 totals[0] += limit
                 totals[1] += remaining
                 totals[2] = max(totals[2], to_full)
