@@ -36,12 +36,6 @@ def simulator_stats(url: str) -> dict[str, Any]:
     return stats
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds another process has used so far, user and system (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu() -> float:
     """CPU seconds this process has used, user and system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
