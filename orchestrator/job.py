@@ -31,7 +31,15 @@ from orchestrator.run.collector import fewer_collections
 from orchestrator.run.progress import LoadProgress, make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import SimulatorConfig
-from orchestrator.store import JobRow, Store, open_store, remove_store, runner_lock
+from orchestrator.store import (
+    JobRow,
+    Store,
+    discard_interrupted_load,
+    loading_marker,
+    open_store,
+    remove_store,
+    runner_lock,
+)
 
 if TYPE_CHECKING:
     import anthropic
@@ -125,6 +133,10 @@ def _check_key(simulator: SimulatorConfig | None) -> None:
 async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
     """The job's store with its runner lock held (``JobRunning`` at once if another process runs
     it); one created here is removed again if no job was loaded into it (bad input)."""
+    if loading_marker(db).exists():
+        async with runner_lock(db):  # not while another process loads it
+            if discard_interrupted_load(db):
+                _note(f"note: {db}: its first load was interrupted; loading the job again")
     created = [path for path in (db.parent, db) if not path.exists()]
     loaded = True
     try:

@@ -26,10 +26,10 @@ import pytest
 
 from orchestrator.batch.calls import Caller
 from orchestrator.batch.cancel import cancel_batches
-from orchestrator.batch.crash import CRASH_ENV
 from orchestrator.batch.engine import BatchJob
 from orchestrator.batch.plan import ENVELOPE, Splitter, create_body, request_size
 from orchestrator.cli import run_command
+from orchestrator.crash import CRASH_ENV
 from orchestrator.pricing import load_prices
 from orchestrator.report.export import export_csv, export_results
 from orchestrator.report.figures import Filters, job_report

@@ -18,6 +18,7 @@ import pytest
 from anyio.abc import Process
 
 from orchestrator.cli import run_command
+from orchestrator.crash import CRASH_ENV
 from orchestrator.simulator import Simulator, SimulatorConfig, Stats, Timing
 from tests.conftest import Running
 from tests.helpers import expected_replies, query, read_results, text_of
@@ -240,4 +241,29 @@ async def test_a_run_killed_with_sigkill_leaves_the_job_unlocked(simulate: Simul
         await first.wait()
         assert await run_command(argv) == 0
         expected = expected_replies(sim, job)
+    assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected
+
+
+async def test_a_first_load_killed_midway_is_refused_by_status_and_loaded_again_by_run(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    job = write_prompts(tmp_path / "job.jsonl", [f"prompt {i}" for i in range(40)])
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    marker = out / "job.sqlite.loading"
+    async with simulate() as (sim, _, url):
+        argv = cli("run", str(job), "--base-url", url, "--results", str(out), "--quiet")
+        crashed = await anyio.run_process(argv, env={**ENV, CRASH_ENV: "loading"}, check=False)
+        assert crashed.returncode == -signal.SIGKILL
+        assert marker.exists()  # the file may be damaged: the marker says so
+        status = await anyio.run_process(cli("status", str(db)), env=ENV, check=False)
+        assert status.returncode == 2
+        assert "first load has not ended" in status.stderr.decode()
+        assert "Traceback" not in status.stderr.decode()
+        rerun = await anyio.run_process(argv, env=ENV, check=False)
+        assert rerun.returncode == 0, rerun.stderr.decode()
+        assert "first load was interrupted" in rerun.stderr.decode()
+        expected = expected_replies(sim, job)
+    assert sim.stats.requests == 40  # nothing went out from the interrupted load
+    assert not marker.exists()
     assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected

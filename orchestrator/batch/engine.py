@@ -23,10 +23,10 @@ import anyio
 
 from orchestrator.api.failures import Failure
 from orchestrator.batch.calls import Caller, CallFailed
-from orchestrator.batch.crash import crash_point
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.batch.results import collect
 from orchestrator.batch.submit import Refused, create, describe, watermark
+from orchestrator.crash import crash_point
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable
 from orchestrator.run.engine import Summary

@@ -27,8 +27,8 @@ from anthropic.types.messages import MessageBatch
 
 from orchestrator.api.failures import Failure
 from orchestrator.batch.calls import Caller, CallFailed, Unsure
-from orchestrator.batch.crash import crash_point
 from orchestrator.batch.plan import create_body
+from orchestrator.crash import crash_point
 from orchestrator.store import BatchRow, Store
 
 PAGE = 100  # batches per list page while reconciling

@@ -24,15 +24,28 @@ import aiosqlite
 from orchestrator.errors import StorageError, UserError
 from orchestrator.store.base import CANNOT_WRITE, storage_error
 from orchestrator.store.batches import Batching, BatchRow
-from orchestrator.store.load import Loading
+from orchestrator.store.load import Loading, loading_marker
 from orchestrator.store.lock import runner_lock
 from orchestrator.store.queries import JobRow, Queries
 from orchestrator.store.schema import MIGRATIONS, migrate, pending_migrations
 from orchestrator.store.write import Writing
 
-__all__ = ["MIGRATIONS", "BatchRow", "JobRow", "Store", "open_reader", "open_store", "remove_store", "runner_lock"]
+__all__ = [
+    "MIGRATIONS",
+    "BatchRow",
+    "JobRow",
+    "Store",
+    "discard_interrupted_load",
+    "loading_marker",
+    "open_reader",
+    "open_store",
+    "remove_store",
+    "runner_lock",
+]
 
 
+# A job database's files, the marker of an unfinished first load last (``discard_interrupted_load``).
+_DATABASE_FILES = ("", "-wal", "-shm", ".loading")
 BUSY_TIMEOUT = 5.0  # seconds SQLite waits for another process's write lock before it answers "busy"
 
 
@@ -98,6 +111,11 @@ async def open_reader(path: Path) -> AsyncIterator[Store]:
         raise FileNotFoundError(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a job database: name its job.sqlite")
+    if loading_marker(path).exists():
+        raise UserError(
+            f"{path}: its job's first load has not ended (it is loading now, or its loading was interrupted). "
+            "Nothing was sent from it. Run the job file again to load it: orchestrator run JOB"
+        )
     async with _answered(path), _read_only(path) as db:
         pending = await pending_migrations(db)
     if pending:
@@ -152,5 +170,15 @@ def _first_leaf(exc: BaseException) -> BaseException:
 def remove_store(path: Path) -> None:
     """Remove a job database, its write-ahead files and its lock file (one that was just created and
     never held a job)."""
-    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + ".lock"):
-        path.with_name(name).unlink(missing_ok=True)
+    for suffix in (*_DATABASE_FILES, ".lock"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def discard_interrupted_load(path: Path) -> bool:
+    """With the job's runner lock held: remove a database whose first load never ended (killed
+    midway, its file perhaps damaged; nothing was sent from it); whether there was one."""
+    if not loading_marker(path).exists():
+        return False
+    for suffix in _DATABASE_FILES:  # the marker last
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    return True

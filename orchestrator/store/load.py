@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from orchestrator.crash import crash_point
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
 from orchestrator.jobs.bulk import Prompts, encode_params
 from orchestrator.jobs.read import Loaded
@@ -42,6 +46,11 @@ PROMPTS_COLLIDED = f"""SELECT p.custom_id, p.line, r.source FROM ({PROMPTS}) AS 
    JOIN requests r ON r.custom_id = p.custom_id WHERE r.source != p.path || ':' || p.line ORDER BY p.line"""
 Row = tuple[str, str, str, int | None, str | None]  # custom_id, params, path, line, input_row
 Progress = Callable[[int], None]
+
+
+def loading_marker(db: Path) -> Path:
+    """The file that says a fresh job's first load into ``db`` has not ended (and the file may be damaged)."""
+    return db.with_name(db.name + ".loading")
 
 
 def _source(path: str, line: int | None) -> str:
@@ -153,9 +162,9 @@ class Loading(Base):
         """
         now = time.time()
         db = self.db
-        async with db.execute("SELECT EXISTS (SELECT 1 FROM requests)") as cursor:
+        async with db.execute("SELECT EXISTS (SELECT 1 FROM job)") as cursor:
             fresh = not (await cursor.fetchone() or (0,))[0]
-        async with transaction(db):
+        async with self._journal_kept_in_memory() if fresh else nullcontext(), transaction(db):
             if fresh:
                 added, changed = await self._load_new(items, now, progress), 0
             else:
@@ -168,6 +177,27 @@ class Loading(Base):
                 (name, json.dumps(spec), fingerprint, now, now),
             )
         return added, changed
+
+    @asynccontextmanager
+    async def _journal_kept_in_memory(self) -> AsyncIterator[None]:
+        """A fresh job's first load with its rollback journal in memory, not written twice through
+        the write-ahead log (a million lines load about 30% faster). A kill during it can leave the
+        file damaged: the marker beside it (``loading_marker``) says so until the load has ended
+        and is on disk, and the next run starts the job over (``job.py``)."""
+        marker = loading_marker(self.path)
+        marker.touch()
+        await self.db.execute("PRAGMA journal_mode = MEMORY")
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.db.execute("PRAGMA journal_mode = WAL")
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # the committed (or rolled back) load is on disk before the marker goes
+                finally:
+                    os.close(fd)
+                marker.unlink()
 
     async def _load_new(
         self, items: Iterable[Loaded | Prompts | Problem], now: float, progress: Progress | None
@@ -203,6 +233,7 @@ class Loading(Base):
             added += cursor.rowcount
 
         await _read_batches(items, problems, insert, insert_prompts, progress)
+        crash_point("loading")
         problems.raise_any()
         return added
 

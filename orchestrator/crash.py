@@ -1,0 +1,20 @@
+"""A test hook: with ``ORCHESTRATOR_CRASH_AT=<step>`` in its environment, a run kills itself
+(SIGKILL, as ``kill -9`` would) when it reaches that step, so the tests can crash it at exact points.
+
+Loading: ``loading`` (a fresh job's lines all stored, the load not committed). Batch mode:
+``intended`` (an intent committed, its create not sent), ``created`` (a create answered, the
+answer not yet recorded), ``recorded`` (a batch recorded, the next step not begun), ``polled`` (a
+poll answered, not recorded), ``results`` (the first chunk of a batch's results committed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_ENV = "ORCHESTRATOR_CRASH_AT"
+
+
+def crash_point(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
