@@ -13,18 +13,16 @@ of the job.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.benchlib import stopped_after, write_prompt_lines
+from scripts.benchlib import simulator_stats, start_simulator, stopped_after, write_prompt_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,8 +35,7 @@ def rss_mb(pid: int) -> float:
 
 
 def answered(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/_simulator/stats") as response:
-        return int(json.load(response)["requests"])
+    return int(simulator_stats(url)["requests"])
 
 
 def main() -> None:
@@ -52,14 +49,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     job = workdir / "job.jsonl"
     write_prompt_lines(job, args.requests)
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "simulate", "--port", "0", "--speed", "inf"],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert simulator.stdout is not None
-    url = next(word for word in simulator.stdout.readline().split() if word.startswith("http://"))
+    simulator, url = start_simulator("--speed", "inf")
     command = [sys.executable, "-m", "orchestrator", "run", str(job), "--base-url", url, "--quiet"]
     command += ["--results", str(workdir / "out"), "--concurrency", str(args.concurrency)]
     started = time.monotonic()
