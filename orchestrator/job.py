@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -225,9 +226,7 @@ async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path,
 
 async def run(options: RunOptions) -> Outcome:
     """Run a job to its end (or until stopped); raises JobAborted when the API stopped it."""
-    from orchestrator.batch.engine import BatchJob  # these import the SDK
-    from orchestrator.run.engine import Job
-
+    importing = _engines_importing()
     spec = _spec(options)
     results, db = _places(options, spec)
     settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.settings)
@@ -257,6 +256,10 @@ async def run(options: RunOptions) -> Outcome:
                 f"{db} has {len(in_flight)} message batches in flight: resume it in batch mode "
                 f"(orchestrator resume {db}, or --batch), or cancel them first (orchestrator cancel {db})"
             )
+        await anyio.to_thread.run_sync(importing.join)
+        from orchestrator.batch.engine import BatchJob  # imported by now
+        from orchestrator.run.engine import Job
+
         async with open_client(options.simulator, options.base_url, settings) as client:
             view = make_view(sum(counts.values()), done, quiet=options.quiet)
             with fewer_collections():
@@ -271,6 +274,21 @@ async def run(options: RunOptions) -> Outcome:
             # what is done at any time).
             written, _ = await export_results(store, out)
     return Outcome(summary, db, out, written)
+
+
+def _engines_importing() -> threading.Thread:
+    """The run engines, and the SDK with them (about 1.5 CPU-s of module code), imported on a
+    thread of their own while the job file loads: SQLite's thread inserts meanwhile, so a million
+    lines reach their first request about a second sooner (``scripts/bench_load.py``). A daemon:
+    a run refused for its input does not wait for it."""
+
+    def load_modules() -> None:
+        import orchestrator.batch.engine
+        import orchestrator.run.engine  # noqa: F401
+
+    thread = threading.Thread(target=load_modules, name="orchestrator-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 async def _check_priced(store: Store, prices: PriceTable) -> None:
