@@ -44,15 +44,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.benchlib import cpu, start_simulator
+from scripts.benchlib import cpu, prompt, start_simulator, write_prompt_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
 MAX_TOKENS = 1024
-
-
-def prompt(i: int) -> str:
-    return f"Request number {i}: write about rate limits."
 
 
 def peak_rss_mb() -> float:
@@ -88,9 +84,7 @@ def orchestrator(
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     job = workdir / "job.jsonl"
-    with job.open("w") as handle:
-        for i in range(requests):
-            handle.write(json.dumps({"prompt": prompt(i)}) + "\n")
+    write_prompt_lines(job, requests)
     argv = [
         "run",
         str(job),

@@ -39,16 +39,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scripts.benchlib import cpu, process_cpu, simulator_stats, start_simulator
+from scripts.benchlib import cpu, process_cpu, prompt, simulator_stats, start_simulator, write_prompt_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-haiku-4-5"
 MAX_TOKENS = 1024
 REPLY_TOKENS = 200
-
-
-def prompt(i: int) -> str:
-    return f"Request number {i}: write about rate limits."
 
 
 def simulator_args(tokens_per_delta: str) -> list[str]:
@@ -105,9 +101,7 @@ def orchestrator(url: str, requests: int, concurrency: int, profile: Path | None
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     job = workdir / "job.jsonl"
-    with job.open("w") as handle:
-        for i in range(requests):
-            handle.write(json.dumps({"prompt": prompt(i), "custom_id": f"r{i}"}) + "\n")
+    write_prompt_lines(job, requests, custom_ids=True)
     argv = ["run", str(job), "--base-url", url, "--results", str(workdir / "out"), "--quiet"]
     argv += ["--concurrency", str(concurrency), "--model", MODEL, "--max-tokens", str(MAX_TOKENS)]
     os.environ["ANTHROPIC_API_KEY"] = "sk-bench"

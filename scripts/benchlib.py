@@ -48,11 +48,17 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def write_prompt_lines(path: Path, lines: int) -> None:
-    """A JSONL job of ``lines`` prompt lines (``{"prompt": ...}``), each a little different."""
+def prompt(i: int) -> str:
+    """The prompt of request ``i`` in the benchmarks' jobs."""
+    return f"Request number {i}: write about rate limits."
+
+
+def write_prompt_lines(path: Path, lines: int, *, custom_ids: bool = False) -> None:
+    """A JSONL job of ``lines`` prompt lines (``{"prompt": ...}``, with ``"custom_id": "r<i>"`` if asked)."""
     with path.open("w") as handle:
         for i in range(lines):
-            handle.write(json.dumps({"prompt": f"Request number {i}: write about rate limits."}) + "\n")
+            line = {"prompt": prompt(i), "custom_id": f"r{i}"} if custom_ids else {"prompt": prompt(i)}
+            handle.write(json.dumps(line) + "\n")
 
 
 @contextmanager
