@@ -1,6 +1,6 @@
 """Tables as job inputs: each row of a CSV, JSONL or Parquet file through one prompt template.
 
-A spec names its tables and the template (see README "Tables and templates")::
+A spec names its tables and the template (see docs/jobs.md)::
 
     [[tables]]
     path = "reviews.csv"                    # .csv/.tsv, .jsonl/.ndjson, .parquet (or format = "...")
