@@ -125,19 +125,42 @@ async def status(args: argparse.Namespace) -> int:
     return 0
 
 
+STDOUT = "-"  # --out -: standard output, as in every Unix tool
+
+
+def _out_path(out: str, *databases: Path) -> Path:
+    """Where ``--out`` writes: refused if it is a job database read (or a folder)."""
+    path = Path(out)
+    if path.exists() and any(path.resolve() == db.resolve() for db in databases):
+        raise UserError(f"--out {out} is the job's database: choose another file (or --out - for standard output)")
+    if path.is_dir():
+        raise UserError(f"--out {out} is a folder: name a file in it (or --out - for standard output)")
+    return path
+
+
 async def export(args: argparse.Namespace) -> int:
     db = Path(args.db)
     if not db.exists():
         raise UserError(f"{db}: no such job database")
-    out = Path(args.out) if args.out else db.parent / f"results.{args.format}"
+    if args.excel_safe and args.format != "csv":
+        raise UserError("--excel-safe is for --format csv (a spreadsheet reads CSV; JSONL keeps the text as it is)")
+    out = (
+        sys.stdout
+        if args.out == STDOUT
+        else _out_path(args.out, db)
+        if args.out
+        else db.parent / f"results.{args.format}"
+    )
     async with open_reader(db) as store:
         if args.format == "csv":
-            written, unfinished = await export_csv(store, out, load_prices(Path(args.prices) if args.prices else None))
+            prices = load_prices(Path(args.prices) if args.prices else None)
+            written, unfinished = await export_csv(store, out, prices, excel_safe=args.excel_safe)
             note = f" ({unfinished:,} of them unfinished)" if unfinished else ""
         else:
             written, unfinished = await export_results(store, out)
             note = f" ({unfinished:,} unfinished requests left out)" if unfinished else ""
-    print(f"wrote {written:,} results to {out}{note}", file=sys.stderr)
+    where = "standard output" if out is sys.stdout else out
+    print(f"wrote {written:,} results to {where}{note}", file=sys.stderr)
     return 0
 
 
@@ -161,8 +184,8 @@ async def report(args: argparse.Namespace) -> int:
         text = render_html(reports, prices)
     else:
         text = render_text(reports, prices)
-    if args.out:
-        Path(args.out).write_text(text)
+    if args.out and args.out != STDOUT:
+        _out_path(args.out, *databases).write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -48,12 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="jsonl: the Batches results shape (default); csv: one row per request, a table's columns joined "
         "with custom_id, result type, reply text, stop_reason, error, tokens and cost",
     )
-    export.add_argument("--out", help="default: results.jsonl or results.csv beside the database")
+    export.add_argument(
+        "--out", help="a file, or - for standard output (default: results.jsonl or results.csv beside the database)"
+    )
+    export.add_argument(
+        "--excel-safe",
+        action="store_true",
+        help="CSV for spreadsheets: cells that begin with = + - @ (or a tab or carriage return) get a leading ' "
+        "so that a spreadsheet shows them as text instead of running them as formulas (plain numbers are kept)",
+    )
     export.add_argument("--prices", help="a prices file overriding the shipped one (for the CSV's cost)")
     report = commands.add_parser("report", help="usage, cost, latency and throughput of jobs")
     report.add_argument("db", nargs="+", help="job databases, or folders of them (such as results/)")
     report.add_argument("--format", choices=["text", "json", "csv", "html"], default="text")
-    report.add_argument("--out", help="write to this file instead of standard output")
+    report.add_argument("--out", help="write to this file instead of standard output (-: standard output)")
     report.add_argument("--prices", help="a prices file (JSON, as orchestrator/data/prices.json) to override with")
     report.add_argument("--since", type=_when, help="requests finished (attempts started) from this date-time")
     report.add_argument("--until", type=_when, help="... and before this one")

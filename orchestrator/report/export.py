@@ -1,5 +1,10 @@
 """Exports of the store: ``results.jsonl`` in the Message Batches results shape, plus our fields;
-or a CSV, one row per request in input order, its table row's columns joined with its result."""
+or a CSV, one row per request in input order, its table row's columns joined with its result.
+
+An export goes to a file (written beside it and moved over it once complete) or to an open text
+stream (standard output, for ``--out -``). ``excel_safe`` quotes the CSV cells a spreadsheet would
+run as a formula (see ``spreadsheet_safe``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import csv
 import errno
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import aclosing, contextmanager, suppress
 from datetime import UTC, datetime
@@ -36,10 +42,31 @@ RESULT_COLUMNS = (
 )
 
 
+# What a spreadsheet (Excel, LibreOffice, Google Sheets) takes for the start of a formula, as OWASP's
+# "CSV injection" lists them; a plain number ("-3", "+1.5") is read as a number and left alone.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """``cell`` as a spreadsheet shows it but never runs it: prefixed with ``'`` if it could start a formula."""
+    if cell.startswith(FORMULA_START) and not PLAIN_NUMBER.fullmatch(cell):
+        return "'" + cell
+    return cell
+
+
+Destination = Path | IO[str]  # a file, or an open text stream such as standard output
+
+
 @contextmanager
-def _replacing(out: Path, store: Store, newline: str | None = None) -> Iterator[IO[str]]:
-    """A file written beside ``out`` and moved over it once complete. On any failure it is removed,
-    and a disk that is full (or read-only, or failing) is a ``StorageError`` saying so."""
+def _replacing(out: Destination, store: Store, newline: str | None = None) -> Iterator[IO[str]]:
+    """A file written beside ``out`` and moved over it once complete (or ``out`` itself, an open
+    stream). On any failure the partial file is removed, and a disk that is full (or read-only, or
+    failing) is a ``StorageError`` saying so."""
+    if not isinstance(out, Path):
+        yield out
+        out.flush()
+        return
     partial = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +122,7 @@ def result_line(row: dict[str, Any]) -> dict[str, Any]:
     return line
 
 
-async def export_results(store: Store, out: Path) -> tuple[int, int]:
+async def export_results(store: Store, out: Destination) -> tuple[int, int]:
     """Write every finished request, in input order, to ``out`` (atomically); (written, unfinished)."""
     written = unfinished = 0
     async with aclosing(store.results()) as rows:
@@ -135,20 +162,23 @@ def _csv_fields(row: dict[str, Any], prices: PriceTable) -> list[Any]:
     ]
 
 
-async def export_csv(store: Store, out: Path, prices: PriceTable) -> tuple[int, int]:
+async def export_csv(
+    store: Store, out: Destination, prices: PriceTable, *, excel_safe: bool = False
+) -> tuple[int, int]:
     """Every request in input order as a CSV row (atomically): the input row's columns (table inputs),
-    then ``RESULT_COLUMNS``; (rows written, of them unfinished)."""
+    then ``RESULT_COLUMNS``; (rows written, of them unfinished). ``excel_safe``: every cell through
+    ``spreadsheet_safe``."""
     columns = await store.input_columns()
     header = [f"input_{name}" if name in RESULT_COLUMNS else name for name in columns] + list(RESULT_COLUMNS)
     written = unfinished = 0
     async with aclosing(store.results()) as rows:
         with _replacing(out, store, newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(header)
+            writer.writerow([spreadsheet_safe(name) for name in header] if excel_safe else header)
             async for row in rows:
                 values = row["input_row"] or {}
-                cells = [cell_text(values.get(name)) or "" for name in columns]
-                writer.writerow(cells + _csv_fields(row, prices))
+                cells = [cell_text(values.get(name)) or "" for name in columns] + _csv_fields(row, prices)
+                writer.writerow([spreadsheet_safe(str(cell)) for cell in cells] if excel_safe else cells)
                 written += 1
                 unfinished += row["state"] not in (State.SUCCEEDED, State.ERRORED)
     return written, unfinished

@@ -1,0 +1,136 @@
+"""Inputs and outputs given by habit: ``--out -``, CSV cells a spreadsheet would run, table files given
+directly, options at extreme values, an early Ctrl-C; each end to end through the command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import run_command
+from orchestrator.report.export import spreadsheet_safe
+from tests.conftest import Running
+from tests.helpers import read_results, write_jsonl
+
+Simulate = Callable[..., AbstractAsyncContextManager[Running]]
+pytestmark = pytest.mark.anyio
+FAST = ["--quiet", "--checkpoint-interval", "0.05"]
+
+
+async def _ran(simulate: Simulate, job: Path, out: Path, *extra: str) -> Path:
+    async with simulate() as (_, _, url):
+        assert await run_command(["run", str(job), "--results", str(out), "--base-url", url, *FAST, *extra]) == 0
+    return out / "job.sqlite"
+
+
+# -- --out - ----------------------------------------------------------------------------------
+
+
+async def test_export_and_report_write_to_standard_output_with_out_dash(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(3)])
+    db = await _ran(simulate, job, tmp_path / "out")
+    written = (tmp_path / "out" / "results.jsonl").read_text()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert await run_command(["export", str(db), "--out", "-"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == written
+    assert "wrote 3 results to standard output" in captured.err
+    assert await run_command(["export", str(db), "--format", "csv", "--out", "-"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["custom_id"] for row in rows] == ["j-1", "j-2", "j-3"]
+    assert await run_command(["report", str(db), "--format", "json", "--out", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"]["requests"]["succeeded"] == 3
+    assert not (tmp_path / "-").exists()
+
+
+async def test_out_never_overwrites_the_database_nor_takes_a_folder(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p"}])
+    db = await _ran(simulate, job, tmp_path / "out")
+    before = db.read_bytes()
+    capsys.readouterr()
+    assert await run_command(["export", str(db), "--out", str(db)]) == 2
+    assert "is the job's database" in capsys.readouterr().err
+    assert await run_command(["report", str(db), "--out", str(db)]) == 2
+    assert "is the job's database" in capsys.readouterr().err
+    assert await run_command(["export", str(db), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert db.read_bytes() == before
+
+
+def test_export_to_a_pipe_is_the_results_file(tmp_path: Path) -> None:
+    """The habit itself: ``orchestrator export DB --out - | ...`` in a shell."""
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p1"}, {"prompt": "p2"}])
+    out = tmp_path / "out"
+    run = [sys.executable, "-m", "orchestrator", "run", str(job), "--simulate", "--speed", "inf", "--results", str(out)]
+    subprocess.run([*run, "--quiet"], check=True, capture_output=True, timeout=60)
+    piped = subprocess.run(
+        f"{sys.executable} -m orchestrator export {out / 'job.sqlite'} --out - | cat",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert piped.returncode == 0
+    assert piped.stdout == (out / "results.jsonl").read_text()
+    assert not (tmp_path / "-").exists()
+
+
+# -- CSV cells a spreadsheet would run --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cell", "safe"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+SUM(A1)", "'+SUM(A1)"),
+        ("-2+3", "'-2+3"),
+        ("@cmd", "'@cmd"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("-12", "-12"),
+        ("+1.5e3", "+1.5e3"),
+        ("plain", "plain"),
+        ("", ""),
+    ],
+)
+def test_spreadsheet_safe_quotes_what_could_start_a_formula(cell: str, safe: str) -> None:
+    assert spreadsheet_safe(cell) == safe
+
+
+async def test_excel_safe_csv_export_quotes_formula_cells_of_rows_and_replies(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rows.csv").write_text('id,note,text\nr1,=1+1,"@SUM(A1)"\nr2,-7,plain\n')
+    spec = tmp_path / "job.toml"
+    spec.write_text('[[tables]]\npath = "rows.csv"\nid_column = "id"\n[template]\nprompt = "{text} {note}"\n')
+    db = await _ran(simulate, spec, tmp_path / "out")
+    plain, safe = tmp_path / "plain.csv", tmp_path / "safe.csv"
+    assert await run_command(["export", str(db), "--format", "csv", "--out", str(plain)]) == 0
+    assert await run_command(["export", str(db), "--format", "csv", "--excel-safe", "--out", str(safe)]) == 0
+    with plain.open(newline="") as handle:
+        plain_rows = list(csv.DictReader(handle))
+    with safe.open(newline="") as handle:
+        safe_rows = list(csv.DictReader(handle))
+    assert [row["note"] for row in plain_rows] == ["=1+1", "-7"]  # as they were, by default
+    assert [row["note"] for row in safe_rows] == ["'=1+1", "-7"]  # a number stays a number
+    assert [row["text"] for row in safe_rows] == ["'@SUM(A1)", "plain"]
+    for before, after in zip(plain_rows, safe_rows, strict=True):
+        assert after["reply_text"] == spreadsheet_safe(before["reply_text"])
+        assert after["input_tokens"] == before["input_tokens"]
+    capsys.readouterr()
+    assert await run_command(["export", str(db), "--excel-safe"]) == 2
+    assert "--excel-safe is for --format csv" in capsys.readouterr().err
+    assert read_results(tmp_path / "out")[0]["custom_id"] == "r1"
