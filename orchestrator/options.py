@@ -75,6 +75,15 @@ def _seconds(text: str) -> float:
     return number
 
 
+def _seconds_range(text: str) -> tuple[float, float | None]:
+    """``S`` or ``MIN:MAX`` seconds (finite, at least 0, MIN <= MAX)."""
+    low, sep, high = text.partition(":")
+    bounds = _seconds(low), _seconds(high) if sep else None
+    if bounds[1] is not None and bounds[1] < bounds[0]:
+        raise argparse.ArgumentTypeError("expected MIN <= MAX")
+    return bounds
+
+
 def add_simulator_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("simulator")
     group.add_argument("--seed", type=int, default=0, help="seed of replies and faults (default 0)")
@@ -113,9 +122,11 @@ def add_simulator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--batch-seconds",
-        type=_seconds,
-        default=BatchSettings.seconds,
-        help=f"seconds a message batch takes to end, not scaled by --speed (default {BatchSettings.seconds:g})",
+        type=_seconds_range,
+        default=(BatchSettings.seconds, None),
+        metavar="S|MIN:MAX",
+        help="seconds a message batch takes to end, not scaled by --speed; MIN:MAX: each batch a seeded time "
+        f"of its own in that range, its requests at seeded times within it (default {BatchSettings.seconds:g})",
     )
     group.add_argument(
         "--batch-fault",
@@ -144,7 +155,9 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
             spend_cap=args.spend_cap,
         ),
         faults=FaultRates(stall_seconds=args.stall_seconds, **rates),
-        batches=BatchSettings(seconds=args.batch_seconds, **dict(args.batch_fault)),
+        batches=BatchSettings(
+            seconds=args.batch_seconds[0], seconds_max=args.batch_seconds[1], **dict(args.batch_fault)
+        ),
         reject_api_keys=frozenset(args.reject_key),
         count_tokens_endpoint=not args.no_count_tokens,
     )

@@ -79,7 +79,7 @@ async def run_batch(
 async def test_a_batch_job_gives_the_streamed_texts_at_half_the_price(simulate: Simulate, tmp_path: Path) -> None:
     job = write_jsonl(tmp_path / "job.jsonl", prompts(12))
     clock = FakeClock()
-    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=600))
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=60, seconds_max=600))
     async with simulate(config, clock=clock) as (sim, client, _):
         _, summary = await run_batch(
             job, tmp_path / "b" / "job.sqlite", client, batch_settings(batch_size=5), simulated(clock)
@@ -106,6 +106,8 @@ async def test_a_batch_job_gives_the_streamed_texts_at_half_the_price(simulate: 
     assert query(db, "SELECT COUNT(DISTINCT id), MIN(state), MAX(state) FROM batches") == [
         (3, "collected", "collected")
     ]
+    ends = [key for (key,) in query(db, "SELECT key FROM batches ORDER BY ended_at")]
+    assert ends != sorted(ends)  # the batches ended in another order than they were created
     prices = load_prices()
     costs = []
     per_request: list[dict[str, Decimal]] = []
@@ -135,7 +137,8 @@ async def test_errored_and_expired_results_are_resubmitted_within_max_attempts(
     job = write_jsonl(tmp_path / "job.jsonl", lines)
     db = tmp_path / "out" / "job.sqlite"
     clock = FakeClock()
-    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=60, errored=0.2, expired=0.2))
+    batches = BatchSettings(seconds=10, seconds_max=60, errored=0.2, expired=0.2)
+    config = SimulatorConfig(timing=INSTANT, batches=batches)
     async with simulate(config, clock=clock) as (sim, client, _):
         _, summary = await run_batch(job, db, client, batch_settings(max_attempts=8), simulated(clock))
         expected = expected_replies(sim, job)

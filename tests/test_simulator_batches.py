@@ -223,6 +223,43 @@ async def test_cancel_keeps_what_is_done_and_cancels_the_rest(simulate: Simulate
     assert sim.stats.batches.results == Counter(succeeded=2, canceled=2)
 
 
+async def test_batches_with_a_time_range_end_in_any_order_their_requests_at_seeded_times(simulate: Simulate) -> None:
+    async def run(seed: int) -> tuple[list[int], list[str]]:
+        clock = FakeClock()
+        ranged = SimulatorConfig(seed=seed, timing=INSTANT, batches=BatchSettings(seconds=10, seconds_max=100))
+        async with simulate(ranged, clock=clock) as (_, client, _):
+            batches = []
+            for number in range(6):
+                batches.append(await client.messages.batches.create(requests=batch_requests(8, f"b{number}")))  # type: ignore[arg-type]
+                clock.advance(1)
+            ended_order: list[int] = []
+            for _ in range(100):
+                clock.advance(1)
+                for index, batch in enumerate(batches):
+                    if index not in ended_order:
+                        seen = await client.messages.batches.retrieve(batch.id)
+                        if seen.processing_status == "ended":
+                            ended_order.append(index)
+                            elapsed = (seen.ended_at - seen.created_at).total_seconds()  # type: ignore[operator]
+                            assert 10 <= elapsed <= 100
+            assert sorted(ended_order) == list(range(6))
+            # Requests finish in a seeded order at seeded times: a cancel halfway keeps a seeded subset.
+            late = await client.messages.batches.create(requests=batch_requests(20, "late"))  # type: ignore[arg-type]
+            clock.advance(20)
+            await client.messages.batches.cancel(late.id)
+            clock.advance(10)
+            kept = sorted(e.custom_id for e in await results_of(client, late.id) if e.result.type == "succeeded")
+        return ended_order, kept
+
+    order, kept = await run(seed=1)
+    assert order != sorted(order)  # a later batch ended first
+    assert await run(seed=1) == (order, kept)  # seeded
+    others = [await run(seed=seed) for seed in (2, 3)]
+    assert any(other != (order, kept) for other in others)
+    assert 0 < len(kept) < 20
+    assert kept != [f"late-{i}" for i in range(len(kept))]  # not the first ones in the batch's order
+
+
 async def test_only_an_ended_batch_can_be_deleted(simulate: Simulate) -> None:
     clock = FakeClock()
     async with simulate(config(seconds=10), clock=clock) as (sim, client, _):
@@ -400,6 +437,10 @@ def test_command_line_options_configure_batches() -> None:
     )
     assert simulator_config(args).batches == BatchSettings(seconds=7, errored=0.1, rate_limited=0.2)
     assert simulator_config(parser.parse_args(["simulate"])).batches == BatchSettings()
+    ranged = parser.parse_args(["simulate", "--batch-seconds", "30:600"])
+    assert simulator_config(ranged).batches == BatchSettings(seconds=30, seconds_max=600)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["simulate", "--batch-seconds", "60:30"])
     with pytest.raises(SystemExit):
         parser.parse_args(["simulate", "--batch-fault", "drop=0.1"])
 

@@ -1,7 +1,8 @@
 """Message Batches: every batch's state on the simulator's clock (pure: no I/O, no clock of its own).
 
-A batch's requests finish one after another over ``BatchSettings.seconds``, each by a callback
-that returns its ``result`` object; ``request_counts`` stay all in ``processing`` until the
+A batch's requests finish one after another over its processing time (``BatchSettings.seconds``,
+or a seeded draw of its own up to ``seconds_max``, its requests then in a seeded order at seeded
+times), each by a callback that returns its ``result`` object; ``request_counts`` stay all in ``processing`` until the
 whole batch ends, as the API reports them. Time only moves when a caller says so: every batch
 endpoint calls ``settle(now, process)`` first, so no client can tell this from a batch that is
 processed in the background. An ended batch keeps only its results file (shuffled, seeded).
@@ -68,6 +69,7 @@ class Batch:
     custom_ids: list[str]  # in processing order; cleared once the batch has ended
     params: list[dict[str, Any] | None]  # each dropped once processed
     seconds: float  # processing time
+    offsets: list[float] | None = None  # when each request finishes, from creation (sorted); None: evenly
     lines: list[bytes] = field(
         default_factory=list
     )  # results lines of the first len(lines) requests; shuffled at the end
@@ -87,6 +89,8 @@ class Batch:
 
     def due(self, index: int) -> float:
         """When request ``index`` finishes processing."""
+        if self.offsets is not None:
+            return self.created + self.offsets[index]
         return self.created + self.seconds * (index + 1) / len(self.custom_ids)
 
     def add_result(self, result: dict[str, Any]) -> None:
@@ -185,7 +189,23 @@ class Batches:
         self._batches: dict[str, Batch] = {}
 
     def create(self, batch_id: str, now: float, custom_ids: list[str], params: list[dict[str, Any] | None]) -> Batch:
-        batch = Batch(id=batch_id, created=now, custom_ids=custom_ids, params=params, seconds=self.settings.seconds)
+        settings = self.settings
+        if settings.seconds_max is None:
+            batch = Batch(id=batch_id, created=now, custom_ids=custom_ids, params=params, seconds=settings.seconds)
+        else:
+            rng = random.Random(f"{self._seed}:{batch_id}:time")
+            seconds = rng.uniform(settings.seconds, settings.seconds_max)
+            order = list(range(len(custom_ids)))
+            rng.shuffle(order)
+            offsets = sorted(rng.uniform(0.0, seconds) for _ in order)
+            batch = Batch(
+                id=batch_id,
+                created=now,
+                custom_ids=[custom_ids[i] for i in order],
+                params=[params[i] for i in order],
+                seconds=seconds,
+                offsets=offsets,
+            )
         self._batches[batch_id] = batch
         self.stats.created += 1
         return batch
@@ -266,7 +286,7 @@ class Batches:
         while len(batch.lines) < len(batch.custom_ids):
             batch.add_result({"type": rest})
         random.Random(f"{self._seed}:{batch.id}").shuffle(batch.lines)
-        batch.custom_ids, batch.params = [], []
+        batch.custom_ids, batch.params, batch.offsets = [], [], None
         batch.ended = at
         self.stats.ended += 1
         self.stats.results.update(batch.counts)

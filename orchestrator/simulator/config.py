@@ -51,9 +51,13 @@ class BatchSettings:
 
     Times are seconds on the simulator's clock and are not divided by ``Timing.speed``: with
     ``speed=inf`` a batch is still seen ``in_progress`` until ``seconds`` have passed.
+    With ``seconds_max`` each batch takes a time of its own, drawn (seeded by the batch) between
+    ``seconds`` and ``seconds_max``, and its requests finish in a seeded order at seeded times
+    within it: batches end in any order, as the API's do ("most within an hour, all within 24").
     """
 
     seconds: float = 3.0  # from creation to the end of processing (requests finish one by one within it)
+    seconds_max: float | None = None  # a batch's time drawn from [seconds, seconds_max]; None: seconds each
     cancel_seconds: float = 0.5  # a canceled batch stays ``canceling`` this long, then ends
     max_requests: int = 100_000  # per batch (400 beyond)
     max_bytes: int = 256 * 1024 * 1024  # the create request's body (413 beyond)
