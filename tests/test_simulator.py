@@ -357,6 +357,27 @@ BAD_BODIES: list[tuple[Any, str]] = [
         {**request(), "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}] * 5},
         "A maximum of 4 blocks with cache_control may be provided. Found 5.",
     ),
+    (
+        {
+            **request(),
+            "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "q", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+                }
+            ],
+        },
+        "messages.0.content.0.cache_control.ttl: a ttl='1h' cache_control block must not come after a ttl='5m'",
+    ),
+    (
+        {
+            **request(),
+            "cache_control": {"type": "ephemeral"},
+            "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}] * 4,
+        },
+        "A maximum of 4 blocks with cache_control may be provided. Found 5.",
+    ),
     ({"model": HAIKU, "max_tokens": 10, "messages": []}, "messages: at least one"),
     ({"model": HAIKU, "max_tokens": 10, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
     (

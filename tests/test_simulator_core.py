@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.api.modelinfo import accepts_prefill, family, model_version
+from orchestrator.api.modelinfo import accepts_prefill, family, minimum_cacheable, model_version
 from orchestrator.run.bucket import TokenBucket
-from orchestrator.simulator.cache import PromptCache, minimum_cacheable
+from orchestrator.simulator.cache import PromptCache
 from orchestrator.simulator.config import FaultRates
 from orchestrator.simulator.events import WireEvent, fault_position
 from orchestrator.simulator.faults import FaultKind, FaultSpecError, choose_fault, parse_fault_spec
@@ -257,7 +257,8 @@ def test_prompt_cache_reads_the_longest_cached_prefix_and_writes_up_to_the_last_
     assert written.cache_read == 0
     assert written.cache_write_5m == count_input_tokens(longer)  # the system prefix is under the minimum
     assert written.input_tokens == 0
-    cache.commit(written, now=0.0)
+    cache.start(written, now=0.0)
+    cache.publish(written, started=0.0, now=0.0)
     again = cache.lookup(HAIKU, input_segments(longer), now=299.0)
     assert (again.cache_read, again.cache_creation, again.input_tokens) == (count_input_tokens(longer), 0, 0)
     assert cache.lookup(HAIKU, input_segments(longer), now=301.0).cache_read == 0  # expired
@@ -267,9 +268,80 @@ def test_prompt_cache_reads_the_longest_cached_prefix_and_writes_up_to_the_last_
     )
 
 
+def marked_system(text: str, ttl: str = "5m") -> dict[str, Any]:
+    return {
+        **body("Question"),
+        "system": [{"type": "text", "text": text, "cache_control": {"type": "ephemeral", "ttl": ttl}}],
+    }
+
+
+def test_a_cache_entry_is_readable_only_once_the_response_writing_it_has_begun() -> None:
+    cache = PromptCache()
+    prompt = input_segments(marked_system("Rules. " * 3000))
+    first = cache.lookup(HAIKU, prompt, now=0.0)
+    cache.start(first, now=0.0)
+    second = cache.lookup(HAIKU, prompt, now=0.5)  # admitted before the first response began: writes too
+    assert first.cache_creation == second.cache_creation > 4096
+    assert second.cache_read == 0
+    cache.publish(first, started=0.0, now=1.0)
+    third = cache.lookup(HAIKU, prompt, now=1.0)
+    assert (third.cache_read, third.cache_creation) == (first.cache_creation, 0)
+    # The lifetime counts from the start of the request that wrote it, not from its response.
+    assert cache.lookup(HAIKU, prompt, now=299.9).cache_read > 0
+    assert cache.lookup(HAIKU, prompt, now=300.0).cache_read == 0
+    cache.start(third, now=200.0)  # a read at 200 keeps it until 500
+    assert cache.lookup(HAIKU, prompt, now=499.0).cache_read > 0
+    assert cache.lookup(HAIKU, prompt, now=500.0).cache_read == 0
+
+
+def test_hits_are_looked_up_at_block_boundaries_up_to_20_blocks_before_a_breakpoint() -> None:
+    cache = PromptCache()
+    shared = [{"type": "text", "text": "Document. " * 3000}]
+
+    def conversation(extra: int) -> dict[str, Any]:
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": f"part {n}"} for n in range(extra)]
+        blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+        return {**body(), "messages": [{"role": "user", "content": shared + blocks}]}
+
+    first = [{**shared[0], "cache_control": {"type": "ephemeral"}}]
+    writer = cache.lookup(HAIKU, input_segments({**body(), "messages": [{"role": "user", "content": first}]}), 0.0)
+    cache.start(writer, 0.0)
+    cache.publish(writer, 0.0, 0.0)
+    near = cache.lookup(HAIKU, input_segments(conversation(19)), 1.0)  # the entry is the 20th block back
+    far = cache.lookup(HAIKU, input_segments(conversation(20)), 1.0)  # the 21st: out of reach
+    assert near.cache_read == writer.cache_creation
+    assert (far.cache_read, far.cache_creation) == (0, count_input_tokens(conversation(20)))
+
+
+def test_mixed_ttls_bill_1h_writes_up_to_the_last_1h_breakpoint_and_5m_writes_after() -> None:
+    cache = PromptCache()
+    request = {
+        **marked_system("Rules. " * 3000, ttl="1h"),
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Notes. " * 500, "cache_control": {"type": "ephemeral"}}],
+            }
+        ],
+    }
+    usage = cache.lookup(HAIKU, input_segments(request), 0.0)
+    system_tokens = count_input_tokens(
+        {**marked_system("Rules. " * 3000), "messages": [{"role": "user", "content": ""}]}
+    )
+    assert usage.cache_write_1h > 4096
+    assert abs(usage.cache_write_1h - system_tokens) < 10
+    assert usage.cache_write_5m > 900
+    assert usage.input_tokens == 0
+    assert [ttl for _, ttl in usage.writes] == [3600.0, 300.0]
+
+
 def test_minimum_cacheable_lengths() -> None:
     assert minimum_cacheable("claude-haiku-4-5-20251001") == 4096
     assert minimum_cacheable("claude-sonnet-4-5") == 1024
-    assert minimum_cacheable("claude-sonnet-4-6") == 2048
+    assert minimum_cacheable("claude-sonnet-4-6") == 1024
+    assert minimum_cacheable("claude-opus-4-7") == 2048
+    assert minimum_cacheable("claude-opus-4-6") == 4096
+    assert minimum_cacheable("claude-opus-4-8") == 1024
+    assert minimum_cacheable("claude-sonnet-5") == 1024
     assert minimum_cacheable("claude-opus-5") == 512
     assert minimum_cacheable("claude-3-5-haiku-20241022") == 2048

@@ -10,10 +10,11 @@ from dataclasses import replace
 from typing import Any
 
 import anthropic
+import anyio
 import httpx2
 import pytest
 
-from orchestrator.simulator import Limits, SimulatorConfig
+from orchestrator.simulator import Limits, SimulatorConfig, Timing
 from orchestrator.simulator.events import UNKNOWN_EVENT
 from orchestrator.simulator.replies import plan_reply
 from orchestrator.simulator.validation import THINKING_BUDGET
@@ -247,6 +248,50 @@ async def test_prompt_cache_is_written_then_read_within_its_ttl(simulate: Simula
     assert short.cache_creation_input_tokens == short.cache_read_input_tokens == 0
     assert sim.stats.cache_creation_input_tokens_billed == 3 * written
     assert sim.stats.cache_read_input_tokens_billed == 3 * written
+
+
+async def test_requests_sent_at_once_all_write_a_prefix_whose_first_response_has_not_begun(
+    simulate: Simulate,
+) -> None:
+    system = "Background. " * 2500
+    slow_start = replace(REALISTIC, timing=Timing(ttft=0.5, tokens_per_second=1e6))  # each response begins at 0.5 s
+    async with simulate(slow_start) as (sim, client, _):
+        usages: list[anthropic.types.Usage] = []
+
+        async def send(i: int) -> None:
+            usages.append((await client.messages.create(**cached_request(system, text=f"Question {i}"))).usage)
+
+        async with anyio.create_task_group() as group:
+            for i in range(8):
+                group.start_soon(send, i)
+        after = (await client.messages.create(**cached_request(system, text="Later"))).usage
+    written = usages[0].cache_creation_input_tokens
+    assert written is not None
+    assert written > 4096
+    assert [(u.cache_creation_input_tokens, u.cache_read_input_tokens) for u in usages] == [(written, 0)] * 8
+    assert (after.cache_creation_input_tokens, after.cache_read_input_tokens) == (0, written)
+    assert sim.stats.cache_creation_input_tokens_billed == 8 * written
+
+
+async def test_a_stream_that_never_began_writes_nothing_readable_and_one_that_began_does(
+    simulate: Simulate,
+) -> None:
+    system = "Background. " * 2500
+    async with simulate() as (sim, client, _):
+        with pytest.raises(httpx2.RemoteProtocolError):  # dropped before message_start
+            async with client.messages.stream(
+                **cached_request(system), extra_headers={"x-sim-fault": "drop at=0"}
+            ) as broken:
+                await broken.get_final_message()
+        async with client.messages.stream(**cached_request(system, text="Another")) as stream:
+            async for event in stream:  # message_start has come: the entry is readable from now
+                assert event.type == "message_start"
+                began = event.message.usage
+                reader = (await client.messages.create(**cached_request(system, text="Third"))).usage
+                break
+    assert sim.stats.cache_creation_input_tokens_billed == 2 * (began.cache_creation_input_tokens or 0)
+    assert began.cache_read_input_tokens == 0
+    assert reader.cache_read_input_tokens == began.cache_creation_input_tokens
 
 
 async def test_odd_events_are_legal_and_the_sdk_accumulates_through_them(simulate: Simulate) -> None:

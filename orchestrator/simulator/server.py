@@ -166,12 +166,17 @@ class Simulator:
     def _plan(self, body: dict[str, Any]) -> ReplyPlan:
         return plan_reply(self.config.seed, body, self.config.reply_min, self.config.reply_max)
 
-    def _bill_input(self, usage: InputUsage) -> None:
-        """A Messages request is served: its cache writes and reads take effect and its input is billed."""
-        self.cache.commit(usage, self._clock())
+    def _bill_input(self, usage: InputUsage) -> Callable[[], None]:
+        """A Messages request is served: its input is billed and what it read lives on from now.
+
+        Returns what to call once its response has begun: then what it wrote becomes readable.
+        """
+        started = self._clock()
+        self.cache.start(usage, started)
         self.stats.input_tokens_billed += usage.input_tokens
         self.stats.cache_creation_input_tokens_billed += usage.cache_creation
         self.stats.cache_read_input_tokens_billed += usage.cache_read
+        return lambda: self.cache.publish(usage, started, self._clock())
 
     def _bill_output(self, tokens: int) -> None:
         self.limits.charge_output(tokens)
@@ -184,8 +189,10 @@ class Simulator:
         Messages endpoint looks it up before admission and bills it itself.
         """
         if usage is None:
-            usage = self.cache.lookup(body["model"], input_segments(body), self._clock())
-            self.cache.commit(usage, self._clock())
+            now = self._clock()
+            usage = self.cache.lookup(body["model"], input_segments(body), now)
+            self.cache.start(usage, now)
+            self.cache.publish(usage, now, now)
         plan = self._plan(body)
         return self._message(body["model"], plan, usage, plan.output_tokens)
 
@@ -288,9 +295,9 @@ class Simulator:
                 return self._error(529, "overloaded_error", "Overloaded", request_id)
             return self._error(500, "api_error", "Internal server error", request_id)
 
-        self._bill_input(usage)  # refused requests are not billed
+        begun = self._bill_input(usage)  # refused requests are not billed
         if not body.get("stream", False):
-            return await self._complete(body, usage, request_id)
+            return await self._complete(body, usage, request_id, begun)
         plan = self._plan(body)
         rng = random.Random(hashlib.sha256(b"stream:%d:" % attempt + fingerprint).digest())
         start = self._message(body["model"], None, usage, 1)
@@ -299,13 +306,17 @@ class Simulator:
         events = stream_events(
             plan, start, final_usage, rng, config.tokens_per_delta, config.odd_events, config.unknown_events
         )
-        return await self._stream(request, events, len(plan.blocks), fault, request_id)
+        return await self._stream(request, events, len(plan.blocks), fault, request_id, begun)
 
-    async def _complete(self, body: dict[str, Any], usage: InputUsage, request_id: str) -> web.Response:
+    async def _complete(
+        self, body: dict[str, Any], usage: InputUsage, request_id: str, begun: Callable[[], None]
+    ) -> web.Response:
         message = self.render_message(body, usage)
         output_tokens = message["usage"]["output_tokens"]
         timing = self.config.timing
-        await anyio.sleep(timing.scaled(timing.ttft + output_tokens / timing.tokens_per_second))
+        await anyio.sleep(timing.scaled(timing.ttft))
+        begun()  # the first token: the response has begun
+        await anyio.sleep(timing.scaled(output_tokens / timing.tokens_per_second))
         self._bill_output(output_tokens)
         self.stats.outcomes["ok"] += 1
         return web.json_response(message, headers=self._headers(request_id))
@@ -317,6 +328,7 @@ class Simulator:
         blocks: int,
         fault: Fault | None,
         request_id: str,
+        begun: Callable[[], None],
     ) -> web.StreamResponse:
         stats = self.stats
         response = web.StreamResponse(
@@ -338,7 +350,7 @@ class Simulator:
         position = len(events) if fault is None else fault_position(fault, events)
         if fault is not None and fault.kind is FaultKind.MALFORMED:
             events = with_malformed(events, position, fault.variant, blocks)
-        emitter = _Emitter(self, response, events)
+        emitter = _Emitter(self, response, events, begun)
         outcome = "ok"
         try:
             if fault is None or fault.kind in (FaultKind.STALL, FaultKind.MALFORMED):
@@ -386,8 +398,15 @@ class _Emitter:
     after the start, the others at ``tokens_per_second``.
     """
 
-    def __init__(self, simulator: Simulator, response: web.StreamResponse, events: list[WireEvent]) -> None:
+    def __init__(
+        self,
+        simulator: Simulator,
+        response: web.StreamResponse,
+        events: list[WireEvent],
+        begun: Callable[[], None] | None = None,
+    ) -> None:
         self._simulator = simulator
+        self._begun = begun  # called once message_start has been sent
         self._response = response
         self._events = events
         timing = simulator.config.timing
@@ -421,6 +440,9 @@ class _Emitter:
                 self._simulator.limits.charge_output(tokens)
                 self.sent = due
             await self.flush()
+            if self._begun is not None and self.sent:
+                self._begun()
+                self._begun = None
             if self.sent >= stop:
                 return
             await anyio.sleep(max(self._due[self.sent] - anyio.current_time(), self._tick))

@@ -112,19 +112,31 @@ def _check_stop_sequences(body: dict[str, Any]) -> None:
         raise _bad("stop_sequences: each stop sequence must contain non-whitespace")
 
 
-def _check_cache_control(body: dict[str, Any]) -> None:
-    marked = [body] if "cache_control" in body else []
-    marked += [tool for tool in body.get("tools") or [] if "cache_control" in tool]
+TTL_ORDER = (
+    "{where}.cache_control.ttl: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control "
+    "block. Note that blocks are processed in the following order: `tools`, `system`, `messages`."
+)
+
+
+def _marked_blocks(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The blocks carrying ``cache_control``, in the order the API processes them, with their paths."""
+    marked = [(f"tools.{number}", tool) for number, tool in enumerate(body.get("tools") or [])]
     system = body.get("system")
-    marked += (
-        [block for block in system if isinstance(block, dict) and "cache_control" in block]
-        if isinstance(system, list)
-        else []
-    )
-    for message in body["messages"]:
+    if isinstance(system, list):
+        marked += [(f"system.{number}", block) for number, block in enumerate(system)]
+    for index, message in enumerate(body["messages"]):
         if isinstance(message["content"], list):
-            marked += [block for block in message["content"] if "cache_control" in block]
-    for block in marked:
+            marked += [(f"messages.{index}.content.{n}", block) for n, block in enumerate(message["content"])]
+    marked = [(where, block) for where, block in marked if isinstance(block, dict) and "cache_control" in block]
+    if "cache_control" in body:  # automatic caching: on the last block
+        marked.append(("", body))
+    return marked
+
+
+def _check_cache_control(body: dict[str, Any]) -> None:
+    marked = _marked_blocks(body)
+    short_seen = False
+    for where, block in marked:
         control = block["cache_control"]
         if (
             not isinstance(control, dict)
@@ -132,6 +144,9 @@ def _check_cache_control(body: dict[str, Any]) -> None:
             or control.get("ttl", "5m") not in ("5m", "1h")
         ):
             raise _bad("cache_control: Input should be {'type': 'ephemeral'} with an optional ttl of '5m' or '1h'")
+        if control.get("ttl") == "1h" and short_seen:
+            raise _bad(TTL_ORDER.format(where=where).removeprefix("."))
+        short_seen = short_seen or control.get("ttl", "5m") == "5m"
     if len(marked) > MAX_BREAKPOINTS:
         raise _bad(f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(marked)}.")
 
