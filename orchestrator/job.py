@@ -68,6 +68,7 @@ class RunOptions:
     allow_endpoint_change: bool = False  # go on against another endpoint than the job's results came from
     retry_errored: bool = False  # errored results run again
     quiet: bool = False
+    watch: int | None = None  # serve a live view of the run on this port of 127.0.0.1 (0: any free port)
     prices: Path | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)  # by setting name; None: not given
     defaults: Mapping[str, Any] = field(default_factory=dict)  # request defaults (model, max_tokens, ...)
@@ -260,7 +261,10 @@ async def run(options: RunOptions) -> Outcome:
         from orchestrator.batch.engine import BatchJob  # imported by now
         from orchestrator.run.engine import Job
 
-        async with open_client(options.simulator, options.base_url, settings) as client:
+        async with (
+            open_client(options.simulator, options.base_url, settings) as client,
+            _watching(db, options.watch, prices),
+        ):
             view = make_view(sum(counts.values()), done, quiet=options.quiet)
             with fewer_collections():
                 if settings.mode == BATCH:
@@ -274,6 +278,19 @@ async def run(options: RunOptions) -> Outcome:
             # what is done at any time).
             written, _ = await export_results(store, out)
     return Outcome(summary, db, out, written)
+
+
+@asynccontextmanager
+async def _watching(db: Path, port: int | None, prices: PriceTable) -> AsyncIterator[None]:
+    """The live view of the run (``orchestrator watch``), served while the block runs, if asked for."""
+    if port is None:
+        yield
+        return
+    from orchestrator.watch import Watcher, serve_watch
+
+    async with serve_watch(Watcher(db, prices), "127.0.0.1", port) as url:
+        _note(f"watch the run at {url}")
+        yield
 
 
 def _engines_importing() -> threading.Thread:

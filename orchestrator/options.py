@@ -21,6 +21,17 @@ from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits,
 ONE_OFF = ("--allow-endpoint-change", "--retry-errored")  # what one run may do, never stored for the next
 STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
 BATCH_FAULTS = ("errored", "expired", "rate_limited", "overloaded")
+WATCH_PORT = 8766  # of ``orchestrator watch`` and ``run --watch`` (the simulator's is 8765)
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), not {text}")
+    return port
 
 
 def _probability(text: str, known: Sequence[str] = STREAM_FAULTS) -> tuple[str, float]:
@@ -192,6 +203,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="count requests, estimate tokens, cost and duration; send nothing"
     )
     parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
+    parser.add_argument(
+        "--watch",
+        type=port_number,
+        nargs="?",
+        const=WATCH_PORT,
+        metavar="PORT",
+        help=f"serve a live view of the run on 127.0.0.1:PORT (default {WATCH_PORT}; 0: any free port)",
+    )
     add_setting_options(parser)
     group = parser.add_argument_group(
         "request defaults (these override a job spec's [defaults]; each line's own fields override these)"
@@ -252,6 +271,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
         allow_endpoint_change=args.allow_endpoint_change,
         retry_errored=args.retry_errored,
         quiet=args.quiet,
+        watch=args.watch,
         prices=Path(args.prices) if args.prices else None,
         settings={setting.name: getattr(args, setting.name) for setting in (*SETTINGS, *LIMITS)},
         defaults={key: value for key, value in given.items() if value is not None},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,16 @@ TOOLS = [
         },
     }
 ]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # CI installs it (apt-get install chromium)
+
+
+def chromium_flags(profile: Path) -> list[str]:
+    """Headless Chromium that fetches nothing of its own, with a profile of its own."""
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}"]  # fmt: skip
 
 
 def write_jsonl(path: Path, lines: list[dict[str, Any]]) -> Path:

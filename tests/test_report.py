@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import shutil
 import struct
 import zlib
 from collections.abc import Callable
@@ -27,7 +26,16 @@ from orchestrator.settings import JobSettings
 from orchestrator.simulator import FaultRates, SimulatorConfig, Timing
 from orchestrator.simulator.replies import plan_reply
 from tests.conftest import INSTANT, Running
-from tests.helpers import params_of, read_results, reply_of, run_in_process, text_of, write_jsonl
+from tests.helpers import (
+    CHROMIUM,
+    chromium_flags,
+    params_of,
+    read_results,
+    reply_of,
+    run_in_process,
+    text_of,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -253,9 +261,6 @@ def read_png(path: Path) -> tuple[int, int, list[bytes]]:
     return width, height, [row[i : i + 3] for row in rows for i in range(0, stride, channels)]
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (CI installs it: apt-get install chromium)")
 async def test_html_report_renders_in_a_real_browser(
     simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -270,9 +275,7 @@ async def test_html_report_renders_in_a_real_browser(
     html = page.read_text()
     assert "http://" not in html.replace("http://www.w3.org", "")  # nothing to fetch: self-contained
     assert "https://" not in html
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    flags = chromium_flags(tmp_path / "profile")
     assert CHROMIUM is not None
     with anyio.fail_after(60):
         dom = (await anyio.run_process([CHROMIUM, *flags, "--dump-dom", page.as_uri()])).stdout.decode()

@@ -23,6 +23,7 @@ HANDLERS = {
     "export": commands.export,
     "report": commands.report,
     "simulate": commands.simulate,
+    "watch": commands.watch,
 }
 # What a path a user named can be wrong with: reported as "PATH: why", exit status 2.
 PATH_ERRORS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG})

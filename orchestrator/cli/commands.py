@@ -107,6 +107,19 @@ async def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def watch(args: argparse.Namespace) -> int:
+    from orchestrator.watch import Watcher, serve_watch
+
+    db = Path(args.db)
+    if not db.exists():
+        raise UserError(f"{db}: no such job database")
+    watcher = Watcher(db, load_prices(Path(args.prices) if args.prices else None), show_text=args.show_text)
+    async with serve_watch(watcher, args.host, args.port) as url:
+        print(f"watching {db} at {url}  (Ctrl-C stops)", flush=True)
+        await anyio.sleep_forever()
+    return 0
+
+
 async def status(args: argparse.Namespace) -> int:
     db = Path(args.db)
     if not db.exists():

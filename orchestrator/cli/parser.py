@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from orchestrator.options import add_endpoint_options, add_run_options, add_setting_options, add_simulator_options
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), not {text}")
-    return port
+from orchestrator.options import (
+    WATCH_PORT,
+    add_endpoint_options,
+    add_run_options,
+    add_setting_options,
+    add_simulator_options,
+    port_number,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,8 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--model", action="append", default=[], help="only this model (id or family); repeatable")
     simulate = commands.add_parser("simulate", help="run the Anthropic-compatible simulator")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=_port, default=8765)
+    simulate.add_argument("--port", type=port_number, default=8765)
     add_simulator_options(simulate)
+    watch = commands.add_parser("watch", help="a live view of a job in the browser (reads its database only)")
+    watch.add_argument("db")
+    watch.add_argument("--port", type=port_number, default=WATCH_PORT, help=f"default {WATCH_PORT}; 0: any free port")
+    watch.add_argument("--host", default="127.0.0.1", help="the address to serve on (default 127.0.0.1: this machine)")
+    watch.add_argument("--show-text", action="store_true", help="show the latest prompts and replies too")
+    watch.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
     return parser
 
 

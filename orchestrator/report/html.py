@@ -159,7 +159,8 @@ def _details(f: Figures) -> str:
     return "".join(parts)
 
 
-def _charts(reports: list[JobReport], total: Figures) -> str:
+def charts(reports: list[JobReport], total: Figures) -> str:
+    """The report's charts, one block of inline SVG (``orchestrator watch`` draws them as a job runs)."""
     timeline = total.timeline()
     span = total.elapsed
     charts = []
@@ -208,5 +209,5 @@ def render_html(reports: list[JobReport], prices: PriceTable) -> str:
         f"<h1>Usage and cost report</h1><div class=meta>Prices: {_esc(prices.source)} (USD per million tokens). "
         f"Total cost: <b>{money(total.billed_cost)}</b>, of which wasted by retries and restarts: "
         f"<b>{money(total.wasted_cost)}</b>.</div>"
-        f"{_charts(reports, total)}{overall}{''.join(sections)}</body></html>\n"
+        f"{charts(reports, total)}{overall}{''.join(sections)}</body></html>\n"
     )

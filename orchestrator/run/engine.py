@@ -10,9 +10,12 @@ last checkpoint of each. A second signal exits at once (SQLite keeps the databas
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import anthropic
 import anyio
@@ -105,7 +108,7 @@ class Job:
         self._billed_before: dict[tuple[str, str], Usage] = {}  # by (model, service tier)
         self.settings = settings
         self.view = view
-        self.writer = Writer(store, settings.checkpoint_interval, on_failure=self._storage_failed)
+        self.writer = Writer(store, settings.checkpoint_interval, on_failure=self._storage_failed, notes=self.notes)
         self.limiter = Limiter(limit_state(settings), clock=limiter_clock)
         cap = None if settings.max_cost is None else Decimal(str(settings.max_cost))
         self.budget = Budget(cap, prices)
@@ -151,6 +154,21 @@ class Job:
         for key, usage in usages:
             billed.setdefault(key, Usage()).add(usage)
         return self.prices.total(billed)
+
+    def notes(self) -> dict[str, Any]:
+        """What watchers read of this run beside the requests (``orchestrator watch``): the cap, the
+        concurrency, the last rate-limit headers of each model."""
+        state = self.limiter.state
+        return {
+            "mode": "stream",
+            "pid": os.getpid(),
+            "cap_usd": self.settings.max_cost,
+            "concurrency": state.max_concurrency,
+            "allowed": math.floor(state.allowed),
+            "pauses": state.pauses,
+            "cuts": state.cuts,
+            "rate_limits": state.rate_limit_headers(),
+        }
 
     def snapshot(self) -> Snapshot:
         writer, before = self.writer, self._before

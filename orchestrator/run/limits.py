@@ -42,6 +42,7 @@ from orchestrator.run.bucket import TokenBucket
 from orchestrator.settings import LimitSpec
 
 CLASSES = ("requests", "input-tokens", "output-tokens")
+RATE_LIMIT_HEADER = "anthropic-ratelimit-"
 DEFAULT_OUTPUT_GUESS = 256  # expected output tokens of a model's first requests
 DEFAULT_FLOW_GUESS = 60.0  # expected output tokens per second of a stream's life, until one has completed
 DEFAULT_TOKENS_PER_DELTA = 3.0  # the API's deltas carry several tokens; learned from the first completions
@@ -53,8 +54,8 @@ def parse_headers(headers: Mapping[str, str]) -> dict[str, tuple[int, int]]:
     """``{class: (limit, remaining)}`` from the ``anthropic-ratelimit-*`` headers present."""
     found = {}
     for name in CLASSES:
-        limit = headers.get(f"anthropic-ratelimit-{name}-limit")
-        remaining = headers.get(f"anthropic-ratelimit-{name}-remaining")
+        limit = headers.get(f"{RATE_LIMIT_HEADER}{name}-limit")
+        remaining = headers.get(f"{RATE_LIMIT_HEADER}{name}-remaining")
         if limit is None or remaining is None:
             continue
         try:
@@ -189,6 +190,7 @@ class LimitState:
         self._last_cut = -math.inf
         self.cuts = 0  # times an overload cut the allowed concurrency
         self.pauses = 0  # 429 cool-downs
+        self.headers: dict[str, Mapping[str, str]] = {}  # by model: the last response headers with limits
 
     def model(self, name: str, now: float) -> ModelLimits:
         limits = self.models.get(name)
@@ -248,6 +250,14 @@ class LimitState:
         seen = parse_headers(headers)
         if seen:
             self.model(model, now).observe(seen, now)
+            self.headers[model] = headers
+
+    def rate_limit_headers(self) -> dict[str, dict[str, str]]:
+        """By model: the ``anthropic-ratelimit-*`` headers of its last response that had them (nothing else)."""
+        return {
+            model: {name: value for name, value in headers.items() if name.lower().startswith(RATE_LIMIT_HEADER)}
+            for model, headers in self.headers.items()
+        }
 
     def pause(self, seconds: float, now: float) -> None:
         """A 429: no launch anywhere for ``seconds`` (pauses overlap, they do not add up)."""

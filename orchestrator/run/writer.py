@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -60,8 +61,12 @@ class Writer:
         interval: float,
         buffer: int = 4096,
         on_failure: Callable[[StorageError], None] | None = None,
+        notes: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
+        self.notes = notes  # what the run tells watchers (``store.watch``), written with the batched commits
+        self.held_notes: dict[str, Any] | None = None
+        self._noted: dict[str, Any] | None = None
         self.interval = interval
         self.live: dict[tuple[int, int], LiveAttempt] = {}
         self.tally = Tally()
@@ -152,6 +157,8 @@ class Writer:
                 for live in self.live.values():
                     if live.dirty:
                         self.held_checkpoints[live.key] = live.checkpoint(now)
+                if self.notes is not None:  # written with this commit if they changed
+                    self._take_notes(self.notes())
                 next_checkpoint = anyio.current_time() + self.interval
             if closed:
                 for live in self.live.values():
@@ -161,16 +168,16 @@ class Writer:
                 self.held_checkpoints.clear()
                 self.live.clear()
             due = self.busy_since is None or anyio.current_time() >= retry_at
-            if self.failure is None and due and (self.held or self.held_checkpoints):
+            if self.failure is None and due and (self.held or self.held_checkpoints or self.held_notes):
                 await self._flush()
                 retry_at = anyio.current_time() + BUSY_RETRY
 
     async def _flush(self) -> None:
         """Write everything held, in one transaction; on a busy database hold it for the next try."""
-        records, checkpoints = self.held, list(self.held_checkpoints.values())
+        records, checkpoints, notes = self.held, list(self.held_checkpoints.values()), self.held_notes
         try:
             with anyio.CancelScope(shield=True):
-                await self.store.write(records, checkpoints)
+                await self.store.write(records, checkpoints, notes)
         except DatabaseBusy:
             if self.busy_since is None:
                 self.busy_since = anyio.current_time()
@@ -186,6 +193,7 @@ class Writer:
             return
         self.held = []
         self.held_checkpoints = {}
+        self.held_notes = None
         if self.busy_since is not None:
             self.busy_since = None
             self._caught_up.set()
@@ -210,6 +218,10 @@ class Writer:
                 continue
             self._count(records, 0)
         self.held = kept
+
+    def _take_notes(self, notes: dict[str, Any]) -> None:
+        if notes != self._noted:
+            self._noted = self.held_notes = notes
 
     def _record(self, item: LiveAttempt | AttemptEnded) -> Record:
         if isinstance(item, LiveAttempt):

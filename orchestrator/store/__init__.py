@@ -9,6 +9,7 @@ exports of it.
     schema.py   migrations            load.py     job files -> requests (validated, de-duplicated)
     write.py    the run's write path  queries.py  everything read back (status, export, report)
     batches.py  message batches: intents, server states, results applied
+    watch.py    what a watcher reads beside: the run's notes, failures by kind, latest replies
     lock.py     one runner per job (an OS lock beside the database)
 """
 
@@ -28,11 +29,13 @@ from orchestrator.store.load import Loading, loading_marker
 from orchestrator.store.lock import runner_lock
 from orchestrator.store.queries import JobRow, Queries
 from orchestrator.store.schema import MIGRATIONS, migrate, pending_migrations
+from orchestrator.store.watch import FailureKind, Watching
 from orchestrator.store.write import Writing
 
 __all__ = [
     "MIGRATIONS",
     "BatchRow",
+    "FailureKind",
     "JobRow",
     "Store",
     "discard_interrupted_load",
@@ -49,7 +52,7 @@ _DATABASE_FILES = ("", "-wal", "-shm", ".loading")
 BUSY_TIMEOUT = 5.0  # seconds SQLite waits for another process's write lock before it answers "busy"
 
 
-class Store(Loading, Writing, Batching, Queries):
+class Store(Loading, Writing, Batching, Queries, Watching):
     """One job's database: load, write and read it."""
 
 

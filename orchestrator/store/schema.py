@@ -161,6 +161,12 @@ async def _0009_attempt_sent_at(db: aiosqlite.Connection) -> None:
     await db.execute("ALTER TABLE attempts ADD COLUMN sent_at REAL")
 
 
+@migration
+async def _0010_run_notes(db: aiosqlite.Connection) -> None:
+    # What a run knows that no request row holds (its cap, the last rate-limit headers), for watchers.
+    await db.execute("CREATE TABLE notes (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL)")
+
+
 async def pending_migrations(db: aiosqlite.Connection) -> list[str]:
     """The names of the migrations this database has not had (reads only)."""
     async with db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'migrations'") as cursor:

@@ -11,6 +11,7 @@ from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, AttemptStarted
 from orchestrator.store.base import Base, storage_error
 from orchestrator.store.schema import transaction
 
+RUN_NOTES = "run"  # the key of the running job's notes
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
@@ -69,18 +70,21 @@ class Writing(Base):
                 async for row in cursor
             ]
 
-    async def write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
-        """Apply attempt starts, checkpoints and ends in one transaction; raises ``DatabaseBusy``
-        when another process holds the database, ``StorageError`` when it cannot be written."""
+    async def write(
+        self, records: list[Record], checkpoints: list[Checkpoint], notes: dict[str, Any] | None = None
+    ) -> None:
+        """Apply attempt starts, checkpoints and ends in one transaction, with the run's latest
+        ``notes`` (what watchers read: ``store.watch``) if given; raises ``DatabaseBusy`` when
+        another process holds the database, ``StorageError`` when it cannot be written."""
         try:
-            await self._write(records, checkpoints)
+            await self._write(records, checkpoints, notes)
         except sqlite3.OperationalError as exc:
             error = storage_error(exc, self.path)
             if error is None:
                 raise
             raise error from exc
 
-    async def _write(self, records: list[Record], checkpoints: list[Checkpoint]) -> None:
+    async def _write(self, records: list[Record], checkpoints: list[Checkpoint], notes: dict[str, Any] | None) -> None:
         started = [r for r in records if isinstance(r, AttemptStarted)]
         ended = [r for r in records if isinstance(r, AttemptEnded)]
         db = self.db
@@ -154,7 +158,10 @@ class Writing(Base):
                         if r.final is not None
                     ],
                 )
-            await db.execute("UPDATE job SET updated_at = ?", (time.time(),))
+            now = time.time()
+            if notes is not None:
+                await db.execute("INSERT OR REPLACE INTO notes VALUES (?, ?, ?)", (RUN_NOTES, _encode(notes), now))
+            await db.execute("UPDATE job SET updated_at = ?", (now,))
 
 
 def _checkpoint_row(c: Checkpoint) -> tuple[Any, ...]:
