@@ -110,10 +110,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_cost",
         float,
-        "spend cap in USD: launch nothing that could take the job's cost past it (worst case: input + max_tokens)",
+        "spend cap in USD: launch nothing that could take the job's cost past it (worst case: input + max_tokens; "
+        "in batch mode at batch prices)",
         low=0,
         low_open=True,
-        modes=(STREAM,),
     ),
     Setting(
         "headroom",

@@ -9,10 +9,19 @@ Results worth another try (``api_error``, ``overloaded_error``, ``expired``) go 
 batch, within ``max_attempts``; ``canceled`` ones wait for a later run. The first Ctrl-C (or
 SIGTERM) detaches: the batches keep running on the server and ``resume`` picks them up; a
 second exits at once.
+
+The spend cap (``max_cost``) holds as in streaming, at batch prices: a request goes into a batch
+only if what the job has spent plus the worst case of everything submitted and not yet collected,
+this request included, stays within it; after a refusal nothing more is submitted, the batches in
+flight end, and the run stops with ``capped``. A busy database is waited out (``BUSY_RETRY``), one
+that cannot be written (full, read-only) stops the run with ``storage``: every step is durable
+before the next, and results not yet applied stay on the server, so nothing received is lost and
+the next run goes on where this one stopped.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,8 +36,10 @@ from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.batch.results import collect
 from orchestrator.batch.submit import Refused, create, describe, watermark
 from orchestrator.crash import crash_point
+from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable
+from orchestrator.run.budget import Budget, worst_case
 from orchestrator.run.engine import Summary
 from orchestrator.run.progress import Snapshot, View, show_progress
 from orchestrator.run.signals import watch_signals
@@ -39,6 +50,7 @@ from orchestrator.store.batches import COLLECTED, ENDED, SUBMITTING
 PAGE = 2000  # pending requests read at once while splitting
 POLL_CAP = 60.0  # seconds between polls at most
 NOT_FOUND = 404
+BUSY_RETRY = 0.5  # seconds between two tries of a busy database (SQLite itself waits 5 s first)
 
 DETACHING = "Detaching: the batches keep running on the server"
 
@@ -65,6 +77,11 @@ class BatchJob:
         self.caller = Caller(settings, sleep=sleep)
         self.stopping = False
         self.aborted: Failure | None = None
+        self.storage: StorageError | None = None  # the database cannot be written: the run stopped
+        self.busy_since: float | None = None  # the database has been busy since (anyio time)
+        cap = None if settings.max_cost is None else Decimal(str(settings.max_cost))
+        self.budget = Budget(cap, prices)
+        self._reserved: dict[int, Decimal] = {}  # the worst case of each batch not yet collected, by key
         self.finished: Counter[str] = Counter()  # requests by new state, from the results applied this run
         self._work = anyio.CancelScope()
         self._before: dict[str, int] = {}
@@ -99,7 +116,9 @@ class BatchJob:
             elapsed=anyio.current_time() - self._started,
             done_this_run=finished[State.SUCCEEDED] + finished[State.ERRORED],
             cost=self._cost,
+            cap=self.budget.cap,
             detail=detail,
+            note=None if self.busy_since is None else "database busy (locked by another process)",
         )
 
     def _applied(self, chunk: list[BatchResult], states: Counter[str]) -> None:
@@ -110,6 +129,25 @@ class BatchJob:
                 cost = self.prices.cost(result.final[1]["model"], result.usage, BATCH) if self.prices else None
                 self._cost = None if cost is None else self._cost + cost
         crash_point("results")
+
+    # -- the spend cap ---------------------------------------------------------------------
+
+    def _release(self, key: int) -> None:
+        """A batch collected or refused: its worst case gives way to what it was billed."""
+        self.budget.reserved -= self._reserved.pop(key, Decimal(0))
+        self.budget.spent = self._cost or Decimal(0)
+
+    async def _reserve_open(self) -> None:
+        """The worst case of the batches an earlier run left in flight."""
+        if self.budget.cap is None:
+            return
+        for row in await self.store.batches(open_only=True):
+            worst = Decimal(0)
+            for _, params in await self.store.batch_members(row.key):
+                one = worst_case(self.prices, json.loads(params), BATCH) if self.prices else None
+                worst += one or Decimal(0)  # every model is priced under a cap (job._check_priced)
+            self._reserved[row.key] = worst
+            self.budget.reserved += worst
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -123,32 +161,40 @@ class BatchJob:
         except Refused as exc:
             failure = exc.failure
             await self.store.batch_refused(row.key, failure.outcome, failure.reason, failure.status, failure.error)
+            self._release(row.key)
             if failure.outcome is not Outcome.PERMANENT:
                 raise CallFailed(failure) from None
         crash_point("recorded")
 
-    async def _submit(self, request_ids: list[int], size: int) -> None:
+    async def _submit(self, request_ids: list[int], size: int, worst: Decimal) -> None:
         mark = await watermark(self.client, self.caller)
         row = await self.store.intend_batch(request_ids, size, mark)
+        self._reserved[row.key] = worst
         crash_point("intended")
         await self._create(row, reconcile=False)
         await self._refresh()
 
     async def _submit_pending(self) -> None:
-        """Split the pending requests into batches under both limits and submit each in turn."""
+        """Split the pending requests into batches under both limits and submit each in turn; under a
+        spend cap, only as many as it allows."""
         splitter = Splitter(self.settings.batch_size)
         group: list[int] = []
+        group_worst = Decimal(0)
         after = 0
-        while page := await self.store.to_batch(after, PAGE, self._since):
+        while not self.budget.refused and (page := await self.store.to_batch(after, PAGE, self._since)):
             for request_id, custom_id, params in page:
+                worst = self.budget.admit(json.loads(params), BATCH) if self.budget.cap is not None else Decimal(0)
+                if worst is None:
+                    break  # the cap: nothing more is submitted
                 size = splitter.size
                 if splitter.add(request_size(custom_id, params)) and group:
-                    await self._submit(group, size)
-                    group = []
+                    await self._submit(group, size, group_worst)
+                    group, group_worst = [], Decimal(0)
                 group.append(request_id)
+                group_worst += worst
             after = page[-1][0]
         if group:
-            await self._submit(group, splitter.size)
+            await self._submit(group, splitter.size, group_worst)
 
     async def _poll(self, row: BatchRow) -> bool:
         """Bring one open batch up to date, and collect it once it has ended; whether it has.
@@ -171,6 +217,7 @@ class BatchJob:
             if exc.failure.status != NOT_FOUND:
                 raise
             await self.store.batch_collected(row.key)
+        self._release(row.key)
         return True
 
     async def _loop(self) -> None:
@@ -180,6 +227,7 @@ class BatchJob:
         delay = self.settings.poll_interval
         while True:
             await self._submit_pending()
+            self.busy_since = None  # written: not busy (any more)
             open_batches = await self._refresh()
             if not open_batches:
                 return
@@ -193,6 +241,21 @@ class BatchJob:
             await self.sleep(delay)
             delay = min(POLL_CAP, delay * 2)
 
+    async def _loop_in_spite_of_a_busy_database(self) -> None:
+        """The loop, taken up again while the database is busy; stopped when it cannot be written.
+        Every step is durable before the next, so the loop begins again where it was."""
+        while True:
+            try:
+                await self._loop()
+                return
+            except DatabaseBusy:
+                if self.busy_since is None:
+                    self.busy_since = anyio.current_time()
+                await self.sleep(BUSY_RETRY)
+            except StorageError as exc:
+                self.storage = exc
+                return
+
     async def run(self, *, handle_signals: bool = True) -> Summary:
         """Run every pending request through message batches to its end, or until detached or aborted."""
         store = self.store
@@ -200,6 +263,8 @@ class BatchJob:
         self._before = await store.counts()
         if self.prices is not None:
             self._cost = self.prices.total(await store.billed_by_tier(None, None))
+        self.budget.spent = self._cost or Decimal(0)
+        await self._reserve_open()
         self._started = anyio.current_time()
         self._since = time.time()
         async with anyio.create_task_group() as outer:
@@ -210,7 +275,7 @@ class BatchJob:
                 )
             try:
                 with self._work:
-                    await self._loop()
+                    await self._loop_in_spite_of_a_busy_database()
             except CallFailed as exc:
                 self.aborted = exc.failure
             finally:
@@ -227,4 +292,8 @@ class BatchJob:
             stopped=self.stopping,
             aborted=self.aborted,
             detached=len(open_batches),
+            capped=self.budget.refused,
+            cost=self._cost,
+            cap=self.budget.cap,
+            storage=self.storage,
         )

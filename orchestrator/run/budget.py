@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator.models import Usage
-from orchestrator.pricing import MILLION, PriceTable
+from orchestrator.pricing import BATCH, MILLION, STANDARD, PriceTable
 
 TOOL_PROMPT_TOKENS = 1024  # room for the API's hidden tool-use system prompt (a few hundred tokens)
 PROMPT_FIELDS = ("system", "messages", "tools", "tool_choice", "mcp_servers")
@@ -30,15 +30,17 @@ def input_bound(params: Mapping[str, Any]) -> int:
     return len(text.encode()) + (TOOL_PROMPT_TOKENS if params.get("tools") or params.get("mcp_servers") else 0)
 
 
-def worst_case(prices: PriceTable, params: Mapping[str, Any]) -> Decimal | None:
-    """The most one attempt with these params can cost, in USD; None for an unpriced model."""
+def worst_case(prices: PriceTable, params: Mapping[str, Any], tier: str = STANDARD) -> Decimal | None:
+    """The most one attempt with these params can cost, in USD (in a message batch: at batch prices);
+    None for an unpriced model."""
     price = prices.price(params["model"])
     if price is None:
         return None
     per_input = price.input
     if "cache_control" in json.dumps(params):
         per_input = max(per_input, price.cache_write_5m, price.cache_write_1h)
-    return (input_bound(params) * per_input + int(params["max_tokens"]) * price.output) / MILLION
+    worst = (input_bound(params) * per_input + int(params["max_tokens"]) * price.output) / MILLION
+    return worst * prices.batch if tier == BATCH else worst
 
 
 @dataclass
@@ -51,12 +53,12 @@ class Budget:
     reserved: Decimal = Decimal(0)  # the worst case of the attempts in flight
     refused: bool = False  # a launch was refused: nothing more is launched
 
-    def admit(self, params: Mapping[str, Any]) -> Decimal | None:
-        """Reserve the worst case of an attempt with ``params`` and return it; None (and nothing more
-        from now on) when launching it could pass the cap."""
+    def admit(self, params: Mapping[str, Any], tier: str = STANDARD) -> Decimal | None:
+        """Reserve the worst case of an attempt with ``params`` (in ``tier``) and return it; None (and
+        nothing more from now on) when launching it could pass the cap."""
         if self.cap is None or self.prices is None:
             return Decimal(0)
-        worst = None if self.refused else worst_case(self.prices, params)
+        worst = None if self.refused else worst_case(self.prices, params, tier)
         if worst is None or self.spent + self.reserved + worst > self.cap:
             self.refused = True
             return None

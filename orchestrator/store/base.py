@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -33,6 +34,27 @@ def storage_error(exc: BaseException, path: Path) -> StorageError | None:
     if code in CANNOT_WRITE:
         return StorageError(f"{path} cannot be written: {exc} (a full disk, or a read-only file or folder?)")
     return None
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+B = TypeVar("B", bound="Base")
+
+
+def answered(method: Callable[Concatenate[B, P], Awaitable[T]]) -> Callable[Concatenate[B, P], Coroutine[Any, Any, T]]:
+    """A store method whose SQLite failures to write come out as ``DatabaseBusy`` / ``StorageError``."""
+
+    @functools.wraps(method)
+    async def call(self: B, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            error = storage_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from exc
+
+    return call
 
 
 class Base:

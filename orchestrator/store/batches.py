@@ -5,7 +5,7 @@ naming the batch, written before the create request leaves) -> ``in_progress`` /
 (the server's id is known) -> ``ended`` -> ``collected`` (every result line applied), or
 ``refused`` (the create was refused: its attempts are ended). Results are applied idempotently:
 a line whose attempt already has an outcome is skipped, so downloading them again after a crash
-changes nothing.
+changes nothing. SQLite's failures to write come out as ``DatabaseBusy`` / ``StorageError``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.models import BatchResult, Outcome, State
-from orchestrator.store.base import Base
+from orchestrator.store.base import Base, answered
 from orchestrator.store.schema import transaction
 
 SUBMITTING, ENDED, COLLECTED, REFUSED = "submitting", "ended", "collected", "refused"
@@ -53,12 +53,14 @@ BATCH_COLUMNS = "key, id, state, watermark, requests, intended_at, created_at, e
 
 
 class Batching(Base):
+    @answered
     async def batches(self, *, open_only: bool = False) -> list[BatchRow]:
         """The job's batches, oldest first (only those not yet collected nor refused, if asked)."""
         where = f"WHERE state NOT IN ('{COLLECTED}', '{REFUSED}')" if open_only else ""  # i.e. OPEN
         async with self.db.execute(f"SELECT {BATCH_COLUMNS} FROM batches {where} ORDER BY key") as cursor:
             return [_row(row) async for row in cursor]
 
+    @answered
     async def to_batch(self, after_id: int, limit: int, since: float) -> list[tuple[int, str, str]]:
         """(id, custom_id, params as stored JSON) of pending requests, in input order; not those whose
         batch was canceled since ``since`` (they wait for a later run)."""
@@ -71,6 +73,7 @@ class Batching(Base):
         ) as cursor:
             return [(row[0], row[1], row[2]) async for row in cursor]
 
+    @answered
     async def intend_batch(self, request_ids: list[int], size: int, watermark: str | None) -> BatchRow:
         """Record a batch about to be created: its requests running, each with an open attempt naming it."""
         now = time.time()
@@ -94,6 +97,7 @@ class Batching(Base):
             )
         return BatchRow(key, None, SUBMITTING, watermark, len(request_ids), now, None, None, None, None)
 
+    @answered
     async def batch_members(self, key: int) -> list[tuple[str, str]]:
         """(custom_id, params as stored JSON) of the requests a batch holds, in input order."""
         async with self.db.execute(
@@ -103,6 +107,7 @@ class Batching(Base):
         ) as cursor:
             return [(row[0], row[1]) async for row in cursor]
 
+    @answered
     async def batch_seen(self, key: int, batch: dict[str, Any]) -> None:
         """What the server says of a batch (its create's answer or a poll): id, state, times, counts."""
         async with transaction(self.db):
@@ -121,6 +126,7 @@ class Batching(Base):
                 ),
             )
 
+    @answered
     async def batch_refused(self, key: int, outcome: Outcome, reason: str, status: int | None, error: Any) -> None:
         """The create was refused: the attempts end; a permanent refusal makes the requests errored
         results, any other leaves them pending."""
@@ -150,6 +156,7 @@ class Batching(Base):
                 (outcome.value, reason, status, body, now, key),
             )
 
+    @answered
     async def apply_results(self, key: int, results: list[BatchResult], max_attempts: int) -> Counter[str]:
         """Apply result lines of batch ``key`` in one transaction; the requests' new states, counted.
 
@@ -217,6 +224,7 @@ class Batching(Base):
             await db.execute("UPDATE job SET updated_at = ?", (now,))
         return states
 
+    @answered
     async def batch_collected(self, key: int) -> None:
         """Every result line of the batch is applied; a request the results left out goes back to pending."""
         now = time.time()
