@@ -31,6 +31,7 @@ MESSAGE_PARAMS = frozenset(
         "container",
         "mcp_servers",
         "output_config",
+        "output_format",  # the beta's name of output_config.format (deprecated, still accepted)
         "context_management",
         "inference_geo",
     }

@@ -75,6 +75,8 @@ class SimulatorConfig:
     # Tokens per text/thinking/tool-JSON delta, drawn per delta from this range (seeded per
     # conversation and attempt). The API's deltas carry several tokens: (1, 5) is realistic.
     tokens_per_delta: tuple[int, int] = (1, 5)
+    # Share of conversations refused (stop_reason "refusal" part way through the reply), seeded per conversation.
+    refusals: float = 0.0
     odd_events: bool = True  # extra pings anywhere (mid-block too), as the API sends them
     unknown_events: bool = True  # now and then an event of an unknown type, which clients must ignore
     timing: Timing = field(default_factory=Timing)

@@ -129,7 +129,9 @@ def stream_events(
                 events.append(WireEvent(_delta(index, kind, field, ""), tokens, delta=True))
             events.append(WireEvent(_delta(index, "signature_delta", "signature", block.signature), tokens, True))
         events.append(WireEvent(_stop(index), tokens))
-    delta = {"stop_reason": plan.stop_reason, "stop_sequence": plan.stop_sequence}
+    delta: dict[str, Any] = {"stop_reason": plan.stop_reason, "stop_sequence": plan.stop_sequence}
+    if plan.stop_details is not None:
+        delta["stop_details"] = plan.stop_details
     message_delta = WireEvent(
         sse("message_delta", {"type": "message_delta", "delta": delta, "usage": final_usage}), tokens
     )

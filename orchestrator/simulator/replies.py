@@ -6,6 +6,10 @@
   of the reply gets exactly the rest of it.
 - Every block is a list of tokens of the simulator's tokenizer (``tokens.py``), the one that also
   counts input (``count_input_tokens``, the same for ``/v1/messages`` and ``count_tokens``).
+- A request with an output format (``output_config.format``) gets JSON valid for its schema as
+  its text, and a ``strict`` tool gets input valid for its schema (``structured.py``).
+- A seeded share of conversations (``refusals``) is refused: the reply stops part way through its
+  text with ``stop_reason: refusal`` and ``stop_details``.
 - The reply is then cut before the first stop sequence in its text, and at ``max_tokens``.
 """
 
@@ -19,6 +23,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from orchestrator.simulator.structured import format_schema, json_reply, refusal_details, schema_value
 from orchestrator.simulator.tokens import count_tokens, tokenize
 
 _WORDS = [
@@ -200,8 +205,9 @@ class ReplyPlan:
     """The blocks one response will emit, and why it stops."""
 
     blocks: list[PlannedBlock]
-    stop_reason: str  # "end_turn", "max_tokens", "stop_sequence" or "tool_use"
+    stop_reason: str  # "end_turn", "max_tokens", "stop_sequence", "tool_use" or "refusal"
     stop_sequence: str | None = None
+    stop_details: dict[str, Any] | None = None  # a refusal's
 
     @property
     def tokens(self) -> list[str]:
@@ -434,9 +440,24 @@ def tool_input(rng: random.Random, schema: Any, depth: int = 0) -> Any:
     return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 4))).capitalize()
 
 
-def full_blocks(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> tuple[list[PlannedBlock], str]:
-    """The whole reply (blocks and natural stop reason) before any prefill, stop sequence or max_tokens cut."""
+def full_blocks(
+    seed: int, body: dict[str, Any], reply_min: int, reply_max: int, refusals: float = 0.0
+) -> tuple[list[PlannedBlock], str, dict[str, Any] | None]:
+    """The whole reply (blocks, natural stop reason and its details) before any prefill, stop
+    sequence or max_tokens cut."""
     key = conversation_key(seed, body)
+    blocks, stop_reason = _natural_blocks(key, body, reply_min, reply_max)
+    rng = random.Random(key + b":refusal")
+    if refusals <= 0 or rng.random() >= refusals:
+        return blocks, stop_reason, None
+    kept = [block for block in blocks if block.kind == "thinking"]
+    text = next((block for block in blocks if block.kind == "text"), None)
+    if text is not None and (cut := rng.randint(0, len(text.tokens) // 2)):
+        kept.append(replace(text, tokens=text.tokens[:cut]))
+    return kept, "refusal", refusal_details(rng)
+
+
+def _natural_blocks(key: bytes, body: dict[str, Any], reply_min: int, reply_max: int) -> tuple[list[PlannedBlock], str]:
     blocks: list[PlannedBlock] = []
     thinking = body.get("thinking") or {}
     if thinking.get("type") == "enabled":
@@ -447,12 +468,17 @@ def full_blocks(seed: int, body: dict[str, Any], reply_min: int, reply_max: int)
         blocks.append(PlannedBlock("thinking", _sentences(rng, length), signature=signature))
     rng = random.Random(key + b":tool")
     chosen = _chosen_tool(rng, body)
-    if chosen is None or not chosen[1]:  # a forced tool call has no text before it
+    schema = format_schema(body)
+    if schema is not None and chosen is None:  # the answer is JSON for the schema (and no text precedes a tool call)
+        blocks.append(PlannedBlock("text", tokenize(json_reply(random.Random(key + b":json"), schema))))
+    elif schema is None and (chosen is None or not chosen[1]):  # a forced tool call has no text before it
         blocks.append(PlannedBlock("text", _reply_text(key, reply_min, reply_max)))
     if chosen is None:
         return blocks, "end_turn"
     tool = chosen[0]
-    arguments = json.dumps(tool_input(rng, tool["input_schema"]))
+    strict = tool.get("strict") is True
+    value = schema_value(rng, tool["input_schema"], tool["input_schema"]) if strict else None
+    arguments = json.dumps(value if strict else tool_input(rng, tool["input_schema"]))
     ident = "toolu_01" + hashlib.blake2b(key + b":tool_use", digest_size=11).hexdigest()
     blocks.append(PlannedBlock("tool_use", tokenize(arguments), name=tool["name"], ident=ident))
     return blocks, "tool_use"
@@ -501,15 +527,16 @@ def _foreign_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: i
     return [token for _ in range(rng.randint(reply_min, reply_max)) for token in tokenize(" " + rng.choice(_WORDS))]
 
 
-def plan_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) -> ReplyPlan:
+def plan_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int, refusals: float = 0.0) -> ReplyPlan:
     """What a response emits: the full reply or what follows a prefill, cut at a stop sequence and max_tokens."""
-    blocks, stop_reason = full_blocks(seed, body, reply_min, reply_max)
+    blocks, stop_reason, details = full_blocks(seed, body, reply_min, reply_max, refusals)
     prefill = prefill_of(body)
     context = ""
     if prefill is not None:
-        rest = continuation(blocks[0].tokens, prefill) if blocks[0].kind == "text" else None
+        rest = continuation(blocks[0].tokens, prefill) if blocks and blocks[0].kind == "text" else None
         if rest is None:
             blocks, stop_reason = [PlannedBlock("text", _foreign_reply(seed, body, reply_min, reply_max))], "end_turn"
+            details = None
         else:
             blocks, context = [replace(blocks[0], tokens=rest), *blocks[1:]], prefill
     stop_sequence = None
@@ -517,7 +544,7 @@ def plan_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) 
         stop = _first_stop(block.text, context, body.get("stop_sequences") or []) if block.kind == "text" else None
         if stop is not None:
             blocks = [*blocks[:index], replace(block, tokens=_split(block.tokens, stop[0])[0])]
-            stop_reason, stop_sequence = "stop_sequence", stop[1]
+            stop_reason, stop_sequence, details = "stop_sequence", stop[1], None
             break
         context = ""
     left = int(body["max_tokens"])
@@ -526,4 +553,4 @@ def plan_reply(seed: int, body: dict[str, Any], reply_min: int, reply_max: int) 
             cut = [replace(block, tokens=block.tokens[:left], complete=False)] if left else []
             return ReplyPlan(blocks=[*blocks[:index], *cut], stop_reason="max_tokens")
         left -= len(block.tokens)
-    return ReplyPlan(blocks=blocks, stop_reason=stop_reason, stop_sequence=stop_sequence)
+    return ReplyPlan(blocks=blocks, stop_reason=stop_reason, stop_sequence=stop_sequence, stop_details=details)

@@ -160,11 +160,13 @@ class Simulator:
             "content": [] if plan is None else content_of(plan),
             "stop_reason": None if plan is None else plan.stop_reason,
             "stop_sequence": None if plan is None else plan.stop_sequence,
+            **({} if plan is None or plan.stop_details is None else {"stop_details": plan.stop_details}),
             "usage": {**usage.fields(), "output_tokens": output_tokens, "service_tier": "standard"},
         }
 
     def _plan(self, body: dict[str, Any]) -> ReplyPlan:
-        return plan_reply(self.config.seed, body, self.config.reply_min, self.config.reply_max)
+        config = self.config
+        return plan_reply(config.seed, body, config.reply_min, config.reply_max, config.refusals)
 
     def _bill_input(self, usage: InputUsage) -> Callable[[], None]:
         """A Messages request is served: its input is billed and what it read lives on from now.

@@ -6,10 +6,14 @@ from typing import Any
 
 from orchestrator.api.modelinfo import accepts_prefill, model_version
 from orchestrator.models import MESSAGE_PARAMS
+from orchestrator.simulator.format_checks import format_problem
 from orchestrator.simulator.replies import block_text, prefill_of
 
 MESSAGE_FIELDS = MESSAGE_PARAMS | {"stream"}
-COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control"})
+COUNT_FIELDS = frozenset(
+    {"model", "messages", "system", "tools", "tool_choice", "thinking", "cache_control", "output_config"}
+    | {"output_format"}
+)
 
 PREFILL_REJECTED = (
     "This model does not support assistant message prefill. The conversation must end with a user message."
@@ -208,4 +212,6 @@ def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
             raise _bad(THINKING_PREFILL.format(index=len(messages) - 1))
         if prefill != prefill.rstrip() and not count_only:
             raise _bad(TRAILING_WHITESPACE)
+    if (problem := format_problem(body)) is not None:
+        raise _bad(problem)
     return body

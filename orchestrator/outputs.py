@@ -1,0 +1,83 @@
+"""Structured outputs of results (pure): the schema a request asked for, and what its reply holds.
+
+A request with ``output_config.format`` (or the older ``output_format``) of type ``json_schema``
+asks for a reply that is JSON valid for the schema. Its result then carries ``output``: the
+parsed JSON when it fits the schema, else null with ``output_error`` saying why, one of the
+``STATUSES``: cut by ``max_tokens`` (truncated JSON), refused (``stop_reason: refusal``), not JSON,
+or failing the schema at a path.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.api.schema import validate
+
+VALID, CUT, REFUSED, NOT_JSON, INVALID, ERRORED = "valid", "cut", "refused", "not_json", "invalid", "errored"
+STATUSES = (VALID, CUT, REFUSED, NOT_JSON, INVALID, ERRORED)
+CUT_REASONS = frozenset({"max_tokens", "model_context_window_exceeded"})
+
+# Checks a parsed value: None if it fits, else where and why it does not.
+Check = Callable[[Any], str | None]
+
+
+def output_format(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a request's reply must fit, or None."""
+    config = params.get("output_config")
+    found = config.get("format") if isinstance(config, dict) else None
+    found = found or params.get("output_format")
+    if isinstance(found, dict) and found.get("type") == "json_schema" and isinstance(found.get("schema"), dict):
+        return found["schema"]  # type: ignore[no-any-return]
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def schema_check(schema_json: str) -> Check:
+    """The check of values against a schema given as JSON text (results carry it as text: parsed once)."""
+    schema = json.loads(schema_json)
+    return lambda value: validate(value, schema)
+
+
+@dataclass(frozen=True)
+class Output:
+    status: str  # one of STATUSES
+    value: Any = None  # the parsed JSON, when valid
+    error: str | None = None  # why there is no value
+
+    def fields(self) -> dict[str, Any]:
+        """The result line's fields: ``output``, and ``output_error`` when it is null."""
+        if self.status == VALID:
+            return {"output": self.value}
+        return {"output": None, "output_error": self.error}
+
+
+def reply_text(message: dict[str, Any]) -> str:
+    return "".join(block.get("text", "") for block in message.get("content", []) if block.get("type") == "text")
+
+
+def message_output(message: dict[str, Any] | None, check: Check) -> Output:
+    """What a final message holds for a structured-output request (None: the request errored)."""
+    if message is None:
+        return Output(ERRORED, error="no reply: the request errored")
+    stop = message.get("stop_reason")
+    if stop == "refusal":
+        details = message.get("stop_details") or {}
+        category = details.get("category")
+        why = f" ({category})" if category else ""
+        explanation = f": {details['explanation']}" if details.get("explanation") else ""
+        return Output(REFUSED, error=f"refused{why}{explanation}")
+    if stop in CUT_REASONS:
+        return Output(CUT, error=f"cut by {stop}: the JSON is incomplete; raise max_tokens")
+    text = reply_text(message)
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        return Output(NOT_JSON, error=f"not JSON ({exc}), stop_reason {stop}")
+    problem = check(value)
+    if problem is not None:
+        return Output(INVALID, error=f"fails the schema at {problem}")
+    return Output(VALID, value=value)
