@@ -156,3 +156,49 @@ async def test_without_count_tokens_a_continued_reply_stops_short_never_past(
         assert count_tokens(text(message)) <= message["usage"]["output_tokens"] <= max_tokens
         assert line["recovery"]["kept_tokens"] == "upper_bound"
         assert line["billed_usage_estimated"] is True
+
+
+async def test_a_json_reply_broken_mid_stream_ends_equal_to_the_uninterrupted_one(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    """Structured outputs take no prefill: a broken JSON reply is restarted, and ends byte-equal to
+    the reply that never broke (cut by max_tokens where the fault-free one is), valid for its schema."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "label": {"type": "string", "enum": ["a", "b"]},
+            "words": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["label", "words"],
+        "additionalProperties": False,
+    }
+    output_config = {"format": {"type": "json_schema", "schema": schema}}
+    faults = ["drop after=2 times=2", "truncate after=1 times=1", "error_event after=3 times=2"]
+    job = write_jsonl(
+        tmp_path / "json.jsonl",
+        [
+            {
+                "prompt": f"j{i} <<sim-fault: {faults[i % 3]}>>",
+                "output_config": output_config,
+                "max_tokens": 8 if i % 4 == 0 else 300,
+            }
+            for i in range(12)
+        ],
+    )
+    async with simulate(REALISTIC) as (sim, client, _):
+        _, summary = await run_in_process(job, tmp_path / "job.sqlite", client, SETTINGS)
+        expected = {cid: reply_of(sim, p) for cid, p in params_of(job).items()}
+        assert sim.stats.outcomes["invalid"] == 0  # no prefill was sent with a format
+    assert summary.complete
+    async with open_store(tmp_path / "job.sqlite") as store:
+        lines = [result_line(row) async for row in store.results()]
+    stops = set()
+    for line in lines:
+        message = line["result"]["message"]
+        assert text(message) == expected[line["custom_id"]]
+        assert line["attempts"] >= 2
+        assert "recovery" not in line
+        stops.add(message["stop_reason"])
+        if message["stop_reason"] == "end_turn":
+            assert json.loads(text(message))["label"] in ("a", "b")
+    assert stops == {"end_turn", "max_tokens"}

@@ -38,6 +38,9 @@ def partial(text: str, **blocks: Any) -> dict[str, Any]:
     }
 
 
+FORMAT = {"type": "json_schema", "schema": {"type": "object", "properties": {}, "additionalProperties": False}}
+
+
 def message(text: str, output_tokens: int, stop: str = "end_turn") -> dict[str, Any]:
     return {
         "id": "msg_2",
@@ -58,6 +61,9 @@ def message(text: str, output_tokens: int, stop: str = "end_turn") -> dict[str, 
         (Strategy.PREFILL, params("claude-opus-5"), Strategy.RESTART),
         (Strategy.CONTINUE, params("claude-opus-5"), Strategy.CONTINUE),
         (Strategy.RESTART, params(), Strategy.RESTART),
+        # No prefill with a format, and a continuation would be another JSON document: restart.
+        (Strategy.AUTO, params(output_config={"format": FORMAT}), Strategy.RESTART),
+        (Strategy.CONTINUE, params("claude-opus-5", output_format=FORMAT), Strategy.RESTART),
     ],
 )
 def test_resolve(strategy: Strategy, request_params: dict[str, Any], expected: Strategy) -> None:

@@ -12,6 +12,11 @@ the rest:
 - ``restart``: the request again from scratch.
 - ``auto``: prefill where it can be used, restart otherwise.
 
+A request with an output format (structured outputs) is always restarted: the API takes no
+prefill with a format, and a continuation asked for in a user message would be a new JSON
+document, not the rest of this one. The simulator's replies are seeded by the conversation, so
+a restart brings the same reply (as a model at temperature 0 mostly does).
+
 The continuation's ``max_tokens`` is what the original had left after the tokens of what it
 prefills (the kept text as sent, trailing whitespace trimmed: the continuation regenerates
 that whitespace and pays for it), so the joined reply stops where the uninterrupted one would
@@ -30,6 +35,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator.api.modelinfo import accepts_prefill
+from orchestrator.outputs import output_format
 from orchestrator.run.count import upper_bound
 
 CONTINUE_PROMPT = (
@@ -110,7 +116,10 @@ def _thinking(params: dict[str, Any]) -> bool:
 
 
 def resolve(strategy: Strategy, params: dict[str, Any]) -> Strategy:
-    """The strategy to use for these params: AUTO and PREFILL fall back to RESTART where prefill can't be used."""
+    """The strategy to use for these params: AUTO and PREFILL fall back to RESTART where prefill can't be used;
+    a reply in a structured format is always restarted."""
+    if output_format(params) is not None:
+        return Strategy.RESTART
     prefill_ok = accepts_prefill(params["model"]) and not _thinking(params)
     if strategy is Strategy.AUTO:
         return Strategy.PREFILL if prefill_ok else Strategy.RESTART
