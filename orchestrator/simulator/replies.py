@@ -7,7 +7,8 @@
 - Every block is a list of tokens of the simulator's tokenizer (``tokens.py``), the one that also
   counts input (``count_input_tokens``, the same for ``/v1/messages`` and ``count_tokens``).
 - A request with an output format (``output_config.format``) gets JSON valid for its schema as
-  its text, and a ``strict`` tool gets input valid for its schema (``structured.py``).
+  its text, and a tool call gets input valid for its tool's schema (``structured.py``), as a
+  ``strict`` tool is guaranteed to.
 - A seeded share of conversations (``refusals``) is refused: the reply stops part way through its
   text with ``stop_reason: refusal`` and ``stop_details``.
 - The reply is then cut before the first stop sequence in its text, and at ``max_tokens``.
@@ -406,40 +407,6 @@ def _chosen_tool(rng: random.Random, body: dict[str, Any]) -> tuple[dict[str, An
     return rng.choice(tools), False
 
 
-def tool_input(rng: random.Random, schema: Any, depth: int = 0) -> Any:
-    """A value that fits a JSON schema (the common keywords), drawn from ``rng``."""
-    if not isinstance(schema, dict):
-        schema = {}
-    if isinstance(schema.get("enum"), list) and schema["enum"]:
-        return rng.choice(schema["enum"])
-    if "const" in schema:
-        return schema["const"]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or "properties" in schema:
-        required = set(schema.get("required") or [])
-        properties = schema.get("properties") or {}
-        return {
-            name: tool_input(rng, sub, depth + 1)
-            for name, sub in properties.items()
-            if depth < 4 and (name in required or rng.random() < 0.7)
-        }
-    if kind == "array":
-        low = int(schema.get("minItems", 1))
-        count = rng.randint(low, max(low, min(int(schema.get("maxItems", 3)), 3)))
-        return [tool_input(rng, schema.get("items"), depth + 1) for _ in range(count if depth < 4 else 0)]
-    if kind == "integer":
-        return rng.randint(int(schema.get("minimum", 0)), int(schema.get("maximum", 100)))
-    if kind == "number":
-        return round(rng.uniform(float(schema.get("minimum", 0)), float(schema.get("maximum", 100))), 2)
-    if kind == "boolean":
-        return rng.random() < 0.5
-    if kind == "null":
-        return None
-    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 4))).capitalize()
-
-
 def full_blocks(
     seed: int, body: dict[str, Any], reply_min: int, reply_max: int, refusals: float = 0.0
 ) -> tuple[list[PlannedBlock], str, dict[str, Any] | None]:
@@ -476,9 +443,7 @@ def _natural_blocks(key: bytes, body: dict[str, Any], reply_min: int, reply_max:
     if chosen is None:
         return blocks, "end_turn"
     tool = chosen[0]
-    strict = tool.get("strict") is True
-    value = schema_value(rng, tool["input_schema"], tool["input_schema"]) if strict else None
-    arguments = json.dumps(value if strict else tool_input(rng, tool["input_schema"]))
+    arguments = json.dumps(schema_value(rng, tool["input_schema"], tool["input_schema"]))
     ident = "toolu_01" + hashlib.blake2b(key + b":tool_use", digest_size=11).hexdigest()
     blocks.append(PlannedBlock("tool_use", tokenize(arguments), name=tool["name"], ident=ident))
     return blocks, "tool_use"
