@@ -43,7 +43,7 @@ CASES: dict[str, tuple[dict[str, Any], int, tuple[str, str] | None]] = {
     ),
     "unknown_block": ({"prompt": "d <<sim-fault: malformed variant=unknown_block>>"}, 1, None),
     "unknown_delta": ({"prompt": "e <<sim-fault: malformed variant=unknown_delta>>"}, 1, None),
-    "tool_cut": ({"prompt": "f", **FORCED, "max_tokens": 14}, 1, None),
+    "tool_cut": ({"prompt": "f", **FORCED, "max_tokens": 20}, 1, None),
     "tool_no_stop": ({"prompt": "g <<sim-fault: no_stop>>", **FORCED, "max_tokens": 9}, 1, None),
     "tool_drop": ({"prompt": "h <<sim-fault: drop times=1>>", **FORCED}, 2, ("broken", "connection")),
     "tool_orphan": (
