@@ -126,6 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
         modes=(STREAM,),
     ),
     Setting(
+        "cache",
+        str,
+        "prompt caching: auto places cache breakpoints on the prefixes requests share and warms each "
+        "prefix with one request before the others read it; off sends the requests as they are",
+        choices=("auto", "off"),
+    ),
+    Setting(
         "batch_size",
         int,
         "requests per message batch at most (batch mode; each batch also stays under 256 MB)",
@@ -165,6 +172,7 @@ class JobSettings:
     batch_size: int = MAX_BATCH_REQUESTS  # requests per message batch at most
     poll_interval: float = 5.0  # seconds between the first polls of batches in flight
     max_cost: float | None = None  # USD; None: no spend cap
+    cache: str = "auto"  # auto | off: breakpoints placed on shared prefixes, cache-aware launching
     limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -113,6 +114,7 @@ async def stream_attempt(
     live: LiveAttempt,
     limiter: Limiter | None = None,
     permit: Permit | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> None:
     """Stream one attempt into ``live.acc``; raise unless it ends with the whole message.
 
@@ -121,7 +123,8 @@ async def stream_attempt(
     typed events. An in-band ``error`` event is raised as the SDK raises it: an
     ``APIStatusError`` whose status is the stream's 200. Data that is not UTF-8 JSON, or an
     event the accumulation cannot take, raises ``MalformedStream``; a body that ends before
-    the message is complete (see ``Accumulator.done``), ``BrokenStream``.
+    the message is complete (see ``Accumulator.done``), ``BrokenStream``. ``on_start`` is called
+    once ``message_start`` has come (the response has begun: its cache writes are readable).
     """
     acc = live.acc
     decoder = SSEDecoder()
@@ -151,6 +154,9 @@ async def stream_attempt(
                 except ValueError as exc:  # not UTF-8, or not JSON
                     raise MalformedStream(f"undecodable {name} event ({exc}): {data[:200]!r}") from None
                 acc.feed(event)
+            if on_start is not None and acc.started:
+                on_start()
+                on_start = None
             if live.first_token_at is None and acc.deltas:
                 live.first_token_at = time.time()
             if limiter is not None and permit is not None and acc.started:

@@ -22,10 +22,12 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from orchestrator.api.failures import Failure
+from orchestrator.api.prefix import CachePlan, Planner
 from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
 from orchestrator.run.budget import Budget
+from orchestrator.run.cachegate import CacheGate
 from orchestrator.run.limits import Limiter, LimitState
 from orchestrator.run.progress import Quiet, Snapshot, View, show_progress
 from orchestrator.run.request import RequestRunner
@@ -34,6 +36,7 @@ from orchestrator.run.writer import Writer
 from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import Store
 
+PARKED = 4  # requests parked waiting for a warm prefix, at most, per stream of the concurrency
 PAGE = 512  # requests read from the store at once, at the least (else as many as the concurrency)
 WRITER_GRACE = 60.0  # seconds the writer gets for its last commit after a stop
 
@@ -77,11 +80,30 @@ async def _produce(store: Store, send: MemoryObjectSendStream[Request], budget: 
             after = page[-1].id
 
 
-async def _consume(receive: MemoryObjectReceiveStream[Request], runner: RequestRunner, writer: Writer) -> None:
+async def _consume(
+    receive: MemoryObjectReceiveStream[Request],
+    runner: RequestRunner,
+    writer: Writer,
+    park: Callable[[Request], bool],
+) -> None:
     async with receive:
         async for request in receive:
             await writer.caught_up()  # no new request while the database is busy
-            await runner.run(request)
+            # A request waiting for its prefix to be warmed is parked aside: the requests behind
+            # it (sharing nothing, say) are not held back.
+            if not (runner.would_wait(request) and park(request)):
+                await runner.run(request)
+
+
+async def cache_plan(store: Store, ttl: str = "5m") -> CachePlan:
+    """Where breakpoints go: the block-aligned prefixes the job's pending requests share."""
+    planner = Planner()
+    after = 0
+    while page := await store.pending(after, PAGE):
+        for request in page:
+            planner.add(request.params)
+        after = page[-1].id
+    return planner.plan(ttl)
 
 
 def limit_state(settings: JobSettings) -> LimitState:
@@ -119,7 +141,9 @@ class Job:
             limiter=self.limiter,
             on_fatal=self._abort,
             budget=self.budget,
+            gate=None if settings.cache == "off" else CacheGate(limiter_clock),
         )
+        self._parked = 0
         self.stopping = False
         self.aborted: Failure | None = None
         self.storage: StorageError | None = None
@@ -195,6 +219,8 @@ class Job:
         self._before = await store.counts()
         self._billed_before = await store.billed_by_tier(None, None)
         self.budget.spent = self.cost() or Decimal(0)
+        if self.runner.gate is not None:
+            self.runner.plan = await cache_plan(store)
         self._started = anyio.current_time()
         writer_done = anyio.Event()
 
@@ -222,11 +248,25 @@ class Job:
                         # A page covers the whole pool: launches do not wait for the store, which
                         # is busy with checkpoints.
                         group.start_soon(_produce, store, send, self.budget, max(PAGE, settings.concurrency))
+
+                        async def parked(request: Request) -> None:
+                            try:
+                                await self.runner.run(request)
+                            finally:
+                                self._parked -= 1
+
+                        def park(request: Request) -> bool:
+                            if self._parked >= PARKED * settings.concurrency:
+                                return False
+                            self._parked += 1
+                            group.start_soon(parked, request)
+                            return True
+
                         async with receive:
                             # Twice as many workers as streams: a request waiting out its backoff
                             # holds a worker but no stream, so the streams stay busy.
                             for _ in range(2 * settings.concurrency):
-                                group.start_soon(_consume, receive.clone(), self.runner, writer)
+                                group.start_soon(_consume, receive.clone(), self.runner, writer, park)
             finally:
                 writer.close()
                 # The writer's last commit (final checkpoints) must happen even while we are being

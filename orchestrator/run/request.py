@@ -12,10 +12,12 @@ import anthropic
 import anyio
 
 from orchestrator.api.failures import Failure, classify
+from orchestrator.api.prefix import Breakpoint, CachePlan, place
 from orchestrator.models import AttemptEnded, Outcome, Request, State
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
 from orchestrator.run.backoff import Backoff, Retries
 from orchestrator.run.budget import Budget
+from orchestrator.run.cachegate import CacheGate
 from orchestrator.run.count import TokenCounter, generated_text
 from orchestrator.run.limits import Limiter, estimate_input_tokens
 from orchestrator.run.reach import Reach, unreachable
@@ -36,12 +38,18 @@ class RequestRunner:
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.monotonic
     reach: Reach = field(default_factory=Reach)  # whether the endpoint can be reached at all
+    plan: CachePlan | None = None  # where breakpoints go (None: the body is sent as given)
+    gate: CacheGate | None = None  # cache-aware launching (None: every request goes at once)
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.settings.backoff_base, self.settings.backoff_cap)
         self.retries = Retries(self.backoff, self.settings.max_attempts, self.settings.retry_max_seconds)
         self.strategy = Strategy(self.settings.recover)
         self.counter = TokenCounter(self.client)
+
+    def would_wait(self, request: Request) -> bool:
+        """Whether the request would wait now for its prefix to be warmed by another one."""
+        return self.gate is not None and self.gate.would_wait(place(request.params, self.plan)[1])
 
     async def run(self, request: Request) -> None:
         began = self.clock()
@@ -70,22 +78,10 @@ class RequestRunner:
                 final = (State.SUCCEEDED, message)
                 await self._end(live, live.ended(time.time(), Outcome.SUCCEEDED, final=final), recovery)
                 return
-            worst = self.budget.admit(params)
-            if worst is None:  # launching it could pass the spend cap: the job launches nothing more
+            body, points = place(params, self.plan) if self.gate is not None else (params, [])
+            launched, failure = await self._attempt(body, points, live, estimate)
+            if not launched:  # launching it could pass the spend cap: the job launches nothing more
                 return
-            permit = await self.limiter.acquire(params["model"], estimate, params["max_tokens"])
-            live.sent_at = time.time()
-            await self.sink.started(live)
-            failure: Failure | None = None
-            try:
-                await stream_attempt(self.client, params, live, self.limiter, permit)
-            except Exception as exc:
-                failure = classify(exc)
-                if failure is None:
-                    raise
-            finally:
-                self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done, deltas=live.acc.deltas)
-                self.budget.settle(worst, params["model"], live.usage())
             if failure is None:
                 self.reach.answer()
                 message = join(recovery, live.acc.message())
@@ -112,6 +108,46 @@ class RequestRunner:
                 recovery, live.output_estimate = await self._keep(recovery, params, partial, live.acc.counted)
             await self._end(live, live.ended(time.time(), failure.outcome, failure), recovery)
             await anyio.sleep(wait)
+
+    async def _attempt(
+        self, body: dict[str, Any], points: list[Breakpoint], live: LiveAttempt, estimate: int
+    ) -> tuple[bool, Failure | None]:
+        """One attempt of ``body``, once its prefix is warm (or it leads the warming): whether it
+        was launched (the spend cap may refuse it), and its failure if it failed."""
+        gate = self.gate
+        leads = await gate.enter(points) if gate is not None and points else ()
+        begun = False
+        try:
+            worst = self.budget.admit(body)
+            if worst is None:
+                return False, None
+            if points and not leads:  # a warm prefix is read: reads do not count against the ITPM
+                estimate = max(estimate - points[-1].tokens, 1)
+            permit = await self.limiter.acquire(body["model"], estimate, body["max_tokens"])
+            live.sent_at = time.time()
+            await self.sink.started(live)
+            sent = gate.now() if gate is not None else 0.0
+
+            def started() -> None:
+                nonlocal begun
+                begun = True
+                if gate is not None and points:
+                    gate.began(points, leads, sent)
+
+            failure: Failure | None = None
+            try:
+                await stream_attempt(self.client, body, live, self.limiter, permit, on_start=started)
+            except Exception as exc:
+                failure = classify(exc)
+                if failure is None:
+                    raise
+            finally:
+                self.limiter.release(permit, live.acc.output_tokens, completed=live.acc.done, deltas=live.acc.deltas)
+                self.budget.settle(worst, body["model"], live.usage())
+            return True, failure
+        finally:
+            if gate is not None and leads and not begun:
+                gate.failed(leads)
 
     async def _keep(
         self, recovery: Recovery, params: dict[str, Any], partial: dict[str, Any], billed_known: bool

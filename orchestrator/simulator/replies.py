@@ -316,9 +316,23 @@ def prefill_of(body: dict[str, Any]) -> str | None:
     return block_text(last["content"])
 
 
+def _uncached(content: Any) -> Any:
+    """Content as the model reads it: without ``cache_control`` markers, and one bare text block
+    the same as its string (caching changes what is billed, never the reply)."""
+    if not isinstance(content, list):
+        return content
+    blocks = [_bare(block) if isinstance(block, dict) else block for block in content]
+    single = blocks[0] if len(blocks) == 1 and isinstance(blocks[0], dict) else {}
+    if single.keys() == {"type", "text"} and single["type"] == "text":
+        return single["text"]
+    return blocks
+
+
 def _fingerprint(seed: int, body: dict[str, Any], messages: list[Any]) -> bytes:
-    parts = [seed, body["model"], body.get("system"), messages]
-    parts += [body[name] for name in ("tools", "tool_choice", "thinking") if body.get(name) is not None]
+    messages = [{**message, "content": _uncached(message.get("content"))} for message in messages]
+    parts = [seed, body["model"], _uncached(body.get("system")), messages]
+    parts += [_uncached(body.get("tools"))] if body.get("tools") is not None else []
+    parts += [body[name] for name in ("tool_choice", "thinking") if body.get(name) is not None]
     key = json.dumps(parts, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(key.encode()).digest()
 
