@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from orchestrator.api.modelinfo import MODELS, model_limits
 from orchestrator.batch.plan import Splitter
 from orchestrator.errors import JobAborted, JobChangedError, StorageError, UserError
 from orchestrator.jobs.params import check_options
@@ -29,6 +30,7 @@ from orchestrator.pricing import PriceTable, load_prices, money
 from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.report.export import export_results
 from orchestrator.run.collector import fewer_collections
+from orchestrator.run.files import make_room, pool_size
 from orchestrator.run.progress import LoadProgress, make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.simulator import SimulatorConfig
@@ -249,6 +251,7 @@ async def run(options: RunOptions) -> Outcome:
             _note(f"{await store.retry_errored():,} errored requests run again")
         if settings.max_cost is not None:
             await _check_priced(store, prices)
+        await _check_models(store, options.simulator)
         counts = await store.counts()
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
         in_flight = await store.batches(open_only=True)
@@ -257,6 +260,9 @@ async def run(options: RunOptions) -> Outcome:
                 f"{db} has {len(in_flight)} message batches in flight: resume it in batch mode "
                 f"(orchestrator resume {db}, or --batch), or cancel them first (orchestrator cancel {db})"
             )
+        if settings.mode != BATCH:
+            pending = counts[State.PENDING] + counts[State.RUNNING]
+            make_room(pool_size(settings.concurrency, pending), in_process_server=options.simulator is not None)
         await anyio.to_thread.run_sync(importing.join)
         from orchestrator.batch.engine import BatchJob  # imported by now
         from orchestrator.run.engine import Job
@@ -306,6 +312,19 @@ def _engines_importing() -> threading.Thread:
     thread = threading.Thread(target=load_modules, name="orchestrator-imports", daemon=True)
     thread.start()
     return thread
+
+
+async def _check_models(store: Store, simulator: SimulatorConfig | None) -> None:
+    """A note, before anything is sent, on the models of the job this version does not know: a model
+    newer than its table runs as usual (so it is not refused), a mistyped one gets the API's 404."""
+    served = simulator.extra_models if simulator is not None else frozenset()
+    unknown = [model for model in await store.models() if model_limits(model) is None and model not in served]
+    if unknown:
+        _note(
+            f"note: {', '.join(unknown)}: not a model this version of orchestrator knows (it knows "
+            f"{', '.join(sorted(MODELS))} and their dated ids). If the API does not serve it either, each of its "
+            "requests ends errored with the API's 404 (not_found_error), unbilled."
+        )
 
 
 async def _check_priced(store: Store, prices: PriceTable) -> None:

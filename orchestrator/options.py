@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from orchestrator.api.modelinfo import MODELS
 from orchestrator.job import RunOptions
 from orchestrator.settings import BATCH, DEFAULTS, LIMITS, SETTINGS
 from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits, SimulatorConfig, Timing
@@ -21,6 +22,7 @@ from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits,
 ONE_OFF = ("--allow-endpoint-change", "--retry-errored")  # what one run may do, never stored for the next
 STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
 BATCH_FAULTS = ("errored", "expired", "rate_limited", "overloaded")
+LONGEST_REPLY = max(limits.max_output for limits in MODELS.values())
 WATCH_PORT = 8766  # of ``orchestrator watch`` and ``run --watch`` (the simulator's is 8765)
 
 
@@ -57,6 +59,16 @@ def _int_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError("expected N or MIN:MAX") from None
     if not 1 <= bounds[0] <= bounds[1]:
         raise argparse.ArgumentTypeError("expected 1 <= MIN <= MAX")
+    return bounds
+
+
+def _reply_range(text: str) -> tuple[int, int]:
+    """A reply length range: no reply is longer than the largest max_tokens any model accepts."""
+    bounds = _int_range(text)
+    if bounds[1] > LONGEST_REPLY:
+        raise argparse.ArgumentTypeError(
+            f"a reply is at most {LONGEST_REPLY:,} tokens (the largest max_tokens a model accepts), not {bounds[1]:,}"
+        )
     return bounds
 
 
@@ -102,7 +114,7 @@ def add_simulator_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ttft", type=_seconds, default=0.5, help="seconds to first token (default 0.5)")
     group.add_argument("--tps", type=_positive, default=60.0, help="output tokens per second per stream (default 60)")
     group.add_argument(
-        "--reply-tokens", type=_int_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
+        "--reply-tokens", type=_reply_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
     )
     group.add_argument(
         "--tokens-per-delta",
@@ -126,6 +138,13 @@ def add_simulator_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--stall-seconds", type=_seconds, default=30.0, help="how long a stall lasts (default 30)")
     group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
+    group.add_argument(
+        "--sim-model",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a model id the simulator serves beside the known ones (any other gets the API's 404); repeatable",
+    )
     group.add_argument(
         "--no-count-tokens",
         action="store_true",
@@ -171,6 +190,7 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         ),
         reject_api_keys=frozenset(args.reject_key),
         count_tokens_endpoint=not args.no_count_tokens,
+        extra_models=frozenset(args.sim_model),
     )
 
 

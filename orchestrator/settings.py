@@ -81,20 +81,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("concurrency", int, "streams at once", low=1, modes=(STREAM,)),
     Setting("max_attempts", int, "attempts per request", low=1),
     Setting("retry_max_seconds", float, "stop retrying a request after this many seconds", low=0),
+    # The floors below are where a smaller value stops meaning anything but load: a commit takes
+    # milliseconds, the API's first byte takes longer than a tenth of a second, polls of batches
+    # that take minutes need not come faster than a hundred a second.
     Setting(
         "checkpoint_interval",
         float,
-        "seconds between checkpoints of partial output",
-        low=0,
-        low_open=True,
+        "seconds between checkpoints of partial output (at least 0.01: a commit takes milliseconds)",
+        low=0.01,
         modes=(STREAM,),
     ),
     Setting(
         "read_timeout",
         float,
-        "seconds without a byte before a stream counts as stalled",
-        low=0,
-        low_open=True,
+        "seconds without a byte before a stream counts as stalled (at least 0.1)",
+        low=0.1,
         modes=(STREAM,),
     ),
     Setting("backoff_base", float, "seconds of the first retry's backoff (doubled per attempt)", low=0),
@@ -143,9 +144,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "poll_interval",
         float,
-        "seconds between polls of the batches in flight at first; doubled while none ends, up to 60 (batch mode)",
-        low=0,
-        low_open=True,
+        "seconds between polls of the batches in flight at first; doubled while none ends, up to 60 (batch mode; "
+        "at least 0.01)",
+        low=0.01,
         modes=(BATCH,),
     ),
 )

@@ -80,7 +80,9 @@ async def test_prompt_files_with_the_same_name_are_duplicates_named_by_file(
         (["--model", ""], "--model must be a non-empty string, not ''"),
         (["--temperature", "1.5"], "--temperature must be a number from 0 to 1, not 1.5"),
         (["--rpm", "0"], "--rpm must be a number above 0"),
-        (["--read-timeout", "-1"], "--read-timeout must be a number above 0"),
+        (["--read-timeout", "-1"], "--read-timeout must be a number at least 0.1"),
+        (["--read-timeout", "1e-9"], "--read-timeout must be a number at least 0.1, not 1e-09"),
+        (["--poll-interval", "0.001"], "--poll-interval must be a number at least 0.01"),
         (["--retry-max-seconds", "-1"], "--retry-max-seconds must be a number at least 0"),
         (["--concurrency", "0"], "--concurrency must be an integer at least 1"),
     ],
@@ -104,6 +106,7 @@ async def test_bad_option_values_are_refused(
     "argv",
     [
         ["--reply-tokens", "5:1"],
+        ["--reply-tokens", "1:1000000000"],
         ["--speed", "0"],
         ["--speed", "nan"],
         ["--ttft", "-1"],

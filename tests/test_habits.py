@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import resource
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import run_command
+from orchestrator.errors import UserError
 from orchestrator.report.export import spreadsheet_safe
+from orchestrator.run.files import files_needed, make_room, pool_size
 from tests.conftest import Running
 from tests.helpers import read_results, write_jsonl
 
@@ -134,3 +137,51 @@ async def test_excel_safe_csv_export_quotes_formula_cells_of_rows_and_replies(
     assert await run_command(["export", str(db), "--excel-safe"]) == 2
     assert "--excel-safe is for --format csv" in capsys.readouterr().err
     assert read_results(tmp_path / "out")[0]["custom_id"] == "r1"
+
+
+# -- options at extreme values ----------------------------------------------------------------
+
+
+async def test_a_huge_concurrency_costs_what_the_work_needs(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two workers per unit of concurrency were started whatever the work: a million took minutes."""
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "one"}])
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        argv = ["run", str(job), "--results", str(out), "--base-url", url, "--concurrency", "1000000", *FAST]
+        assert await run_command(argv) == 0
+        assert sim.stats.requests == 1
+    assert read_results(out)[0]["result"]["type"] == "succeeded"
+    assert pool_size(1_000_000, 1) == 1
+    assert pool_size(8, 1_000) == 8
+    assert pool_size(8, 0) == 1
+
+
+async def test_settings_below_their_floor_are_refused_before_sending(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "one"}])
+    spec = tmp_path / "job.toml"
+    spec.write_text('inputs = ["j.jsonl"]\n[run]\ncheckpoint_interval = 1e-9\n')
+    async with simulate() as (sim, _, url):
+        argv = ["run", str(job), "--results", str(tmp_path / "o"), "--base-url", url, "--quiet"]
+        assert await run_command([*argv, "--checkpoint-interval", "0.000001"]) == 2
+        assert "--checkpoint-interval must be a number at least 0.01, not 1e-06" in capsys.readouterr().err
+        assert await run_command(["run", str(spec), "--base-url", url, "--quiet"]) == 2
+        assert f"{spec}:3: [run] checkpoint_interval must be a number at least 0.01" in capsys.readouterr().err
+        assert sim.stats.requests == 0
+
+
+def test_open_files_are_raised_to_what_the_streams_need_or_the_run_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limits = {"soft": 1024, "hard": 4096}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, pair: limits.update(soft=pair[0]))
+    make_room(100, in_process_server=True)
+    assert limits["soft"] == 1024  # room enough already
+    make_room(2000, in_process_server=False)
+    assert limits["soft"] == files_needed(2000, False) == 2064
+    with pytest.raises(UserError, match=r"--concurrency 3,000: .* lower --concurrency to 2,016 or less"):
+        make_room(3000, in_process_server=True)

@@ -133,7 +133,8 @@ async def test_unknown_models_are_unpriced_until_given_a_price(
     simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "x", "model": "claude-prototype-9"}])
-    async with simulate() as (_, _, url):
+    # A model newer than the table of models (and of prices) that the server serves.
+    async with simulate(SimulatorConfig(timing=INSTANT, extra_models=frozenset({"claude-prototype-9"}))) as (_, _, url):
         assert await run_command(["run", str(job), "--base-url", url, "--results", str(tmp_path / "o"), "--quiet"]) == 0
     data = json.loads(await report(capsys, str(tmp_path / "o"), "--format", "json"))
     assert data["total"]["cost_usd"] is None

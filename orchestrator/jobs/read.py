@@ -14,6 +14,7 @@ from itertools import compress
 from operator import not_
 from typing import Any, Literal, cast, overload
 
+from orchestrator.api.modelinfo import limit_problem
 from orchestrator.errors import Problem
 from orchestrator.jobs.bulk import Prompts, jsonl_items, params_around, text_items
 from orchestrator.jobs.lines import line_blocks
@@ -44,7 +45,8 @@ def _check_params(params: dict[str, Any]) -> str | None:
             return problem
     if "messages" not in params:
         return "'messages' must be a non-empty list"
-    return None
+    refused = limit_problem(params)
+    return None if refused is None else refused[1]
 
 
 def _check_id(custom_id: Any) -> str | None:

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import JobFileError, Problem
+from orchestrator.api.modelinfo import limit_problem
+from orchestrator.errors import JobFileError, Problem, UserError
 from orchestrator.jobs.params import value_problem
 from orchestrator.jobs.tables import Table, table_of, template_of
 from orchestrator.models import MESSAGE_PARAMS
@@ -119,6 +120,21 @@ def _line_of(text: str, headers: tuple[str, ...], key: str) -> int | None:
     return None
 
 
+def _check_defaults(defaults: dict[str, Any], cli_defaults: dict[str, Any], spec: Path | None, text: str) -> None:
+    """What the model's limits refuse in the request defaults (``modelinfo.limit_problem``), named by
+    the option or the spec's line that set it: every line that does not set its own would be refused."""
+    refused = limit_problem(defaults)
+    if refused is None:
+        return
+    field, message = refused
+    for name in (field, "model"):
+        if name in cli_defaults:
+            raise UserError(f"--{name.replace('_', '-')}: {message}. Nothing was sent.")
+    assert spec is not None  # the built-in defaults are within every model's limits
+    line = _line_of(text, ("defaults",), field) or _line_of(text, ("defaults",), "model")
+    raise JobFileError([Problem(str(spec), line, f"[defaults] {message}")])
+
+
 def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
     if not path.exists():
@@ -128,6 +144,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         raise JobFileError([Problem(str(path), None, message)])
     if path.suffix != ".toml":
         defaults = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **cli_defaults}
+        _check_defaults(defaults, cli_defaults, None, "")
         found = _sources_of(path)
         if not found:
             raise JobFileError([Problem(str(path), None, "empty: no .txt or .md file in this folder")])
@@ -185,10 +202,12 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     if problems:
         raise JobFileError(problems)
     results = spec.get("results")
+    merged = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **defaults, **cli_defaults}
+    _check_defaults(merged, cli_defaults, path, text)
     return JobSpec(
         name=str(spec.get("name") or stem_id(path)),
         sources=sources,
-        defaults={"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **defaults, **cli_defaults},
+        defaults=merged,
         run=dict(run),
         limits=dict(limits),
         results=None if results is None else path.parent / results,

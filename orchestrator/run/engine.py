@@ -28,6 +28,7 @@ from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
 from orchestrator.run.budget import Budget
 from orchestrator.run.cachegate import CacheGate
+from orchestrator.run.files import pool_size
 from orchestrator.run.limits import Limiter, LimitState
 from orchestrator.run.progress import Quiet, Snapshot, View, show_progress
 from orchestrator.run.request import RequestRunner
@@ -244,10 +245,11 @@ class Job:
             try:
                 with self._work:
                     async with anyio.create_task_group() as group:
-                        send, receive = anyio.create_memory_object_stream[Request](settings.concurrency)
+                        pool = pool_size(settings.concurrency, self._before[State.PENDING])
+                        send, receive = anyio.create_memory_object_stream[Request](pool)
                         # A page covers the whole pool: launches do not wait for the store, which
                         # is busy with checkpoints.
-                        group.start_soon(_produce, store, send, self.budget, max(PAGE, settings.concurrency))
+                        group.start_soon(_produce, store, send, self.budget, max(PAGE, pool))
 
                         async def parked(request: Request) -> None:
                             try:
@@ -256,7 +258,7 @@ class Job:
                                 self._parked -= 1
 
                         def park(request: Request) -> bool:
-                            if self._parked >= PARKED * settings.concurrency:
+                            if self._parked >= PARKED * pool:
                                 return False
                             self._parked += 1
                             group.start_soon(parked, request)
@@ -265,7 +267,7 @@ class Job:
                         async with receive:
                             # Twice as many workers as streams: a request waiting out its backoff
                             # holds a worker but no stream, so the streams stay busy.
-                            for _ in range(2 * settings.concurrency):
+                            for _ in range(2 * pool):
                                 group.start_soon(_consume, receive.clone(), self.runner, writer, park)
             finally:
                 writer.close()

@@ -76,7 +76,7 @@ class BatchAPI:
         sim = self._sim
         config = sim.config
         try:
-            body = validate(params)
+            body = validate(params, extra_models=config.extra_models)
             if body.get("stream", False):
                 raise _bad("stream: streaming is not supported for the requests of a Message Batch")
             spec = find_directive(block_text(last_user(body)["content"]))

@@ -85,3 +85,5 @@ class SimulatorConfig:
     batches: BatchSettings = field(default_factory=BatchSettings)
     reject_api_keys: frozenset[str] = frozenset()
     count_tokens_endpoint: bool = True  # False: /v1/messages/count_tokens answers 404, as on some servers
+    # Model ids served beside those of api.modelinfo.MODELS (any other id gets the API's 404).
+    extra_models: frozenset[str] = frozenset()

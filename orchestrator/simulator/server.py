@@ -222,7 +222,7 @@ class Simulator:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise RequestInvalid(400, "invalid_request_error", "Request body is not valid JSON") from None
-        return validate(body, count_only=count_only)
+        return validate(body, count_only=count_only, extra_models=self.config.extra_models)
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
         request_id = self._next_id("req")

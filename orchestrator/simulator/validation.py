@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from orchestrator.api.modelinfo import accepts_prefill, model_version
+from orchestrator.api.modelinfo import MODELS, SAMPLING_FIELDS, ModelLimits, accepts_prefill, model_limits
 from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.simulator.format_checks import format_problem
-from orchestrator.simulator.replies import block_text, prefill_of
+from orchestrator.simulator.replies import block_text, count_input_tokens, prefill_of
 
 MESSAGE_FIELDS = MESSAGE_PARAMS | {"stream"}
 COUNT_FIELDS = frozenset(
@@ -33,6 +34,20 @@ THINKING_MAX_TOKENS = (
 )
 THINKING_FORCED_TOOL = "Thinking may not be enabled when tool_choice forces tool use."
 MAX_BREAKPOINTS = 4
+# The API's words for the model checks (its 404 for an unknown model, its 400s for the model's limits).
+MAX_TOKENS_ABOVE = "max_tokens: {given} > {limit}, which is the maximum allowed number of output tokens for {model}"
+PROMPT_TOO_LONG = "prompt is too long: {tokens} tokens > {limit} maximum"
+BOTH_SAMPLING = "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+SAMPLING_DEPRECATED = "`{name}` is deprecated for this model."
+EMPTY_TEXT_BLOCK = "{where}: text content blocks must be non-empty"
+BLANK_TEXT_BLOCK = "{where}: text content blocks must contain non-whitespace text"
+EMPTY_MESSAGE = (
+    "messages.{index}: all messages must have non-empty content except for the optional final assistant message"
+)
+# What a model served beside the table (SimulatorConfig.extra_models) may do: the largest limits of any.
+EXTRA_MODEL = ModelLimits(
+    max(limits.context_window for limits in MODELS.values()), max(limits.max_output for limits in MODELS.values())
+)
 
 
 class RequestInvalid(Exception):
@@ -63,6 +78,42 @@ def _check_content(index: int, content: Any) -> None:
             raise _bad(f"{where}.{number}: Input should be a content block object with a type")
         if block["type"] == "text" and not isinstance(block.get("text"), str):
             raise _bad(f"{where}.{number}.text: Field required")
+    _check_text_blocks("messages", content)
+
+
+def _check_text_blocks(where: str, blocks: list[Any]) -> None:
+    """The API refuses an empty text block, and one of whitespace alone."""
+    for block in blocks:
+        if isinstance(block, dict) and block.get("type") == "text" and isinstance(block.get("text"), str):
+            if not block["text"]:
+                raise _bad(EMPTY_TEXT_BLOCK.format(where=where))
+            if not block["text"].strip():
+                raise _bad(BLANK_TEXT_BLOCK.format(where=where))
+
+
+def _model(model: str, extra_models: Collection[str]) -> ModelLimits:
+    """The limits of a model the API serves; its 404 for any other id."""
+    limits = model_limits(model)
+    if limits is None and model in extra_models:
+        return EXTRA_MODEL
+    if limits is None:
+        raise RequestInvalid(404, "not_found_error", f"model: {model}")
+    return limits
+
+
+def _check_limits(body: dict[str, Any], limits: ModelLimits, count_only: bool) -> None:
+    """What the model's limits refuse: a larger max_tokens, sampling fields, a prompt past its context window."""
+    if not count_only and body["max_tokens"] > limits.max_output:
+        raise _bad(MAX_TOKENS_ABOVE.format(given=body["max_tokens"], limit=limits.max_output, model=body["model"]))
+    given = [name for name in SAMPLING_FIELDS if body.get(name) is not None]
+    if limits.sampling == "none" and given:
+        raise _bad(SAMPLING_DEPRECATED.format(name=given[0]))
+    if limits.sampling == "one" and "temperature" in given and "top_p" in given:
+        raise _bad(BOTH_SAMPLING)
+    if not count_only:
+        tokens = count_input_tokens(body)
+        if tokens > limits.context_window:
+            raise _bad(PROMPT_TOO_LONG.format(tokens=tokens, limit=limits.context_window))
 
 
 def _check_tools(body: dict[str, Any]) -> None:
@@ -155,8 +206,9 @@ def _check_cache_control(body: dict[str, Any]) -> None:
         raise _bad(f"A maximum of {MAX_BREAKPOINTS} blocks with cache_control may be provided. Found {len(marked)}.")
 
 
-def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
-    """Return the body if the API would accept it, else raise RequestInvalid."""
+def validate(body: Any, *, count_only: bool = False, extra_models: Collection[str] = ()) -> dict[str, Any]:
+    """Return the body if the API would accept it, else raise RequestInvalid. ``extra_models``: ids
+    served beside ``modelinfo.MODELS`` (a model newer than the table)."""
     if not isinstance(body, dict):
         raise _bad("Request body must be a JSON object")
     allowed = COUNT_FIELDS if count_only else MESSAGE_FIELDS
@@ -176,12 +228,18 @@ def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
             raise _bad("max_tokens: Input should be greater than or equal to 1")
         if "stream" in body and not isinstance(body["stream"], bool):
             raise _bad("stream: Input should be a valid boolean")
-    temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, int | float) or not 0 <= temperature <= 1):
-        raise _bad("temperature: Input should be a number between 0 and 1")
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1):
+            raise _bad(f"{name}: Input should be a number between 0 and 1")
+    top_k = body.get("top_k")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise _bad("top_k: Input should be greater than or equal to 0")
     system = body.get("system")
     if system is not None and not isinstance(system, str | list):
         raise _bad("system: Input should be a valid string or a list of text blocks")
+    if isinstance(system, list):
+        _check_text_blocks("system", system)
     messages = body.get("messages")
     if messages is None:
         raise _bad("messages: Field required")
@@ -195,10 +253,15 @@ def validate(body: Any, *, count_only: bool = False) -> dict[str, Any]:
         if "content" not in message:
             raise _bad(f"messages.{index}.content: Field required")
         _check_content(index, message["content"])
-        if not block_text(message["content"]) and not (isinstance(message["content"], list) and message["content"]):
-            raise _bad(f"messages.{index}: all messages must have non-empty content")
-    if model_version(model) is None:
-        raise RequestInvalid(404, "not_found_error", f"model: {model}")
+        last = index == len(messages) - 1
+        content = message["content"]
+        if (
+            not block_text(content)
+            and not (isinstance(content, list) and content)
+            and not (last and message["role"] == "assistant")
+        ):
+            raise _bad(EMPTY_MESSAGE.format(index=index))
+    _check_limits(body, _model(model, extra_models), count_only)
     _check_tools(body)
     thinking = _check_thinking(body, count_only)
     _check_stop_sequences(body)
