@@ -77,7 +77,7 @@ async def test_a_run_in_another_process_watched_in_chromium(simulate: Simulate, 
         try:
             with anyio.fail_after(30):
                 await sim.until(ok_at_least(3))
-            watcher = Watcher(db, load_prices(None), every=0.0)  # read afresh at every request
+            watcher = Watcher(db, load_prices(None), every=0.0)  # no least interval between reads
             async with serve_watch(watcher) as url:
                 first = await render(url, tmp_path / "profile")
                 done, total = done_of(first)
