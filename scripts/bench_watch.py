@@ -33,7 +33,6 @@ import urllib.request
 from pathlib import Path
 
 import anyio
-
 from benchlib import ROOT, start_simulator, write_prompt_lines
 
 
