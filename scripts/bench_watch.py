@@ -33,7 +33,10 @@ import urllib.request
 from pathlib import Path
 
 import anyio
-from benchlib import ROOT, start_simulator, write_prompt_lines
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts.benchlib import ROOT, start_simulator, write_prompt_lines
 
 
 def free_port() -> int:
@@ -71,7 +74,7 @@ def run_once(job: Path, url: str, folder: Path, concurrency: int, watch: str) ->
     port = free_port()
     if watch != "plain":
         argv += ["--watch", str(port)]
-    stop, reads = threading.Event(), []
+    stop, reads = threading.Event(), list[float]()
     poller = threading.Thread(target=poll_like_the_page, args=(f"http://127.0.0.1:{port}/", stop, reads))
     started = time.perf_counter()
     process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "ANTHROPIC_API_KEY": "sk-bench"})
@@ -89,7 +92,6 @@ def run_once(job: Path, url: str, folder: Path, concurrency: int, watch: str) ->
 
 async def read_costs(db: Path) -> tuple[float, float]:
     """Seconds the watcher takes to read the numbers, and the charts, of the job in ``db`` (best of 3)."""
-    sys.path.insert(0, str(ROOT))
     from orchestrator.pricing import load_prices
     from orchestrator.watch import Watcher
 
