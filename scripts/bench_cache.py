@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-from benchlib import ROOT, simulator_stats, start_simulator, stopped_after
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.simulator.replies import count_input_tokens, input_segments, plan_reply
+from scripts.benchlib import ROOT, simulator_stats, start_simulator, stopped_after
 
 MODEL = "claude-sonnet-4-5"
 REPLY = (20, 120)
@@ -65,7 +67,8 @@ def job_lines(requests: int, prefixes: int, tokens: int, marked: bool) -> list[d
 
 def ideal_cost(lines: list[dict[str, Any]]) -> float:
     """Input-side cost (in uncached input tokens) with each prefix written once and read after."""
-    total, seen, cost = 0, set(), 0.0
+    seen: set[str] = set()
+    cost = 0.0
     for line in lines:
         params = line["params"]
         tokens = count_input_tokens(params)
@@ -73,16 +76,12 @@ def ideal_cost(lines: list[dict[str, Any]]) -> float:
         key = json.dumps(params["system"])
         cost += prefix * (WRITE if key not in seen else READ) + (tokens - prefix)
         seen.add(key)
-        total += tokens
     return cost
 
 
 def billed_cost(stats: dict[str, Any]) -> float:
-    return (
-        stats["input_tokens_billed"]
-        + WRITE * stats["cache_creation_input_tokens_billed"]
-        + READ * stats["cache_read_input_tokens_billed"]
-    )
+    written, read = stats["cache_creation_input_tokens_billed"], stats["cache_read_input_tokens_billed"]
+    return float(stats["input_tokens_billed"] + WRITE * written + READ * read)
 
 
 def expected(lines: list[dict[str, Any]]) -> dict[str, str]:
@@ -176,8 +175,8 @@ def main() -> None:
     n, k, tokens, speed = args.requests, args.prefixes, args.tokens, args.speed
     marked, unmarked = job_lines(n, k, tokens, True), job_lines(n, k, tokens, False)
     one_marked, one_unmarked = job_lines(n, 1, tokens, True), job_lines(n, 1, tokens, False)
-    learned = {"concurrency": 48, "limits": False}
-    runs = [
+    learned: dict[str, Any] = {"concurrency": 48, "limits": False}
+    runs: list[tuple[str, list[dict[str, Any]], dict[str, Any]]] = [
         ("naive, 4 prefixes, marked, c=48", marked, {"naive": True, "concurrency": 48}),
         ("orchestrator, 4 prefixes, marked, limits given, c=48", marked, {"concurrency": 48}),
         ("orchestrator, 4 prefixes, unmarked, limits given, c=48", unmarked, {"concurrency": 48}),

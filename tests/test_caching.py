@@ -11,9 +11,10 @@ import pytest
 from orchestrator.api.prefix import Breakpoint, Planner, boundaries, place
 from orchestrator.run.warmth import Warmth
 from orchestrator.settings import JobSettings
-from orchestrator.simulator import SimulatorConfig
-from tests.conftest import INSTANT
+from orchestrator.simulator import BatchSettings, SimulatorConfig
+from tests.conftest import INSTANT, FakeClock
 from tests.helpers import query, reply_of, run_in_process, write_jsonl
+from tests.test_batch import batch_settings, run_batch, simulated
 from tests.test_run import Simulate
 
 pytestmark = pytest.mark.anyio
@@ -178,3 +179,20 @@ def test_one_request_warms_a_prefix_while_the_others_wait_and_an_expired_one_war
     again = warmth.turn([a], now=600.0)  # idle past its TTL: cold, warmed again, once
     assert again.leads == (1,)
     assert warmth.turn([a], now=600.1).wait == 1
+
+
+async def test_a_batch_job_gets_1h_breakpoints_on_its_shared_prefixes(simulate: Simulate, tmp_path: Path) -> None:
+    lines = interleaved(10, prefixes=2)
+    job = write_jsonl(tmp_path / "job.jsonl", lines)
+    clock = FakeClock()
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=10))
+    async with simulate(config, clock=clock) as (sim, client, _):
+        _, summary = await run_batch(job, tmp_path / "job.sqlite", client, batch_settings(), simulated(clock))
+        expected = {line["custom_id"]: reply_of(sim, line["params"]) for line in lines}
+    assert summary.complete
+    rows = attempts(tmp_path / "job.sqlite")
+    assert len([cid for cid, written, _ in rows if written]) == 2  # best effort: here one write per prefix
+    assert sum(1 for _, _, read in rows if read) == 8
+    written = query(tmp_path / "job.sqlite", "SELECT SUM(cache_creation_1h_input_tokens) FROM attempts")[0][0]
+    assert written == sim.stats.batches.tokens_billed["cache_creation_input_tokens"] > 0  # the 1-hour TTL
+    assert texts(tmp_path / "job.sqlite") == expected

@@ -24,6 +24,8 @@ from orchestrator.api.modelinfo import minimum_cacheable
 MAX_BREAKPOINTS = 4
 MAX_BOUNDARIES = 64  # boundaries of a request looked at (a long conversation's later ones are its own)
 TTL_SECONDS = {"5m": 300.0, "1h": 3600.0}
+# The most bytes ``place`` adds to a request's JSON: four markers, each perhaps on a string made a block.
+PLACEMENT_BYTES = MAX_BREAKPOINTS * (len(', "cache_control": {"type": "ephemeral", "ttl": "1h"}') + 32)
 CHARS_PER_TOKEN = 3.5  # a generous estimate: a prefix is taken as long enough a little early
 _UNMARKABLE = frozenset({"thinking", "redacted_thinking"})  # blocks that cannot carry cache_control
 

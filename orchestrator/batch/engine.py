@@ -31,6 +31,7 @@ import anthropic
 import anyio
 
 from orchestrator.api.failures import Failure
+from orchestrator.api.prefix import PLACEMENT_BYTES, CachePlan, place
 from orchestrator.batch.calls import Caller, CallFailed
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.batch.results import collect
@@ -40,7 +41,7 @@ from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable
 from orchestrator.run.budget import Budget, worst_case
-from orchestrator.run.engine import Summary
+from orchestrator.run.engine import Summary, cache_plan
 from orchestrator.run.progress import Snapshot, View, show_progress
 from orchestrator.run.signals import watch_signals
 from orchestrator.settings import JobSettings
@@ -78,6 +79,7 @@ class BatchJob:
         self.stopping = False
         self.aborted: Failure | None = None
         self.storage: StorageError | None = None  # the database cannot be written: the run stopped
+        self.plan: CachePlan | None = None  # where cache breakpoints go (None: requests sent as stored)
         self.busy_since: float | None = None  # the database has been busy since (anyio time)
         cap = None if settings.max_cost is None else Decimal(str(settings.max_cost))
         self.budget = Budget(cap, prices)
@@ -157,7 +159,7 @@ class BatchJob:
 
     async def _create(self, row: BatchRow, *, reconcile: bool) -> None:
         try:
-            await create(self.client, self.caller, self.store, row, reconcile=reconcile)
+            await create(self.client, self.caller, self.store, row, reconcile=reconcile, plan=self.plan)
         except Refused as exc:
             failure = exc.failure
             await self.store.batch_refused(row.key, failure.outcome, failure.reason, failure.status, failure.error)
@@ -183,11 +185,13 @@ class BatchJob:
         after = 0
         while not self.budget.refused and (page := await self.store.to_batch(after, PAGE, self._since)):
             for request_id, custom_id, params in page:
-                worst = self.budget.admit(json.loads(params), BATCH) if self.budget.cap is not None else Decimal(0)
+                sent = place(json.loads(params), self.plan)[0] if self.plan is not None else json.loads(params)
+                worst = self.budget.admit(sent, BATCH) if self.budget.cap is not None else Decimal(0)
                 if worst is None:
                     break  # the cap: nothing more is submitted
                 size = splitter.size
-                if splitter.add(request_size(custom_id, params)) and group:
+                slack = PLACEMENT_BYTES if self.plan is not None else 0  # what breakpoints may add
+                if splitter.add(request_size(custom_id, params) + slack) and group:
                     await self._submit(group, size, group_worst)
                     group, group_worst = [], Decimal(0)
                 group.append(request_id)
@@ -265,6 +269,8 @@ class BatchJob:
             self._cost = self.prices.total(await store.billed_by_tier(None, None))
         self.budget.spent = self._cost or Decimal(0)
         await self._reserve_open()
+        if self.settings.cache != "off":  # the docs recommend the 1-hour TTL for batches sharing a prefix
+            self.plan = await cache_plan(store, "1h")
         self._started = anyio.current_time()
         self._since = time.time()
         async with anyio.create_task_group() as outer:

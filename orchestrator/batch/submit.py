@@ -19,6 +19,7 @@ the watermark (rather than a clock) keeps clock skew out of it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -26,10 +27,13 @@ import anthropic
 from anthropic.types.messages import MessageBatch
 
 from orchestrator.api.failures import Failure
+from orchestrator.api.prefix import CachePlan, place
 from orchestrator.batch.calls import Caller, CallFailed, Unsure
 from orchestrator.batch.plan import create_body
 from orchestrator.crash import crash_point
 from orchestrator.store import BatchRow, Store
+
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode  # as the store writes params
 
 PAGE = 100  # batches per list page while reconciling
 CLOCK_SKEW = 3600.0  # seconds our clock may be off the server's (only when the watermark batch is gone)
@@ -122,6 +126,7 @@ async def create(
     row: BatchRow,
     *,
     reconcile: bool,
+    plan: CachePlan | None = None,
 ) -> MessageBatch:
     """Create an intent's batch, or first (``reconcile``) adopt the one an earlier create made;
     record it before returning. Raises Refused if the server refused it (nothing was created: the
@@ -131,6 +136,8 @@ async def create(
     known = {row.id for row in await store.batches() if row.id is not None}
     count = len(members)
     batch = await find_created(client, caller, mark, count, known, row.intended_at) if reconcile else None
+    if plan is not None:  # the params as stored, with the plan's cache breakpoints
+        members = [(cid, _encode(place(json.loads(params), plan)[0])) for cid, params in members]
     body = create_body(members)
     del members
     unsure = 0
