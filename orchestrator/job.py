@@ -21,6 +21,7 @@ import anyio
 
 from orchestrator.api.modelinfo import MODELS, model_limits
 from orchestrator.batch.plan import Splitter
+from orchestrator.crash import crash_point
 from orchestrator.errors import JobAborted, JobChangedError, StorageError, UserError
 from orchestrator.jobs.params import check_options
 from orchestrator.jobs.read import read_requests
@@ -237,6 +238,7 @@ async def run(options: RunOptions) -> Outcome:
     _check_key(options.simulator)
     endpoint = endpoint_of(options.simulator, options.base_url)
     async with _new_store_kept_if_loaded(db) as store:
+        crash_point("store")
         simulated = await _check_endpoint(store, options, db, endpoint)
         if spec is None:
             job = await store.job()

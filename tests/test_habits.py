@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import run_command
+from orchestrator.crash import INTERRUPT_ENV
 from orchestrator.errors import UserError
 from orchestrator.report.export import spreadsheet_safe
 from orchestrator.run.files import files_needed, make_room, pool_size
 from tests.conftest import Running
-from tests.helpers import read_results, write_jsonl
+from tests.helpers import query, read_results, write_jsonl
 
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
 pytestmark = pytest.mark.anyio
@@ -185,3 +188,61 @@ def test_open_files_are_raised_to_what_the_streams_need_or_the_run_is_refused(
     assert limits["soft"] == files_needed(2000, False) == 2064
     with pytest.raises(UserError, match=r"--concurrency 3,000: .* lower --concurrency to 2,016 or less"):
         make_room(3000, in_process_server=True)
+
+
+# -- a Ctrl-C in the first instants -----------------------------------------------------------
+
+
+def _run_argv(job: Path, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        str(job),
+        "--simulate",
+        "--speed",
+        "inf",
+        "--results",
+        str(out),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        ("start", "interrupted before it began: nothing was sent"),  # before any of the tool is imported
+        ("imported", "orchestrator: interrupted"),  # the command line imported, its event loop not started
+        ("store", "orchestrator: interrupted"),  # the job's database open, nothing loaded
+        ("loading", "orchestrator: interrupted"),  # every line stored, the load not committed
+    ],
+)
+def test_a_ctrl_c_at_each_early_step_exits_130_without_a_traceback(tmp_path: Path, step: str, message: str) -> None:
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(50)])
+    out = tmp_path / "out"
+    env = {**os.environ, INTERRUPT_ENV: step}
+    done = subprocess.run([*_run_argv(job, out), "--quiet"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "KeyboardInterrupt" not in done.stderr
+    assert message in done.stderr
+    if (out / "job.sqlite").exists():
+        assert query(out / "job.sqlite", "SELECT COUNT(*) FROM attempts") == [(0,)]  # nothing was sent
+    # and the same command then runs the job whole
+    again = subprocess.run([*_run_argv(job, out), "--quiet"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert len(read_results(out)) == 50
+
+
+def test_a_ctrl_c_right_after_start_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """The habit itself: a signal as soon as the process exists (while Python and the tool import)."""
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p"}])
+    process = subprocess.Popen(
+        [*_run_argv(job, tmp_path / "out"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    # Python's own start (site, before the tool's first line) can still see it: a signal that early
+    # ends the interpreter as SIGINT does (-2), which a shell reports as 130 too.
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert "Traceback" not in err or "init_import_site" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -13,6 +14,8 @@ import anyio
 
 from orchestrator.cli import commands
 from orchestrator.cli.parser import build_parser
+from orchestrator.crash import crash_point
+from orchestrator.entry import INTERRUPTED
 from orchestrator.errors import OrchestratorError
 
 HANDLERS = {
@@ -54,11 +57,16 @@ def _stdout_closed() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    # From here a Ctrl-C is the event loop's (it cancels the command, whose cleanups run) or, while
+    # a job runs, the job's own (run/signals.py); before, orchestrator.entry's.
     try:
         try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            crash_point("imported")
             status = anyio.run(run_command, list(sys.argv[1:] if argv is None else argv))
         except KeyboardInterrupt:
-            status = 130
+            print("\norchestrator: interrupted", file=sys.stderr)
+            status = INTERRUPTED
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader of our output went away (`orchestrator status DB | head`): stop quietly.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,7 +37,13 @@ async def transaction(db: aiosqlite.Connection) -> AsyncIterator[None]:
     except BaseException:
         with anyio.CancelScope(shield=True):
             if db.in_transaction:
-                await db.execute("ROLLBACK")
+                try:
+                    await db.execute("ROLLBACK")
+                except sqlite3.OperationalError:
+                    # Cancelled while waiting for a COMMIT that SQLite's thread went on to run (a
+                    # Ctrl-C at that instant): nothing is left to roll back.
+                    if db.in_transaction:
+                        raise
         raise
 
 
