@@ -16,6 +16,7 @@ from pathlib import Path
 
 from orchestrator.api.modelinfo import MODELS
 from orchestrator.job import RunOptions
+from orchestrator.jobs.output import read_schema
 from orchestrator.settings import BATCH, DEFAULTS, LIMITS, SETTINGS
 from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits, SimulatorConfig, Timing
 
@@ -136,6 +137,13 @@ def add_simulator_options(parser: argparse.ArgumentParser) -> None:
         metavar="KIND=P",
         help=f"inject a fault with probability P; KIND: {', '.join(k.value for k in FaultKind)}",
     )
+    group.add_argument(
+        "--refusals",
+        type=lambda text: _probability(f"refusal={text}", ("refusal",))[1],
+        default=0.0,
+        metavar="P",
+        help="share of conversations refused (stop_reason refusal, with stop_details), seeded (default 0)",
+    )
     group.add_argument("--stall-seconds", type=_seconds, default=30.0, help="how long a stall lasts (default 30)")
     group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
     group.add_argument(
@@ -176,6 +184,7 @@ def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
         reply_min=args.reply_tokens[0],
         reply_max=args.reply_tokens[1],
         tokens_per_delta=args.tokens_per_delta,
+        refusals=args.refusals,
         timing=Timing(ttft=args.ttft, tokens_per_second=args.tps, speed=args.speed),
         limits=Limits(
             rpm=args.sim_rpm,
@@ -239,6 +248,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-tokens", type=int)
     group.add_argument("--system")
     group.add_argument("--temperature", type=float)
+    group.add_argument(
+        "--output-schema",
+        metavar="FILE",
+        help="a JSON schema every reply must fit (structured outputs): sets output_config.format, "
+        "checked before anything is sent; results carry the parsed JSON as 'output'",
+    )
     add_simulator_options(parser)
 
 
@@ -278,9 +293,16 @@ def run_parser() -> argparse.ArgumentParser:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     job = Path(args.job)
-    # Stored for resume: the job file by its absolute path, so a resume works from anywhere.
-    argv = [arg if arg != args.job else str(job.resolve()) for arg in args.argv if arg not in ONE_OFF]
+    # Stored for resume: the job file (and the output schema) by absolute path, so a resume works from anywhere.
+    absolute = {args.job: str(job.resolve())}
+    if args.output_schema:
+        absolute[args.output_schema] = str(Path(args.output_schema).resolve())
+        absolute[f"--output-schema={args.output_schema}"] = f"--output-schema={absolute[args.output_schema]}"
+    argv = [absolute.get(arg, arg) for arg in args.argv if arg not in ONE_OFF]
     given = {"model": args.model, "max_tokens": args.max_tokens, "system": args.system, "temperature": args.temperature}
+    if args.output_schema:
+        schema = read_schema(Path(args.output_schema), f"--output-schema {args.output_schema}")
+        given["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
     return RunOptions(
         job=job,
         db=Path(args.db) if args.db else None,

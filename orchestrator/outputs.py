@@ -81,3 +81,11 @@ def message_output(message: dict[str, Any] | None, check: Check) -> Output:
     if problem is not None:
         return Output(INVALID, error=f"fails the schema at {problem}")
     return Output(VALID, value=value)
+
+
+_WORDS = {VALID: "valid", CUT: "cut by max_tokens", REFUSED: "refused", NOT_JSON: "not JSON", INVALID: "invalid"}
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """``980 valid, 12 cut by max_tokens, 5 refused, 3 invalid`` (errored requests left out)."""
+    return ", ".join(f"{counts.get(status, 0):,} {words}" for status, words in _WORDS.items() if counts.get(status))

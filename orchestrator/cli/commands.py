@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 
 import anyio
@@ -15,7 +16,7 @@ from orchestrator.job import SIMULATOR, aborted_error, cancel, dry_run, run, sto
 from orchestrator.options import run_options, simulator_config
 from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
-from orchestrator.report.export import export_csv, export_results
+from orchestrator.report.export import export_csv, export_results, output_counts
 from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
 from orchestrator.report.html import render_html
 from orchestrator.settings import LIMITS, SETTINGS
@@ -131,10 +132,11 @@ async def status(args: argparse.Namespace) -> int:
         by_tier = await store.billed_by_tier(None, None)
         first = await store.first_start()
         batches = await store.batches()
+        outputs = sum((await output_counts(store)).values(), Counter[str]())
     if job is None:
         raise UserError(f"{db} holds no job")
     cost = load_prices(Path(args.prices) if args.prices else None).total(by_tier)
-    print_status(db, job, counts, billed, cost, first, batches, args.json)
+    print_status(db, job, counts, billed, cost, first, batches, args.json, outputs)
     return 0
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.models import State, Usage
+from orchestrator.outputs import STATUSES, counts_text
 from orchestrator.run.progress import Snapshot, describe
 from orchestrator.store import BatchRow
 from orchestrator.store.queries import JobRow
@@ -62,6 +63,7 @@ def print_status(
     first: float | None,
     batches: list[BatchRow],
     as_json: bool,
+    outputs: Counter[str] | None = None,  # structured outputs by status, for a job with an output schema
 ) -> None:
     total = sum(counts.values())
     done = counts[State.SUCCEEDED] + counts[State.ERRORED]
@@ -82,6 +84,8 @@ def print_status(
         cost_usd = None if cost is None else float(round(cost, 6))  # as the report's JSON gives it
         status: dict[str, Any] = {"job": job.name, "endpoint": job.endpoint, "simulated": job.simulated}
         status |= {"counts": counts, "billed": billed.as_dict(), "cost_usd": cost_usd, "elapsed": elapsed}
+        if outputs:
+            status["outputs"] = {name: outputs[name] for name in STATUSES}
         print(json.dumps({**status, "batches": shown}))
         return
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created_at))
@@ -91,6 +95,8 @@ def print_status(
     print(f"  endpoint of the last run: {job.endpoint or 'not recorded'}")
     print("  " + ", ".join(f"{state}: {counts[state]:,}" for state in State))
     print(f"  billed: {billed.input_tokens:,} input, {billed.output_tokens:,} output tokens")
+    if outputs:
+        print(f"  structured outputs: {counts_text(outputs)}")
     print(
         f"  elapsed {elapsed:.1f} s, last update {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(job.updated_at))}"
     )

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.jobs.output import output_config_problem
 from orchestrator.models import MESSAGE_PARAMS
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # the whole id (fullmatch: "$" would accept a final newline)
@@ -44,6 +45,8 @@ FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 
 def value_problem(key: str, value: Any) -> str | None:
     """What is wrong with ``value`` for the known field ``key`` ("must be ..."), or None."""
+    if key in ("output_config", "output_format"):  # a format's schema is checked as the API checks it
+        return output_config_problem(value if key == "output_config" else {"format": value})
     check = FIELDS.get(key)
     if check is not None and not check[1](value):
         return f"must be {check[0]}, not {value!r}"

@@ -7,7 +7,8 @@ A job is any of:
 - a directory of ``.txt`` / ``.md`` files, one prompt per file;
 - a ``.toml`` job spec naming its inputs (paths, or globs whose matches are one prompt per
   file) and tables (``[[tables]]`` rows through a ``[template]``, see ``tables.py``), defaults
-  for every request, run settings and where results go.
+  for every request, an ``[output] schema`` every reply must fit (``output.py``), run settings
+  and where results go.
 
 Missing ``custom_id``s get stable ones: ``<file stem>-<line>``, or the file stem for a
 prompt file. Duplicates across the whole job are found by the store while loading.
@@ -26,13 +27,14 @@ from typing import Any
 
 from orchestrator.api.modelinfo import limit_problem
 from orchestrator.errors import JobFileError, Problem, UserError
+from orchestrator.jobs.output import read_schema, schema_text_problems, with_format
 from orchestrator.jobs.params import value_problem
 from orchestrator.jobs.tables import Table, table_of, template_of
 from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.settings import limit_problems, run_problems
 
 PROMPT_SUFFIXES = (".txt", ".md")
-SPEC_KEYS = frozenset({"name", "inputs", "tables", "template", "results", "defaults", "run", "limits"})
+SPEC_KEYS = frozenset({"name", "inputs", "tables", "template", "results", "defaults", "run", "limits", "output"})
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_MAX_TOKENS = 1024
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -135,6 +137,38 @@ def _check_defaults(defaults: dict[str, Any], cli_defaults: dict[str, Any], spec
     raise JobFileError([Problem(str(spec), line, f"[defaults] {message}")])
 
 
+def _output_schema(spec: dict[str, Any], path: Path, text: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """A spec's ``[output] schema``: a JSON file relative to the spec, or an inline table; checked."""
+    output = spec.get("output")
+    if output is None:
+        return None, []
+    if not isinstance(output, dict) or set(output) - {"schema"} or "schema" not in output:
+        return None, [Problem(str(path), None, '[output] takes one key: schema = "schema.json" (or a table)')]
+    schema = output["schema"]
+    line = _line_of(text, ("output",), "schema")
+    if isinstance(schema, str):
+        try:
+            return read_schema(path.parent / schema, str(path.parent / schema)), []
+        except JobFileError as exc:
+            return None, [Problem(str(path), line, f"[output] schema {p.path}: {p.message}") for p in exc.problems]
+    problems = schema_text_problems(schema, "[output] schema")
+    return (None if problems else schema), [Problem(str(path), line, message) for message in problems]
+
+
+def _defaults(
+    spec_defaults: dict[str, Any], cli_defaults: dict[str, Any], schema: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The requests' defaults: ours, the spec's, its output schema, then the command line's
+    (an ``output_config`` from the command line adds to the spec's instead of replacing it)."""
+    defaults = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **spec_defaults}
+    if schema is not None:
+        defaults = with_format(defaults, schema)
+    cli = dict(cli_defaults)
+    if isinstance(cli.get("output_config"), dict) and isinstance(defaults.get("output_config"), dict):
+        cli["output_config"] = {**defaults["output_config"], **cli["output_config"]}
+    return {**defaults, **cli}
+
+
 def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
     if not path.exists():
@@ -143,7 +177,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         message = f"a job database, not a job file: continue its job with: orchestrator resume {path}"
         raise JobFileError([Problem(str(path), None, message)])
     if path.suffix != ".toml":
-        defaults = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **cli_defaults}
+        defaults = _defaults({}, cli_defaults, None)
         _check_defaults(defaults, cli_defaults, None, "")
         found = _sources_of(path)
         if not found:
@@ -174,6 +208,8 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
             problems.append(Problem(str(path), None, f"[defaults] has unknown request field {key!r}"))
         elif (problem := value_problem(key, value)) is not None:
             problems.append(Problem(str(path), _line_of(text, ("defaults",), key), f"[defaults] {key} {problem}"))
+    schema, schema_problems = _output_schema(spec, path, text)
+    problems += schema_problems
     run = spec.get("run", {})
     limits = spec.get("limits", {})
     if not isinstance(run, dict) or not isinstance(limits, dict):
@@ -202,7 +238,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     if problems:
         raise JobFileError(problems)
     results = spec.get("results")
-    merged = {"model": DEFAULT_MODEL, "max_tokens": DEFAULT_MAX_TOKENS, **defaults, **cli_defaults}
+    merged = _defaults(defaults, cli_defaults, schema)
     _check_defaults(merged, cli_defaults, path, text)
     return JobSpec(
         name=str(spec.get("name") or stem_id(path)),

@@ -13,7 +13,8 @@ import errno
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import IO, Any
 from orchestrator.errors import StorageError
 from orchestrator.jobs.tables import cell_text
 from orchestrator.models import State
+from orchestrator.outputs import Output, message_output, schema_check
 from orchestrator.pricing import BATCH, STANDARD, PriceTable
 from orchestrator.store import Store
 
@@ -119,7 +121,33 @@ def result_line(row: dict[str, Any]) -> dict[str, Any]:
     }
     if row["recovery"] is not None:
         line["recovery"] = row["recovery"]
+    if (output := row_output(row)) is not None:
+        line.update(output.fields())
     return line
+
+
+async def output_counts(
+    store: Store, keeps: Callable[[dict[str, Any]], bool] = lambda row: True
+) -> dict[str, Counter[str]]:
+    """By model, how many finished requests (those ``keeps`` keeps) hold each output status; empty if no
+    request has an output schema. Every reply is parsed and checked again: the store keeps replies, not
+    verdicts."""
+    counts: dict[str, Counter[str]] = {}
+    if not await store.output_properties():
+        return counts
+    async with aclosing(store.results()) as rows:
+        async for row in rows:
+            if keeps(row) and (output := row_output(row)) is not None:
+                counts.setdefault(row["model"], Counter())[output.status] += 1
+    return counts
+
+
+def row_output(row: dict[str, Any]) -> Output | None:
+    """What a finished request's reply holds for its output schema; None without one (or unfinished)."""
+    if row["output_schema"] is None or row["state"] not in (State.SUCCEEDED, State.ERRORED):
+        return None
+    message = row["result"] if row["state"] == State.SUCCEEDED else None
+    return message_output(message, schema_check(row["output_schema"]))
 
 
 async def export_results(store: Store, out: Destination) -> tuple[int, int]:
@@ -162,6 +190,15 @@ def _csv_fields(row: dict[str, Any], prices: PriceTable) -> list[Any]:
     ]
 
 
+def _output_cells(row: dict[str, Any], properties: list[str]) -> list[Any]:
+    """A request's ``output.<name>`` cells (nested values as JSON text) and its ``output_error``."""
+    output = row_output(row)
+    if output is None:
+        return [""] * (len(properties) + 1)
+    value = output.value if isinstance(output.value, dict) else {}
+    return [cell_text(value.get(name)) or "" for name in properties] + [output.error or ""]
+
+
 async def export_csv(
     store: Store, out: Destination, prices: PriceTable, *, excel_safe: bool = False
 ) -> tuple[int, int]:
@@ -169,7 +206,9 @@ async def export_csv(
     then ``RESULT_COLUMNS``; (rows written, of them unfinished). ``excel_safe``: every cell through
     ``spreadsheet_safe``."""
     columns = await store.input_columns()
-    header = [f"input_{name}" if name in RESULT_COLUMNS else name for name in columns] + list(RESULT_COLUMNS)
+    properties = await store.output_properties()
+    outputs = [*(f"output.{name}" for name in properties), "output_error"] if properties else []
+    header = [f"input_{name}" if name in RESULT_COLUMNS else name for name in columns] + outputs + list(RESULT_COLUMNS)
     written = unfinished = 0
     async with aclosing(store.results()) as rows:
         with _replacing(out, store, newline="") as handle:
@@ -177,7 +216,9 @@ async def export_csv(
             writer.writerow([spreadsheet_safe(name) for name in header] if excel_safe else header)
             async for row in rows:
                 values = row["input_row"] or {}
-                cells = [cell_text(values.get(name)) or "" for name in columns] + _csv_fields(row, prices)
+                cells = [cell_text(values.get(name)) or "" for name in columns]
+                cells += _output_cells(row, properties) if properties else []
+                cells += _csv_fields(row, prices)
                 writer.writerow([spreadsheet_safe(str(cell)) for cell in cells] if excel_safe else cells)
                 written += 1
                 unfinished += row["state"] not in (State.SUCCEEDED, State.ERRORED)

@@ -22,7 +22,9 @@ from typing import Any
 
 from orchestrator.api.modelinfo import family
 from orchestrator.models import State, Usage
+from orchestrator.outputs import STATUSES, counts_text
 from orchestrator.pricing import PriceTable, money
+from orchestrator.report.export import output_counts
 from orchestrator.store import Store
 
 PERCENTILES = (50, 90, 99)
@@ -57,6 +59,7 @@ class Figures:
     first_start: float | None = None
     last_finish: float | None = None
     finishes: list[tuple[float, int]] = field(default_factory=list)  # (finished_at, output tokens kept)
+    outputs: Counter[str] = field(default_factory=Counter)  # structured outputs by status (outputs.STATUSES)
 
     def merge(self, other: Figures) -> None:
         self.requests.update(other.requests)
@@ -74,6 +77,7 @@ class Figures:
         self.first_start = _min(self.first_start, other.first_start)
         self.last_finish = _max(self.last_finish, other.last_finish)
         self.finishes += other.finishes
+        self.outputs.update(other.outputs)
 
     @property
     def wasted(self) -> Usage:
@@ -197,6 +201,16 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
             f.limiter_wait.append(row["limiter_wait"])
         if state == State.ERRORED and row["error"] is not None:
             f.errors[row["error"]] += 1
+
+    def kept(row: dict[str, Any]) -> bool:
+        finished = row["timing"]["finished_at"]
+        in_range = (filters.since is None or finished >= filters.since) and (
+            filters.until is None or finished < filters.until
+        )
+        return filters.keeps(row["model"]) and (finished is None or in_range)
+
+    for model, counts in (await output_counts(store, kept)).items():
+        figures(model).outputs.update(counts)
     for model, f in models.items():
         if prices.price(model) is None:
             f.billed_cost = f.kept_cost = None
@@ -266,6 +280,7 @@ def as_dict(figures: Figures) -> dict[str, Any]:
             {"type": kind, "message": message, "count": count}
             for (kind, message), count in figures.errors.most_common(5)
         ],
+        **({"outputs": {status: figures.outputs[status] for status in STATUSES}} if figures.outputs else {}),
     }
 
 
@@ -363,6 +378,8 @@ def _text_details(f: Figures) -> list[str]:
             f"  billed output tokens: {f.estimated_output:,} of {f.billed.output_tokens:,} are our estimate "
             "(streams that broke before the server counted them)"
         )
+    if f.outputs:
+        lines.append(f"  structured outputs: {counts_text(f.outputs)}")
     if f.failed_attempts:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in f.failed_attempts.most_common())
         lines.append(f"  failed attempts by reason: {reasons}")

@@ -88,6 +88,16 @@ class Queries(Base):
                 columns.update(dict.fromkeys(json.loads(row)))
         return list(columns)
 
+    async def output_properties(self) -> list[str]:
+        """The top-level properties of the requests' output schemas, in order of first appearance."""
+        names: dict[str, None] = {}
+        sql = f"SELECT DISTINCT {OUTPUT_SCHEMA} FROM requests r WHERE {OUTPUT_SCHEMA} IS NOT NULL ORDER BY r.id"
+        async with self.db.execute(sql) as cursor:
+            async for (schema,) in cursor:
+                properties = json.loads(schema).get("properties")
+                names.update(dict.fromkeys(properties if isinstance(properties, dict) else []))
+        return list(names)
+
     async def billed_by_model(self, since: float | None, until: float | None) -> dict[str, Usage]:
         """Tokens billed over the attempts started in [since, until), by requested model."""
         billed: dict[str, Usage] = {}
@@ -172,8 +182,13 @@ class Queries(Base):
                 }
 
 
+# The JSON schema of a request's output format (structured outputs), as JSON text; NULL without one.
+OUTPUT_SCHEMA = (
+    "COALESCE(json_extract(r.params, '$.output_config.format.schema'), "
+    "json_extract(r.params, '$.output_format.schema'))"
+)
 # Every request in input order, with its usage summed over its attempts (and that of message batches apart).
-RESULTS_SQL = """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
+RESULTS_SQL = f"""SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at, r.started_at, r.first_token_at,
       r.finished_at, COALESCE(SUM(a.input_tokens), 0), COALESCE(SUM(a.output_tokens), 0),
       COALESCE(SUM(a.cache_creation_input_tokens), 0), COALESCE(SUM(a.cache_read_input_tokens), 0),
       COALESCE(SUM(a.cache_creation_1h_input_tokens), 0), r.recovery,
@@ -182,7 +197,8 @@ RESULTS_SQL = """SELECT r.custom_id, r.state, r.result, r.attempts, r.queued_at,
       COALESCE(SUM(a.output_tokens * (a.batch_key IS NOT NULL)), 0),
       COALESCE(SUM(a.cache_creation_input_tokens * (a.batch_key IS NOT NULL)), 0),
       COALESCE(SUM(a.cache_read_input_tokens * (a.batch_key IS NOT NULL)), 0),
-      COALESCE(SUM(a.cache_creation_1h_input_tokens * (a.batch_key IS NOT NULL)), 0)
+      COALESCE(SUM(a.cache_creation_1h_input_tokens * (a.batch_key IS NOT NULL)), 0),
+      {OUTPUT_SCHEMA}
       FROM requests r LEFT JOIN attempts a ON a.request_id = r.id GROUP BY r.id ORDER BY r.id"""
 
 
@@ -204,6 +220,7 @@ def _result_row(row: Sequence[Any]) -> dict[str, Any]:
         "input_row": None if row[15] is None else json.loads(row[15]),
         "billed_estimated": bool(row[16]),
         "billed_batch": Usage(*row[17:22]),  # of "billed": the tokens of message batch attempts
+        "output_schema": row[22],  # the JSON schema the reply must fit, as JSON text (structured outputs)
     }
 
 
