@@ -19,9 +19,12 @@ import anyio
 import pytest
 
 from orchestrator.cli import run_command
+from orchestrator.models import Usage
 from orchestrator.pricing import load_prices
-from orchestrator.simulator import Limits, SimulatorConfig, Stats, Timing
+from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig, Stats, Timing
+from orchestrator.store import JobRow
 from orchestrator.watch import Watcher, serve_watch
+from orchestrator.watch.figures import Rates, Reading, status
 from tests.conftest import Running
 from tests.helpers import CHROMIUM, chromium_flags, write_jsonl
 
@@ -177,3 +180,41 @@ async def test_a_finished_job_with_errors_and_its_text_only_when_asked(simulate:
     assert all(reply["reply"] for reply in shown["replies"])
     missing = json.loads(await Watcher(tmp_path / "none.sqlite", prices).status())
     assert "no such job database" in missing["error"]
+
+
+async def test_a_batch_job_shows_its_batches_and_their_states(simulate: Simulate, tmp_path: Path) -> None:
+    job = prompts(tmp_path / "job.jsonl", 7)
+    out = tmp_path / "out"
+    config = SimulatorConfig(batches=BatchSettings(seconds=0))
+    async with simulate(config) as (_, _, base_url):
+        argv = ["run", str(job), "--batch", "--batch-size", "3", "--poll-interval", "0.05", "--base-url", base_url]
+        assert await run_command([*argv, "--results", str(out), "--quiet"]) == 0
+    answer = json.loads(await Watcher(out / "job.sqlite", load_prices(None)).status())
+    assert answer["batches"] == {"states": {"collected": 3}, "open": []}
+    assert answer["done"] == 7
+    assert answer["rate_limits"] == {}
+
+
+def reading(at: float, done: int, output_tokens: int) -> Reading:
+    job = JobRow("job", {}, "", created_at=0.0, updated_at=at)
+    counts = {"pending": 100 - done, "running": 0, "succeeded": done, "errored": 0}
+    return Reading(at, job, counts, Usage(output_tokens=output_tokens), None, 0, [], [], None, first_start=0.0)
+
+
+def test_rates_are_recent_once_readings_span_two_seconds_and_forget_what_is_a_minute_old() -> None:
+    rates = Rates()
+    rates.add(reading(1000.0, 10, 1000))
+    assert rates.now() is None
+    first = status(reading(1000.0, 10, 1000), rates)  # one reading: the average over the job's run
+    assert first["rates"]["kind"] == "average"
+    assert first["rates"]["requests_per_minute"] == 10 / 1000 * 60
+    rates.add(reading(1001.0, 12, 1100))
+    assert rates.now() is None  # one second apart: too little to say
+    rates.add(reading(1010.0, 40, 4000))
+    assert rates.now() == (300.0, 180.0, 10.0)
+    later = status(reading(1010.0, 40, 4000), rates)
+    assert later["rates"]["kind"] == "recent"
+    assert later["eta_seconds"] == 60 / 180 * 60  # 60 left at 180 a minute
+    rates.add(reading(1080.0, 40, 4000))  # nothing done for 70 s: the old readings are forgotten
+    assert rates.now() == (0.0, 0.0, 70.0)
+    assert status(reading(1080.0, 40, 4000), rates)["eta_seconds"] is None

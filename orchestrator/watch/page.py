@@ -16,6 +16,7 @@ LIVE_STYLE = """
 #progress { height: 14px; margin: 8px 0; }
 .error { color: #b3261e; } .state { font-weight: 600; }
 td.text { text-align: left; white-space: pre-wrap; max-width: 480px; }
+#errors th:last-child, #replies th { text-align: left; }
 """
 
 SCRIPT = """
