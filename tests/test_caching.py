@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.api.prefix import Breakpoint, Planner, boundaries, place
+from orchestrator.cli import run_command
+from orchestrator.pricing import load_prices
+from orchestrator.run.progress import describe
 from orchestrator.run.warmth import Warmth
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import BatchSettings, SimulatorConfig
@@ -196,3 +200,32 @@ async def test_a_batch_job_gets_1h_breakpoints_on_its_shared_prefixes(simulate: 
     written = query(tmp_path / "job.sqlite", "SELECT SUM(cache_creation_1h_input_tokens) FROM attempts")[0][0]
     assert written == sim.stats.batches.tokens_billed["cache_creation_input_tokens"] > 0  # the 1-hour TTL
     assert texts(tmp_path / "job.sqlite") == expected
+
+
+async def test_the_dry_run_estimates_the_cost_with_caching_and_the_bar_shows_the_hit_rate(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", interleaved(40, prefixes=4))
+    async with simulate(SimulatorConfig(timing=INSTANT)) as (sim, client, url):
+        capsys.readouterr()
+        assert await run_command(["run", str(job), "--base-url", url, "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        running, summary = await run_in_process(job, tmp_path / "job.sqlite", client, JobSettings(concurrency=8))
+        stats = sim.stats
+    assert summary.complete
+    line = next(line for line in text.splitlines() if "prompt caching" in line)
+    cached, uncached = (Decimal(word.strip("$;")) for word in line.split() if word.startswith("$"))
+    price = load_prices().price(SONNET)
+    assert price is not None
+    billed = (
+        stats.input_tokens_billed * price.input
+        + stats.cache_creation_input_tokens_billed * price.cache_write_5m
+        + stats.cache_read_input_tokens_billed * price.cache_read
+    ) / 1_000_000
+    assert abs(cached - billed) / billed < Decimal("0.05")  # the estimate is what the run paid
+    assert uncached > 4 * cached
+    assert "4 shared prefixes" in line
+    hit = running.snapshot().cache_hit
+    assert hit is not None
+    assert hit > 0.85
+    assert f"cache hit {hit:.0%}" in describe(running.snapshot())

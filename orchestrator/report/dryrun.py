@@ -13,15 +13,17 @@ the configured limits allow, from the requests and input tokens (lower) and ever
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.api.modelinfo import minimum_cacheable
+from orchestrator.api.prefix import Planner, boundaries
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
 from orchestrator.jobs.read import Loaded
-from orchestrator.pricing import PriceTable, money
+from orchestrator.pricing import Price, PriceTable, money
 from orchestrator.run.limits import estimate_input_tokens
 from orchestrator.settings import limit_specs
 
@@ -41,13 +43,27 @@ class ModelPlan:
     sampled_exact: int = 0
     sampled_estimate: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # With prompt caching (cache auto): estimated tokens written to and read from the cache.
+    cache_writes: int = 0
+    cache_reads: int = 0
+    prefixes: int = 0  # distinct shared prefixes
+
+    def scaled(self, tokens: int) -> int:
+        """Our estimate, scaled by what the exact sample showed."""
+        if self.sampled and self.sampled_estimate:
+            return round(tokens * self.sampled_exact / self.sampled_estimate)
+        return tokens
 
     @property
     def input_tokens(self) -> int:
         """Input tokens of every request: the estimate, scaled by what the exact sample showed."""
-        if self.sampled and self.sampled_estimate:
-            return round(self.estimated_input * self.sampled_exact / self.sampled_estimate)
-        return self.estimated_input
+        return self.scaled(self.estimated_input)
+
+    def cached_input_cost(self, price: Price) -> Decimal:
+        """USD of the input with prompt caching: writes at the 5-minute write price, reads at the read price."""
+        writes, reads = self.scaled(self.cache_writes), self.scaled(self.cache_reads)
+        uncached = max(self.input_tokens - writes - reads, 0)
+        return (uncached * price.input + writes * price.cache_write_5m + reads * price.cache_read) / 1_000_000
 
 
 @dataclass
@@ -63,6 +79,8 @@ def plan(items: Iterable[Loaded | Problem], splitter: Splitter | None = None) ->
     its problems raise as a run's would."""
     models: dict[str, ModelPlan] = {}
     problems: list[Problem] = []
+    planner = Planner()
+    prefixes: list[tuple[str, list[tuple[int, int]]]] = []  # per request: its model, (key, tokens) of its boundaries
     for item in items:
         if isinstance(item, Problem):
             problems.append(item)
@@ -75,9 +93,33 @@ def plan(items: Iterable[Loaded | Problem], splitter: Splitter | None = None) ->
         model.max_output += item.params["max_tokens"]
         if len(model.samples) < SAMPLE:
             model.samples.append(item.params)
+        planner.add(item.params)
+        minimum = minimum_cacheable(item.params["model"])
+        found = [(b.key, b.tokens) for b in boundaries(item.params) if b.tokens >= minimum]
+        prefixes.append((item.params["model"], found))
     if problems:
         raise JobFileError(problems[:MAX_PROBLEMS], max(0, len(problems) - MAX_PROBLEMS))
+    _cache_estimate(models, prefixes, planner.plan().shared)
     return models
+
+
+def _cache_estimate(
+    models: dict[str, ModelPlan], prefixes: list[tuple[str, list[tuple[int, int]]]], shared: Mapping[int, int]
+) -> None:
+    """What placed breakpoints would write and read, in job order: each request reads the deepest
+    shared prefix already written and writes the rest of its own deepest shared one."""
+    written: set[int] = set()
+    for model, found in prefixes:
+        ours = [(key, tokens) for key, tokens in found if key in shared]
+        if not ours:
+            continue
+        key, tokens = ours[-1]
+        read = max((tokens for key, tokens in ours if key in written), default=0)
+        models[model].cache_reads += read
+        models[model].cache_writes += tokens - read
+        if key not in written:
+            models[model].prefixes += 1
+        written.update(key for key, _ in ours)
 
 
 async def count_samples(client: anthropic.AsyncAnthropic, models: dict[str, ModelPlan]) -> str | None:
@@ -132,6 +174,24 @@ def _times(value: Decimal | None, share: Decimal) -> Decimal | None:
     return None if value is None else value * share
 
 
+def _caching(result: DryRun, prices: PriceTable, low_total: Decimal | None) -> str:
+    """The input's cost with prompt caching (cache auto) beside its cost without."""
+    found = [f for f in result.models.values() if f.prefixes]
+    if not found:
+        return "  prompt caching: no prefix is shared by two requests and long enough to cache; input as above"
+    cached: Decimal | None = Decimal(0)
+    for model, plan_of in result.models.items():
+        price = prices.price(model)
+        cached = None if price is None or cached is None else cached + plan_of.cached_input_cost(price)
+    shared = sum(f.prefixes for f in found)
+    read = sum(f.scaled(f.cache_reads) for f in found)
+    total = sum(f.input_tokens for f in result.models.values()) or 1
+    return (
+        f"  prompt caching (cache auto, the default): input {money(cached)} instead of {money(low_total)}; "
+        f"{shared:,} shared prefixes, {read / total:.0%} of the input read from the cache (--cache off: without)"
+    )
+
+
 def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: str) -> str:
     lines = [f"dry run of {source}: nothing was sent and nothing was written.", ""]
     lines.append(
@@ -159,6 +219,7 @@ def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: s
     )
     lines.append("")
     lines.append(f"  prices: {prices.source}; low = input only, high = every max_tokens used")
+    lines.append(_caching(result, prices, low_total))
     share = prices.batch
     lines.append(
         f"  batch mode (--batch): {result.batches:,} message batches, cost {money(_times(low_total, share))} to "

@@ -107,6 +107,14 @@ async def cache_plan(store: Store, ttl: str = "5m") -> CachePlan:
     return planner.plan(ttl)
 
 
+def cache_hit(billed: Usage) -> float | None:
+    """The share of the prompt tokens read from the cache (None before any was cached)."""
+    cached = billed.cache_read_input_tokens + billed.cache_creation_input_tokens
+    if not cached:
+        return None
+    return billed.cache_read_input_tokens / (cached + billed.input_tokens)
+
+
 def limit_state(settings: JobSettings) -> LimitState:
     """The limiter's state from the settings: ``limits`` holds rpm/itpm/otpm for every model and
     tables of the same keys per model id."""
@@ -211,6 +219,7 @@ class Job:
             cost=self.cost(),
             cap=self.budget.cap,
             note=writer.note(),
+            cache_hit=cache_hit(tally.billed),
         )
 
     async def run(self, *, handle_signals: bool = True) -> Summary:

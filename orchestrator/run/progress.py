@@ -32,6 +32,7 @@ class Snapshot:
     detail: str = ""  # what else the mode has to say (batch mode: batches ended, expiry)
     cap: Decimal | None = None  # the spend cap (--max-cost), if any
     note: str | None = None  # what holds the job up, if anything (a busy database)
+    cache_hit: float | None = None  # share of this run's prompt tokens read from the prompt cache
 
 
 def _rates(s: Snapshot) -> tuple[float, float, float | None]:
@@ -55,12 +56,17 @@ def _cost(s: Snapshot) -> str:
     return f"cost {money(s.cost)}" + ("" if s.cap is None else f" of {money(s.cap)} cap")
 
 
+def _cache(s: Snapshot) -> str:
+    return "" if s.cache_hit is None else f"cache hit {s.cache_hit:.0%}"
+
+
 def describe(s: Snapshot) -> str:
     per_minute, tokens_per_second, eta = _rates(s)
     note = f"{s.note}, " if s.note else ""
     return (
         f"{s.done:,}/{s.total:,} done, {note}{s.in_flight} in flight, {s.failed} failed, {s.retries} retries, "
         f"{tokens_per_second:,.0f} out tok/s, {per_minute:,.0f} req/min, {_cost(s)}, ETA {_duration(eta)}"
+        + (f", {_cache(s)}" if s.cache_hit is not None else "")
         + (f", {s.detail}" if s.detail else "")
     )
 
@@ -109,6 +115,8 @@ class Bar:
             f"{tokens_per_second:,.0f} out tok/s",
             f"{per_minute:,.0f} req/min",
         ]
+        if snapshot.cache_hit is not None:
+            fields.append(_cache(snapshot))
         if snapshot.detail:
             fields.append(snapshot.detail)
         self._bar.set_postfix_str(", ".join(fields), refresh=False)
