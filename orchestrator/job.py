@@ -8,33 +8,33 @@ Python API are thin layers over ``run`` and ``dry_run``.
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from orchestrator.api.modelinfo import MODELS, model_limits
 from orchestrator.batch.plan import Splitter
+from orchestrator.client import open_client
 from orchestrator.crash import crash_point
-from orchestrator.errors import JobAborted, JobChangedError, StorageError, UserError
-from orchestrator.jobs.params import check_options
+from orchestrator.endpoint import SIMULATOR, check_key, endpoint_of, has_key
+from orchestrator.errors import JobAborted, JobChangedError, UserError
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import JobSpec, load_spec
 from orchestrator.models import State
-from orchestrator.pricing import PriceTable, load_prices, money
+from orchestrator.options import RunOptions
+from orchestrator.pricing import PriceTable, load_prices
 from orchestrator.report.dryrun import DryRun, count_samples, plan
-from orchestrator.report.export import export_results
+from orchestrator.results import export_results
 from orchestrator.run.collector import fewer_collections
 from orchestrator.run.files import make_room, pool_size
 from orchestrator.run.progress import LoadProgress, make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
-from orchestrator.simulator import SimulatorConfig
 from orchestrator.store import (
     JobRow,
     Store,
@@ -46,36 +46,12 @@ from orchestrator.store import (
 )
 
 if TYPE_CHECKING:
-    import anthropic
-    import httpx2
-
     from orchestrator.run.engine import Summary
+    from orchestrator.simulator.config import SimulatorConfig
 
-
+log = logging.getLogger("orchestrator")
 RESULTS_ROOT = Path("results")
 SIMULATED_ROOT = RESULTS_ROOT / "simulated"  # simulated jobs never share a folder with real ones by default
-SIMULATOR = "simulator"  # the endpoint of a job run against the built-in simulator
-DEFAULT_BASE_URL = "https://api.anthropic.com"
-
-
-@dataclass
-class RunOptions:
-    """One run of a job, as the command line or the API asks for it."""
-
-    job: Path  # a job file or spec (it may be gone if ``db`` holds the job)
-    db: Path | None = None
-    results: Path | None = None
-    simulator: SimulatorConfig | None = None  # run against the built-in simulator
-    base_url: str | None = None
-    allow_changed: bool = False
-    allow_endpoint_change: bool = False  # go on against another endpoint than the job's results came from
-    retry_errored: bool = False  # errored results run again
-    quiet: bool = False
-    watch: int | None = None  # serve a live view of the run on this port of 127.0.0.1 (0: any free port)
-    prices: Path | None = None
-    settings: Mapping[str, Any] = field(default_factory=dict)  # by setting name; None: not given
-    defaults: Mapping[str, Any] = field(default_factory=dict)  # request defaults (model, max_tokens, ...)
-    argv: list[str] = field(default_factory=list)  # the command line that runs it again (stored for resume)
 
 
 @dataclass
@@ -86,54 +62,6 @@ class Outcome:
     written: int | None  # lines in it; None: not written (the job is not complete)
 
 
-def _note(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def http_client(settings: JobSettings) -> httpx2.AsyncClient:
-    """The SDK's aiohttp transport, its pool as large as the concurrency.
-
-    It reads a stream at a fraction of the default httpx transport's CPU per event (h11 parses
-    the body in Python, and its pool scans every connection on each request), which is what
-    thousands of concurrent streams are made of.
-    """
-    import anthropic  # the SDK only where a request is sent: the command line starts fast
-    import httpx2
-
-    limits = httpx2.Limits(max_connections=settings.concurrency + 8, max_keepalive_connections=settings.concurrency)
-    timeout = httpx2.Timeout(settings.read_timeout, connect=10.0)
-    return anthropic.DefaultAioHttpClient(limits=limits, timeout=timeout)
-
-
-@asynccontextmanager
-async def open_client(
-    simulator: SimulatorConfig | None, base_url: str | None, settings: JobSettings
-) -> AsyncIterator[anthropic.AsyncAnthropic]:
-    """The SDK client: against the built-in simulator when given one, else the endpoint."""
-    # The SDK is imported only where a request is sent: the command line starts fast.
-    import anthropic
-
-    from orchestrator.simulator import Simulator, serve
-
-    if simulator is not None:
-        async with (
-            serve(Simulator(simulator)) as url,
-            anthropic.AsyncAnthropic(
-                base_url=url, api_key="sk-simulator", max_retries=0, http_client=http_client(settings)
-            ) as client,
-        ):
-            yield client
-        return
-    _check_key(simulator)
-    async with anthropic.AsyncAnthropic(base_url=base_url, max_retries=0, http_client=http_client(settings)) as client:
-        yield client
-
-
-def _check_key(simulator: SimulatorConfig | None) -> None:
-    if simulator is None and not os.environ.get("ANTHROPIC_API_KEY") and not os.environ.get("ANTHROPIC_AUTH_TOKEN"):
-        raise UserError("no API key: set ANTHROPIC_API_KEY, or run against the built-in simulator with --simulate")
-
-
 @asynccontextmanager
 async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
     """The job's store with its runner lock held (``JobRunning`` at once if another process runs
@@ -141,7 +69,7 @@ async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
     if loading_marker(db).exists():
         async with runner_lock(db):  # not while another process loads it
             if discard_interrupted_load(db):
-                _note(f"note: {db}: its first load was interrupted; loading the job again")
+                log.warning(f"note: {db}: its first load was interrupted; loading the job again")
     created = [path for path in (db.parent, db) if not path.exists()]
     loaded = True
     try:
@@ -163,9 +91,8 @@ async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
 
 def _spec(options: RunOptions) -> JobSpec | None:
     """The job file's spec; None when it is gone and a database is named (the stored job runs)."""
-    check_options(options.defaults)
     if options.job.exists() or options.db is None:
-        return load_spec(options.job, dict(options.defaults))
+        return load_spec(options.job, options.request_defaults())
     return None
 
 
@@ -173,16 +100,9 @@ def _places(options: RunOptions, spec: JobSpec | None) -> tuple[Path, Path]:
     """(results folder, database) of a job."""
     results = options.results or (spec.results if spec else None)
     if results is None:
-        root = RESULTS_ROOT if options.simulator is None else SIMULATED_ROOT
+        root = RESULTS_ROOT if options.simulate is None else SIMULATED_ROOT
         results = options.db.parent if options.db else root / (spec.name if spec else options.job.stem)
     return results, options.db or results / "job.sqlite"
-
-
-def endpoint_of(simulator: SimulatorConfig | None, base_url: str | None) -> str:
-    """Where a run sends its requests: SIMULATOR, or the base URL (as the SDK resolves it)."""
-    if simulator is not None:
-        return SIMULATOR
-    return (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
 
 
 async def _check_endpoint(store: Store, options: RunOptions, db: Path, endpoint: str) -> bool:
@@ -196,7 +116,8 @@ async def _check_endpoint(store: Store, options: RunOptions, db: Path, endpoint:
         raise UserError(
             f"{db} holds results from {job.endpoint}, and this run is against {endpoint}: one endpoint's "
             f"results must not pass for another's. Resume it where it ran (orchestrator resume {db}), run it "
-            "as a new job (--results or --db elsewhere), or pass --allow-endpoint-change to go on here "
+            f"as a new job ({options.option('results')} or {options.option('db')} elsewhere), or pass "
+            f"{options.option('allow_endpoint_change')} to go on here "
             "(the results already there are kept"
             + (", and the job stays marked simulated)." if job.simulated else ").")
         )
@@ -212,11 +133,12 @@ async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path,
     if job is not None and not options.allow_changed:
         raise JobChangedError(
             f"{options.job} has changed since the job in {db} was created from it. "
-            "Run it as a new job with --db/--results elsewhere, or pass --allow-changed to update "
+            f"Run it as a new job with {options.option('db')}/{options.option('results')} elsewhere, or pass "
+            f"{options.option('allow_changed')} to update "
             "the job (changed and new requests run; unchanged results are kept)."
         )
     stored = {
-        "argv": options.argv,
+        "options": options.to_json(),
         "job": str(options.job.resolve()),
         "results": str(results.resolve()),
         "run": spec.run,  # so that the job runs the same if its file is gone
@@ -225,7 +147,7 @@ async def _load(store: Store, options: RunOptions, spec: JobSpec, results: Path,
     progress = LoadProgress(quiet=options.quiet)
     added, changed = await store.load(spec.name, stored, fingerprint, read_requests(spec, bulk=True), progress)
     if job is not None:
-        _note(f"job updated: {added:,} new and {changed:,} changed requests")
+        log.info(f"job updated: {added:,} new and {changed:,} changed requests")
 
 
 async def run(options: RunOptions) -> Outcome:
@@ -233,10 +155,10 @@ async def run(options: RunOptions) -> Outcome:
     importing = _engines_importing()
     spec = _spec(options)
     results, db = _places(options, spec)
-    settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.settings)
+    settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.given, options.option)
     prices = load_prices(options.prices)
-    _check_key(options.simulator)
-    endpoint = endpoint_of(options.simulator, options.base_url)
+    check_key(options.simulate is not None)
+    endpoint = endpoint_of(options.simulate is not None, options.base_url)
     async with _new_store_kept_if_loaded(db) as store:
         crash_point("store")
         simulated = await _check_endpoint(store, options, db, endpoint)
@@ -244,16 +166,16 @@ async def run(options: RunOptions) -> Outcome:
             job = await store.job()
             if job is None:
                 raise UserError(f"{options.job}: no such job file, and {db} holds no job")
-            _note(f"note: {options.job} is gone; running the job as stored in {db}")
-            settings = merge(job.spec.get("run", {}), job.spec.get("limits", {}), options.settings)
+            log.warning(f"note: {options.job} is gone; running the job as stored in {db}")
+            settings = merge(job.spec.get("run", {}), job.spec.get("limits", {}), options.given, options.option)
         else:
             await _load(store, options, spec, results, db)
         await store.set_endpoint(endpoint, simulated)
         if options.retry_errored:
-            _note(f"{await store.retry_errored():,} errored requests run again")
+            log.info(f"{await store.retry_errored():,} errored requests run again")
         if settings.max_cost is not None:
-            await _check_priced(store, prices)
-        await _check_models(store, options.simulator)
+            await _check_priced(store, prices, options)
+        await _check_models(store, options.simulate)
         counts = await store.counts()
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
         in_flight = await store.batches(open_only=True)
@@ -264,13 +186,13 @@ async def run(options: RunOptions) -> Outcome:
             )
         if settings.mode != BATCH:
             pending = counts[State.PENDING] + counts[State.RUNNING]
-            make_room(pool_size(settings.concurrency, pending), in_process_server=options.simulator is not None)
+            make_room(pool_size(settings.concurrency, pending), in_process_server=options.simulate is not None)
         await anyio.to_thread.run_sync(importing.join)
         from orchestrator.batch.engine import BatchJob  # imported by now
         from orchestrator.run.engine import Job
 
         async with (
-            open_client(options.simulator, options.base_url, settings) as client,
+            open_client(options.simulate, options.base_url, settings) as client,
             _watching(db, options.watch, prices),
         ):
             view = make_view(sum(counts.values()), done, quiet=options.quiet)
@@ -297,7 +219,7 @@ async def _watching(db: Path, port: int | None, prices: PriceTable) -> AsyncIter
     from orchestrator.watch import Watcher, serve_watch
 
     async with serve_watch(Watcher(db, prices), "127.0.0.1", port) as url:
-        _note(f"watch the run at {url}")
+        log.info(f"watch the run at {url}")
         yield
 
 
@@ -322,76 +244,35 @@ async def _check_models(store: Store, simulator: SimulatorConfig | None) -> None
     served = simulator.extra_models if simulator is not None else frozenset()
     unknown = [model for model in await store.models() if model_limits(model) is None and model not in served]
     if unknown:
-        _note(
+        log.warning(
             f"note: {', '.join(unknown)}: not a model this version of orchestrator knows (it knows "
             f"{', '.join(sorted(MODELS))} and their dated ids). If the API does not serve it either, each of its "
             "requests ends errored with the API's 404 (not_found_error), unbilled."
         )
 
 
-async def _check_priced(store: Store, prices: PriceTable) -> None:
+async def _check_priced(store: Store, prices: PriceTable, options: RunOptions) -> None:
     """A spend cap needs a price for every model of the job."""
     unpriced = [model for model in await store.models() if prices.price(model) is None]
     if unpriced:
         raise UserError(
-            f"--max-cost needs a price for every model, and {', '.join(unpriced)} has none: "
-            "give prices with --prices FILE (the format of orchestrator/data/prices.json), or run without a cap"
+            f"{options.option('max_cost')} needs a price for every model, and {', '.join(unpriced)} has none: "
+            f"give prices with {options.option('prices')} FILE (the format of orchestrator/data/prices.json), "
+            "or run without a cap"
         )
-
-
-def aborted_error(outcome: Outcome) -> JobAborted | None:
-    """The error a run stopped by the API (bad key, no permission, its spend limit), by the spend
-    cap or by its database (a full disk, a read-only file) ends with, if it was."""
-    summary = outcome.summary
-    if summary.storage is not None:
-        lost = ""
-        if summary.unsaved:
-            named = ", ".join(summary.unsaved[:10]) + (", ..." if len(summary.unsaved) > 10 else "")
-            lost = (
-                f" What was received for {len(summary.unsaved):,} requests could not be saved ({named}): "
-                "they will be requested again."
-            )
-        return StorageError(
-            f"the job stopped: {summary.storage}{lost} Everything else is saved. Free space (or make the "
-            f"database writable), then resume with: orchestrator resume {outcome.db}"
-        )
-    failure = summary.aborted
-    if failure is None and summary.capped:
-        left = summary.counts[State.PENDING] + summary.counts[State.RUNNING]
-        return JobAborted(
-            f"the job stopped at its spend cap: spent {money(summary.cost)} of the {money(summary.cap)} cap "
-            f"(--max-cost), {left:,} requests left. Resume with a higher cap: "
-            f"orchestrator resume {outcome.db} --max-cost USD"
-        )
-    if failure is None:
-        return None
-    from orchestrator.run.reach import UNREACHABLE  # imports the SDK (loaded by now: the job ran)
-
-    error = failure.error.get("error", {})
-    if failure.reason == UNREACHABLE:
-        return JobAborted(
-            f"the job stopped: the endpoint cannot be reached: {error.get('message')}. Its requests are left "
-            "pending. Check the URL (--base-url, ANTHROPIC_BASE_URL) and the network, then resume with: "
-            f"orchestrator resume {outcome.db} (add --base-url URL to run it against another endpoint)"
-        )
-    return JobAborted(
-        f"the job stopped: {failure.reason} ({error.get('type')}: {error.get('message')}). "
-        f"Fix the cause, then resume with: orchestrator resume {outcome.db}"
-    )
 
 
 async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
     """What a job would cost and take, sending no message and writing nothing."""
     if not options.job.exists():
         raise UserError(f"{options.job}: no such job file")
-    check_options(options.defaults)
-    spec = load_spec(options.job, dict(options.defaults))
-    settings = merge(spec.run, spec.limits, options.settings)
+    spec = load_spec(options.job, options.request_defaults())
+    settings = merge(spec.run, spec.limits, options.given, options.option)
     splitter = Splitter(settings.batch_size)
     models = plan(read_requests(spec), splitter)
     note: str | None = "no API key: input tokens are estimated (count_tokens needs one, or --simulate)"
-    if options.simulator is not None or os.environ.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_AUTH_TOKEN"):
-        async with open_client(options.simulator, options.base_url, settings) as client:
+    if options.simulate is not None or has_key():
+        async with open_client(options.simulate, options.base_url, settings) as client:
             note = await count_samples(client, models)
     return DryRun(models=models, counted=note is None, note=note, batches=splitter.batches), settings
 

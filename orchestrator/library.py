@@ -1,49 +1,62 @@
-"""The Python API: ``run_job`` / ``arun_job`` run a job from code exactly as ``orchestrator run`` does.
+"""The Python API: run a job (``run_job``, ``arun_job``) and open a stored one (``open_job``).
 
-The keyword arguments are the ``run`` command's long options with underscores (``base_url``,
-``simulate``, ``concurrency``, ``max_cost``, ``results``, ...). They are checked here (names against
-the command's options, run settings through ``settings.SETTINGS``) and become that command line,
-which then takes the command's own path (``options.run_options`` -> ``job.run``): the same
-store, the same checks and messages, and a stored command line that ``orchestrator resume DB``
-runs again. An iterable of request dicts is first written, streamed, to ``input.jsonl`` in the
-job's results folder (named by a hash of its content unless ``results`` or ``db`` is given), so
-the same iterable is the same job and a rerun resumes it.
+Every run option is a typed keyword-only parameter; they make one ``RunOptions`` (``options.py``),
+the same object the command line makes from its options, and take one path from there
+(``job.run``). The command line is a thin layer over this module: ``run``/``dry_run`` with the
+``RunOptions`` it parsed, ``Job`` for a stored job, ``render_report`` for reports.
+
+Notes (a changed job updated, errored requests run again, a job file gone) go to the
+``orchestrator`` logger; nothing is written to stderr unless ``progress=True`` is asked for.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import functools
+import dataclasses
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
-from orchestrator.errors import JobChangedError, UserError
-from orchestrator.job import RESULTS_ROOT, SIMULATED_ROOT, aborted_error, run
+from orchestrator.endpoint import SIMULATOR
+from orchestrator.errors import JobAborted, JobChangedError, UserError
+from orchestrator.job import RESULTS_ROOT, SIMULATED_ROOT, cancel, stored_job
+from orchestrator.job import dry_run as plan_dry_run
+from orchestrator.job import run as run_options
+from orchestrator.messages import aborted_error, resume_hint
 from orchestrator.models import State
-from orchestrator.options import run_options, run_parser
+from orchestrator.options import TABLE, RunOptions, resumed
+from orchestrator.outputs import STATUSES
 from orchestrator.pricing import load_prices
-from orchestrator.report.export import result_line
-from orchestrator.settings import LIMITS, SETTINGS
-from orchestrator.store import open_store
+from orchestrator.report.dryrun import render as render_dry_run
+from orchestrator.report.export import export_csv, output_counts
+from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
+from orchestrator.report.html import render_html
+from orchestrator.results import Destination, export_results, result_line
+from orchestrator.settings import DEFAULTS
+from orchestrator.store import open_reader, open_store
 from orchestrator.store.queries import read_results
+
+if TYPE_CHECKING:
+    from orchestrator.simulator.config import SimulatorConfig
 
 JobInput = str | os.PathLike[str] | Iterable[Mapping[str, Any]]
 INPUT_NAME = "input.jsonl"  # where an iterable of requests is written, in the job's results folder
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class JobResult:
-    """A finished run: its counts, tokens and cost, and ``results()`` read back from the store."""
+    """A run: its counts, tokens and cost, how it ended, and ``results()`` read back from the store."""
 
     db: Path
     results_file: Path  # results.jsonl
@@ -51,6 +64,12 @@ class JobResult:
     billed: dict[str, int]  # tokens billed over every attempt of the job (input_tokens, output_tokens, ...)
     cost: Decimal | None  # USD billed by the whole job; None if a model is unpriced
     elapsed: float  # seconds of this run
+    written: int | None = None  # lines of results.jsonl; None: not written (the job is not complete)
+    stopped: bool = False  # stopped by a signal (Ctrl-C) or a cancellation before its end
+    detached: int = 0  # message batches left running on the server when it stopped
+    pauses: int = 0  # pool-wide pauses after a 429
+    cuts: int = 0  # concurrency cuts after overloads
+    error: JobAborted | None = None  # why the API, the spend cap or the database stopped the job
 
     @property
     def succeeded(self) -> int:
@@ -67,61 +86,423 @@ class JobResult:
     def results(self) -> Iterator[dict[str, Any]]:
         """Every finished request in input order, as the lines of results.jsonl (the Batches results
         shape plus billed_usage, attempts, timing), read from the store one at a time."""
+        return Job(self.db).results()
+
+    def raise_for_stop(self) -> JobResult:
+        """This result, or the error it ended with: ``JobAborted`` (or ``StorageError``) when the job was
+        stopped by the API, the spend cap or its database; ``KeyboardInterrupt`` when it was stopped."""
+        if self.error is not None:
+            raise self.error
+        if self.stopped:
+            raise KeyboardInterrupt(f"stopped; run it again to resume ({resume_hint(self.db, True)})")
+        return self
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    id: str | None  # None: intended, its create not answered yet
+    state: str
+    requests: int
+    expires_at: float | None
+    open: bool  # still in flight on the server
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A stored job's counts, tokens and cost (what ``orchestrator status`` shows)."""
+
+    db: Path
+    name: str
+    endpoint: str | None  # where its last run ran: "simulator" or a base URL (None: not recorded)
+    simulated: bool  # it holds replies of the built-in simulator
+    created_at: float
+    updated_at: float
+    counts: dict[str, int]
+    billed: dict[str, int]
+    cost: Decimal | None
+    elapsed: float  # from its first attempt to its last update
+    batches: tuple[BatchStatus, ...]
+    outputs: dict[str, int] | None = None  # structured outputs by status (a job with an output schema)
+
+    def as_dict(self) -> dict[str, Any]:
+        """As ``orchestrator status --json`` prints it."""
+        cost = None if self.cost is None else float(round(self.cost, 6))  # as the report's JSON gives it
+        shown = [
+            {"id": b.id, "state": b.state, "requests": b.requests, "expires_at": b.expires_at} for b in self.batches
+        ]
+        return {
+            "job": self.name,
+            "endpoint": self.endpoint,
+            "simulated": self.simulated,
+            "counts": self.counts,
+            "billed": self.billed,
+            "cost_usd": cost,
+            "elapsed": self.elapsed,
+            **({"outputs": self.outputs} if self.outputs else {}),
+            "batches": shown,
+        }
+
+
+@dataclass(frozen=True)
+class Exported:
+    path: Path | None  # None: written to the stream given
+    written: int  # lines (jsonl) or rows (csv) written
+    unfinished: int  # requests not finished: left out of a jsonl, rows without a result in a csv
+
+
+def _sync(call: Callable[[], Awaitable[T]], name: str, twin: str) -> T:
+    """Run ``call`` in an event loop of its own, refusing (naming the async twin) inside a running one."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        raise UserError(
+            f"{name} cannot run inside a running event loop (Jupyter, asyncio code): use `await {twin}` there"
+        )
+
+    async def main() -> T:
+        return await call()
+
+    return anyio.run(main)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job stored in its database (``open_job(db)``): read it, export it, resume it, cancel its batches.
+
+    ``python``: messages name options as Python keywords (the command line's handle names its options)."""
+
+    db: Path
+    python: bool = True
+
+    def _named(self, name: str) -> str:
+        return name if self.python else "--" + name.replace("_", "-")
+
+    async def astatus(self, *, prices: str | os.PathLike[str] | None = None) -> JobStatus:
+        if not self.db.exists():
+            raise UserError(f"{self.db}: no such job database")
+        async with open_reader(self.db) as store:
+            job = await store.job()
+            counts = await store.counts()
+            billed = await store.billed()
+            by_tier = await store.billed_by_tier(None, None)
+            first = await store.first_start()
+            batches = await store.batches()
+            outputs = sum((await output_counts(store)).values(), Counter[str]())
+        if job is None:
+            raise UserError(f"{self.db} holds no job")
+        return JobStatus(
+            db=self.db,
+            name=job.name,
+            endpoint=job.endpoint,
+            simulated=job.simulated,
+            created_at=job.created_at,
+            updated_at=job.updated_at,
+            counts=counts,
+            billed=billed.as_dict(),
+            cost=load_prices(_path(prices)).total(by_tier),
+            elapsed=(job.updated_at - first) if first else 0.0,
+            batches=tuple(BatchStatus(b.id, b.state, b.requests, b.expires_at, b.open) for b in batches),
+            outputs={name: outputs[name] for name in STATUSES} if outputs else None,
+        )
+
+    def status(self, *, prices: str | os.PathLike[str] | None = None) -> JobStatus:
+        """Counts by state, tokens billed, cost (``prices``: a prices file overriding the shipped one)."""
+        return _sync(lambda: self.astatus(prices=prices), "status", "job.astatus(...)")
+
+    def results(self) -> Iterator[dict[str, Any]]:
+        """Every finished request in input order, as the lines of results.jsonl, read one at a time."""
+        if not self.db.exists():
+            raise UserError(f"{self.db}: no such job database")
         for row in read_results(self.db):
             if row["state"] in (State.SUCCEEDED, State.ERRORED):
                 yield result_line(row)
 
+    async def aresults(self) -> AsyncIterator[dict[str, Any]]:
+        """``results()`` inside an event loop."""
+        if not self.db.exists():
+            raise UserError(f"{self.db}: no such job database")
+        async with open_reader(self.db) as store, aclosing(store.results()) as rows:
+            async for row in rows:
+                if row["state"] in (State.SUCCEEDED, State.ERRORED):
+                    yield result_line(row)
 
-def _options() -> dict[str, argparse.Action]:
-    """The ``run`` command's long options by their Python names."""
-    found = {}
-    for action in run_parser()._actions:
-        for flag in action.option_strings:
-            if flag.startswith("--") and flag not in ("--help", "--dry-run"):
-                found[flag[2:].replace("-", "_")] = action
-    return found
+    async def areport(self, *, prices: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        report: dict[str, Any] = json.loads(await arender_report([self.db], format="json", prices=prices))
+        return report
+
+    def report(self, *, prices: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The JSON report (``orchestrator report DB --format json``) as a dict."""
+        return _sync(lambda: self.areport(prices=prices), "report", "job.areport(...)")
+
+    async def aexport(
+        self,
+        path: str | os.PathLike[str] | IO[str] | None = None,
+        *,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        prices: str | os.PathLike[str] | None = None,
+        excel_safe: bool = False,
+    ) -> Exported:
+        if format not in ("jsonl", "csv"):
+            raise UserError(f"{self._named('format')} must be jsonl or csv, not {format!r}")
+        if excel_safe and format != "csv":
+            raise UserError(
+                f"{self._named('excel_safe')} is for {self._named('format')} csv "
+                "(a spreadsheet reads CSV; JSONL keeps the text as it is)"
+            )
+        if not self.db.exists():
+            raise UserError(f"{self.db}: no such job database")
+        if path is None:
+            out: Destination = self.db.parent / f"results.{format}"
+        elif isinstance(path, str | os.PathLike):
+            out = self.out_path(path)
+        else:
+            out = path
+        async with open_reader(self.db) as store:
+            if format == "csv":
+                written, unfinished = await export_csv(store, out, load_prices(_path(prices)), excel_safe=excel_safe)
+            else:
+                written, unfinished = await export_results(store, out)
+        return Exported(out if isinstance(out, Path) else None, written, unfinished)
+
+    def out_path(self, out: str | os.PathLike[str]) -> Path:
+        """Where an export or report writes: refused if it is this job's database (or a folder)."""
+        return out_path(out, self.db, named="path" if self.python else "--out")
+
+    def export(
+        self,
+        path: str | os.PathLike[str] | IO[str] | None = None,
+        *,
+        format: Literal["jsonl", "csv"] = "jsonl",
+        prices: str | os.PathLike[str] | None = None,
+        excel_safe: bool = False,
+    ) -> Exported:
+        """Write the results to ``path`` (a file, or an open text stream; default: results.jsonl or
+        results.csv beside the database). jsonl: the Batches results shape, finished requests only;
+        csv: one row per request, a table's columns joined with custom_id, result type, reply text,
+        stop_reason, error, tokens and cost. ``excel_safe`` (csv): cells a spreadsheet would run as
+        formulas get a leading '."""
+        return _sync(
+            lambda: self.aexport(path, format=format, prices=prices, excel_safe=excel_safe),
+            "export",
+            "job.aexport(...)",
+        )
+
+    async def resume_options(
+        self,
+        *,
+        simulate: bool | SimulatorConfig | None = None,
+        base_url: str | None = None,
+        quiet: bool | None = None,
+        allow_endpoint_change: bool = False,
+        retry_errored: bool = False,
+        settings: Mapping[str, Any] | None = None,
+    ) -> RunOptions:
+        """The options a resume runs with: the stored ones, the settings given now over them."""
+        job = await stored_job(self.db)
+        return resumed(
+            RunOptions.from_json(job.spec.get("options", {}), python=self.python),
+            self.db,
+            job.endpoint,
+            simulate=simulate,
+            base_url=base_url,
+            quiet=quiet,
+            allow_endpoint_change=allow_endpoint_change,
+            retry_errored=retry_errored,
+            python=self.python,
+            settings=settings,
+        )
+
+    async def aresume(
+        self,
+        *,
+        simulate: bool | SimulatorConfig | None = None,
+        base_url: str | None = None,
+        progress: bool = False,
+        allow_endpoint_change: bool = False,
+        retry_errored: bool = False,
+        mode: str | None = None,
+        concurrency: int | None = None,
+        max_attempts: int | None = None,
+        retry_max_seconds: float | None = None,
+        checkpoint_interval: float | None = None,
+        read_timeout: float | None = None,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
+        recover: str | None = None,
+        max_cost: float | None = None,
+        headroom: float | None = None,
+        cache: str | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        rpm: float | None = None,
+        itpm: float | None = None,
+        otpm: float | None = None,
+    ) -> JobResult:
+        """``resume`` inside an event loop."""
+        given = {name: value for name, value in locals().items() if name in _SETTING_NAMES}
+        options = await self.resume_options(
+            simulate=simulate,
+            base_url=base_url,
+            quiet=not progress,
+            allow_endpoint_change=allow_endpoint_change,
+            retry_errored=retry_errored,
+            settings=given,
+        )
+        return (await run(options)).raise_for_stop()
+
+    def resume(
+        self,
+        *,
+        simulate: bool | SimulatorConfig | None = None,
+        base_url: str | None = None,
+        progress: bool = False,
+        allow_endpoint_change: bool = False,
+        retry_errored: bool = False,
+        mode: str | None = None,
+        concurrency: int | None = None,
+        max_attempts: int | None = None,
+        retry_max_seconds: float | None = None,
+        checkpoint_interval: float | None = None,
+        read_timeout: float | None = None,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
+        recover: str | None = None,
+        max_cost: float | None = None,
+        headroom: float | None = None,
+        cache: str | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        rpm: float | None = None,
+        itpm: float | None = None,
+        otpm: float | None = None,
+    ) -> JobResult:
+        """Run the stored job on to its end with the options it was stored with, the settings given
+        here over them (e.g. a higher ``max_cost``), against the endpoint given here, else the one of
+        its last run. Raises as ``run_job`` does."""
+        keywords = dict(locals())
+        del keywords["self"]
+        return _sync(lambda: self._resume_here(keywords), "resume", "job.aresume(...)")
+
+    async def _resume_here(self, keywords: dict[str, Any]) -> JobResult:
+        _main_thread("resume")
+        return await self.aresume(**keywords)
+
+    async def acancel(self, *, base_url: str | None = None) -> list[str]:
+        if base_url is None:  # the endpoint the job ran against
+            job = await stored_job(self.db)
+            stored = job.spec.get("options", {})
+            base_url = job.endpoint or (SIMULATOR if "simulate" in stored else stored.get("base_url"))
+            if base_url == SIMULATOR:
+                raise UserError(
+                    f"{self.db} ran against the built-in simulator ({self._named('simulate')}): its batches "
+                    f"ended with that process; give {self._named('base_url')} to cancel them on a server"
+                )
+        return await cancel(self.db, base_url)
+
+    def cancel(self, *, base_url: str | None = None) -> list[str]:
+        """Cancel the job's message batches still in flight (batch mode), on the endpoint it ran against
+        unless ``base_url`` is given; the ids of those asked to cancel. What they finished is kept and
+        the rest stays pending: ``resume()`` collects their results."""
+        return _sync(lambda: self.acancel(base_url=base_url), "cancel", "job.acancel(...)")
 
 
-def _argv(options: Mapping[str, Any]) -> list[str]:
-    """The ``run`` command line's options for the API's keyword arguments; UserError naming a bad one."""
-    known = _options()
-    settings = {setting.flag: setting for setting in (*SETTINGS, *LIMITS)}
-    if options.get("simulate") and options.get("base_url"):
-        raise UserError("give simulate or base_url, not both")
-    argv: list[str] = []
-    for name, value in options.items():
-        action = known.get(name) if name != "dry_run" else None
-        if action is None:
-            raise UserError(f"unknown option {name!r} (the options are run's long options: {', '.join(sorted(known))})")
-        flag = f"--{name.replace('_', '-')}"
-        if value is None or value is False:
-            continue
-        if action.nargs == 0:  # a switch
-            if value is not True:
-                raise UserError(f"{flag} is a switch: pass True or False, not {value!r}")
-            argv.append(flag)
-            continue
-        values = list(value) if action.default == [] and isinstance(value, list | tuple) else [value]
-        for item in values:
-            setting = settings.get(flag)
-            try:
-                if setting is not None:
-                    setting.check(item)
-                elif callable(action.type):
-                    action.type(str(item))
-            except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-                raise UserError(f"{flag} {exc}" if setting else f"{flag}: invalid value {item!r} ({exc})") from None
-            if action.choices is not None and item not in action.choices:
-                raise UserError(f"{flag} must be one of {', '.join(map(str, action.choices))}, not {item!r}")
-            argv += [flag, str(item)]
-    return argv
+def open_job(db: str | os.PathLike[str]) -> Job:
+    """The job stored in ``db`` (a job.sqlite), to read, export, resume or cancel."""
+    return Job(Path(db))
 
 
-def _write_requests(requests: Iterable[Mapping[str, Any]], options: Mapping[str, Any]) -> tuple[Path, dict[str, Any]]:
-    """Write an iterable of request dicts to the job's ``input.jsonl`` (streamed); the job file and
-    the options with the results folder set."""
-    given = options.get("results") or (Path(options["db"]).parent if options.get("db") else None)
-    root = Path(given) if given else SIMULATED_ROOT if options.get("simulate") else RESULTS_ROOT
+def out_path(out: str | os.PathLike[str], *databases: Path, named: str = "out") -> Path:
+    """Where an export or a report is written: refused if it is a job database read (or a folder)."""
+    path = Path(out)
+    stdout = f"{named} - for standard output" if named.startswith("--") else "an open stream such as sys.stdout"
+    if path.exists() and any(path.resolve() == db.resolve() for db in databases):
+        raise UserError(f"{named} {out} is the job's database: choose another file (or {stdout})")
+    if path.is_dir():
+        raise UserError(f"{named} {out} is a folder: name a file in it (or {stdout})")
+    return path
+
+
+def _path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _main_thread(name: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        raise UserError(f"{name} runs in the main thread (it handles Ctrl-C); use a{name} in other threads' loops")
+
+
+async def run(options: RunOptions) -> JobResult:
+    """Run a job with ``options`` to its end or until stopped. The result says how it ended
+    (``error``, ``stopped``); ``raise_for_stop()`` raises it. The command line's ``run`` and ``resume``."""
+    outcome = await run_options(options)
+    summary = outcome.summary
+    async with open_store(outcome.db, create=False) as store:  # streamed and batch attempts at their prices
+        cost = load_prices(options.prices).total(await store.billed_by_tier(None, None))
+    return JobResult(
+        db=outcome.db,
+        results_file=outcome.results,
+        counts=dict(summary.counts),
+        billed=summary.billed.as_dict(),
+        cost=cost,
+        elapsed=summary.elapsed,
+        written=outcome.written,
+        stopped=summary.stopped,
+        detached=summary.detached,
+        pauses=summary.pauses,
+        cuts=summary.cuts,
+        error=aborted_error(summary, outcome.db, options.python),
+    )
+
+
+async def dry_run(options: RunOptions) -> str:
+    """What a job would cost and take, as ``orchestrator run --dry-run`` prints it; sends no message."""
+    result, settings = await plan_dry_run(options)
+    return render_dry_run(result, load_prices(options.prices), settings.limits, str(options.job))
+
+
+async def arender_report(
+    databases: Sequence[str | os.PathLike[str]],
+    *,
+    format: Literal["text", "json", "csv", "html"] = "text",
+    prices: str | os.PathLike[str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    models: Sequence[str] = (),
+) -> str:
+    """Usage, cost, latency and throughput of jobs (databases, or folders of them), as ``orchestrator
+    report`` renders it; ``since``/``until``: unix times of attempts started; ``models``: ids or families."""
+    table = load_prices(_path(prices))
+    found = report_databases(databases)
+    if not found:
+        raise UserError(f"no job database found in {', '.join(map(str, databases))}")
+    filters = Filters(since=since, until=until, models=tuple(models))
+    reports = []
+    for db in found:
+        if not db.exists():
+            raise UserError(f"{db}: no such job database")
+        async with open_reader(db) as store:
+            reports.append(await job_report(store, db, table, filters))
+    if format == "json":
+        return render_json(reports, table)
+    if format == "csv":
+        return render_csv(reports)
+    if format == "html":
+        return render_html(reports, table)
+    return render_text(reports, table)
+
+
+def report_databases(databases: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The job databases a report reads: those named, and those in the folders named."""
+    return find_databases([Path(p) for p in databases])
+
+
+def _write_requests(requests: Iterable[Mapping[str, Any]], options: RunOptions) -> RunOptions:
+    """Write an iterable of request dicts to the job's ``input.jsonl`` (streamed); the options with it
+    as the job file and the results folder set."""
+    given = options.results or (options.db.parent if options.db else None)
+    root = given if given else SIMULATED_ROOT if options.simulate is not None else RESULTS_ROOT
     root.mkdir(parents=True, exist_ok=True)
     partial = root / f".{INPUT_NAME}.{os.getpid()}.tmp"
     digest = hashlib.sha256()
@@ -134,10 +515,10 @@ def _write_requests(requests: Iterable[Mapping[str, Any]], options: Mapping[str,
                     raise UserError(f"request {number}: not JSON ({exc})") from None
                 handle.write(line)
                 digest.update(line.encode())
-        folder = Path(given) if given else root / f"job-{digest.hexdigest()[:12]}"
+        folder = given if given else root / f"job-{digest.hexdigest()[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / INPUT_NAME
-        if target.exists() and target.read_bytes() != partial.read_bytes() and not options.get("allow_changed"):
+        if target.exists() and target.read_bytes() != partial.read_bytes() and not options.allow_changed:
             raise JobChangedError(
                 f"these requests differ from the job in {folder} (written to {target} by an earlier run). "
                 "Run them as a new job with results=/db= elsewhere, or pass allow_changed=True to update the job."
@@ -145,60 +526,179 @@ def _write_requests(requests: Iterable[Mapping[str, Any]], options: Mapping[str,
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
-    return target, {**options, "results": str(folder)}
+    return dataclasses.replace(options, job=target, results=folder)
 
 
-async def arun_job(job: JobInput, **options: Any) -> JobResult:
-    """Run a job to its end inside the running event loop (Jupyter, asyncio code); see ``run_job``."""
+_SETTING_NAMES = frozenset(setting.name for setting in TABLE)
+
+
+def _options(job: JobInput, keywords: dict[str, Any]) -> tuple[RunOptions, Iterable[Mapping[str, Any]] | None]:
+    """The keyword arguments of ``run_job``/``arun_job`` as RunOptions (checked, naming the keyword);
+    the iterable of requests to write first, if the job is one."""
+    simulate = keywords.pop("simulate")
+    if simulate is False:
+        simulate = None
+    else:
+        from orchestrator.simulator.config import SimulatorConfig  # a simulated run only
+
+        if simulate is True:
+            simulate = SimulatorConfig()
+        elif not isinstance(simulate, SimulatorConfig):
+            raise UserError(f"simulate must be True, False or a SimulatorConfig, not {simulate!r}")
+    for name in ("db", "results", "prices"):
+        if keywords[name] is not None:
+            keywords[name] = Path(keywords[name])
+    schema = keywords["output_schema"]
+    if schema is not None:
+        keywords["output_schema"] = dict(schema) if isinstance(schema, Mapping) else Path(schema)
+    keywords["quiet"] = not keywords.pop("progress")
+    requests: Iterable[Mapping[str, Any]] | None = None
     if isinstance(job, str | os.PathLike):
         path = Path(job)
     elif isinstance(job, Mapping) or not isinstance(job, Iterable):
         raise UserError("job must be a path or an iterable of request dicts")
     else:
-        path, options = _write_requests(job, options)
-    argv = ["run", str(path), *_argv(options)]
-    args = run_parser().parse_args(argv[2:])
-    args.job, args.argv = str(path), argv
-    run_as = run_options(args)
-    outcome = await run(run_as)
-    error = aborted_error(outcome)
-    if error is not None:
-        raise error
-    summary = outcome.summary
-    if summary.stopped:
-        raise KeyboardInterrupt(f"stopped; run it again to resume (orchestrator resume {outcome.db})")
-    async with open_store(outcome.db, create=False) as store:  # streamed and batch attempts at their prices
-        cost = load_prices(run_as.prices).total(await store.billed_by_tier(None, None))
-    return JobResult(
-        db=outcome.db,
-        results_file=outcome.results,
-        counts=dict(summary.counts),
-        billed=summary.billed.as_dict(),
-        cost=cost,
-        elapsed=summary.elapsed,
-    )
+        path, requests = Path(INPUT_NAME), job
+    return RunOptions(job=path, simulate=simulate, python=True, **keywords), requests
 
 
-def run_job(job: JobInput, **options: Any) -> JobResult:
+async def arun_job(
+    job: JobInput,
+    *,
+    simulate: bool | SimulatorConfig = False,
+    base_url: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+    results: str | os.PathLike[str] | None = None,
+    allow_changed: bool = False,
+    allow_endpoint_change: bool = False,
+    retry_errored: bool = False,
+    progress: bool = False,
+    watch: int | None = None,
+    prices: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    output_schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    mode: str | None = None,
+    concurrency: int | None = None,
+    max_attempts: int | None = None,
+    retry_max_seconds: float | None = None,
+    checkpoint_interval: float | None = None,
+    read_timeout: float | None = None,
+    backoff_base: float | None = None,
+    backoff_cap: float | None = None,
+    recover: str | None = None,
+    max_cost: float | None = None,
+    headroom: float | None = None,
+    cache: str | None = None,
+    batch_size: int | None = None,
+    poll_interval: float | None = None,
+    rpm: float | None = None,
+    itpm: float | None = None,
+    otpm: float | None = None,
+) -> JobResult:
+    """``run_job`` inside the running event loop (Jupyter, asyncio code); the same parameters."""
+    options, requests = _options(job, _keywords(dict(locals())))
+    if requests is not None:
+        options = _write_requests(requests, options)
+    return (await run(options)).raise_for_stop()
+
+
+def _keywords(given: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in given.items() if name != "job"}
+
+
+def run_job(
+    job: JobInput,
+    *,
+    simulate: bool | SimulatorConfig = False,
+    base_url: str | None = None,
+    db: str | os.PathLike[str] | None = None,
+    results: str | os.PathLike[str] | None = None,
+    allow_changed: bool = False,
+    allow_endpoint_change: bool = False,
+    retry_errored: bool = False,
+    progress: bool = False,
+    watch: int | None = None,
+    prices: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    output_schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    mode: str | None = None,
+    concurrency: int | None = None,
+    max_attempts: int | None = None,
+    retry_max_seconds: float | None = None,
+    checkpoint_interval: float | None = None,
+    read_timeout: float | None = None,
+    backoff_base: float | None = None,
+    backoff_cap: float | None = None,
+    recover: str | None = None,
+    max_cost: float | None = None,
+    headroom: float | None = None,
+    cache: str | None = None,
+    batch_size: int | None = None,
+    poll_interval: float | None = None,
+    rpm: float | None = None,
+    itpm: float | None = None,
+    otpm: float | None = None,
+) -> JobResult:
     """Run a job to its end, as ``orchestrator run`` does, and return its summary and results.
 
     ``job``: a job file or spec (any kind ``orchestrator run`` takes), or an iterable of request
-    dicts (the Batches shape ``{"custom_id", "params"}`` or prompt dicts ``{"prompt", ...}``).
-    ``options``: ``run``'s long options with underscores, e.g. ``simulate=True``,
-    ``concurrency=16``, ``max_cost=5.0``, ``results="results/mine"``. Resumable: run it again
-    (or ``orchestrator resume DB``) and it goes on where it stopped. Raises UserError (bad input
-    or options, nothing sent), JobChangedError, JobAborted (stopped by the API or the spend cap).
+    dicts (the Batches shape ``{"custom_id", "params"}`` or prompt dicts ``{"prompt", ...}``),
+    written, streamed, to ``input.jsonl`` in the job's results folder (named by a hash of the
+    requests unless ``results`` or ``db`` is given): the same requests are the same job, resumed.
+
+    Where: ``simulate`` (True, or a ``SimulatorConfig``: the built-in simulator, no API key) or
+    ``base_url`` (default ``ANTHROPIC_BASE_URL`` or the real API). ``db`` (default
+    RESULTS/job.sqlite), ``results`` (default results/<job name>, results/simulated/<job name> when
+    simulated). ``allow_changed``: update a job whose job file changed. ``allow_endpoint_change``,
+    ``retry_errored``: for this run only. ``progress``: show progress on stderr (default: nothing
+    is written to stderr; notes go to the ``orchestrator`` logger). ``watch``: serve a live view of
+    the run on this port of 127.0.0.1 (0: any free port; ``orchestrator watch``). ``prices``: a prices file.
+    ``model``, ``max_tokens``, ``system``, ``temperature``: request defaults over a spec's
+    ``[defaults]``. ``output_schema``: a JSON schema (a file, or the schema as a dict) every reply
+    must fit (structured outputs; results carry the parsed JSON as ``output``). The run settings
+    (None: the spec's ``[run]``/``[limits]``, else the default)
+    are listed below.
+
+    Raises UserError (bad input or options, nothing sent; the message names the keyword),
+    JobChangedError, JobAborted (stopped by the API or the spend cap), KeyboardInterrupt (stopped).
+    Resumable: run it again, or ``open_job(db).resume()``.
     """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
-    else:
+    else:  # before anything is written
         raise UserError(
             "run_job cannot run inside a running event loop (Jupyter, asyncio code): "
             "use `await orchestrator.arun_job(...)` there"
         )
-    if threading.current_thread() is not threading.main_thread():
-        raise UserError("run_job runs in the main thread (it handles Ctrl-C); use arun_job in other threads' loops")
-    result: JobResult = anyio.run(functools.partial(arun_job, job, **options))
-    return result
+    options, requests = _options(job, _keywords(dict(locals())))
+    if requests is not None:
+        options = _write_requests(requests, options)
+    return _sync(lambda: _run_here(options), "run_job", "orchestrator.arun_job(...)")
+
+
+async def _run_here(options: RunOptions) -> JobResult:
+    _main_thread("run_job")
+    return (await run(options)).raise_for_stop()
+
+
+def _settings_doc() -> str:
+    lines = ["", "Run settings:"]
+    for setting in TABLE:
+        default = getattr(DEFAULTS, setting.name, None)
+        shown = "" if default is None else f", default {default}"
+        lines.append(f"    {setting.name}: {setting.help} ({setting.describe()}{shown})")
+    return "\n".join(lines) + "\n"
+
+
+run_job.__doc__ = (run_job.__doc__ or "") + _settings_doc()
+arun_job.__doc__ = (arun_job.__doc__ or "") + _settings_doc()
+Job.resume.__doc__ = (Job.resume.__doc__ or "") + _settings_doc()
+Job.aresume.__doc__ = (Job.aresume.__doc__ or "") + _settings_doc()

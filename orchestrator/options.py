@@ -1,321 +1,220 @@
-"""The ``run`` command's options: one grammar for the command line, the Python API and the command
-line a job stores so that ``resume`` runs it the same way.
+"""``RunOptions``: one run of a job as its caller asks for it, the only form run options take.
 
-The run settings come from ``settings.SETTINGS`` (the one source of their names, types and ranges);
-``run_options`` turns parsed options into ``job.RunOptions``. The CLI (``cli/parser.py``) adds its
-other commands around these; the API (``library.py``) checks its keyword arguments against them.
-Nothing here imports the SDK.
+The command line builds it from its parsed options (``cli/parser.py``), the Python API from its
+keyword arguments (``library.py``); it is stored with the job as JSON (``to_json``), and ``resume``
+is the stored options with what is given now (``resumed``). Its run settings are the one table
+``settings.SETTINGS`` (and ``LIMITS``), one field each, None meaning "not given": a job spec's
+``[run]`` and ``[limits]`` are merged under them once, at the top of a run (``settings.merge``).
+Values are checked when it is made, and messages name an option as the caller wrote it:
+``--concurrency`` on the command line, ``concurrency`` in Python.
+
+Adding a run setting: a ``Setting`` in ``settings.SETTINGS``, its default in ``JobSettings``, a
+field here (``kind | None = None``), and a keyword in ``library.run_job``, ``arun_job`` and
+``Job.resume``; ``tests/test_options.py`` fails until all of them agree.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.api.modelinfo import MODELS
-from orchestrator.job import RunOptions
-from orchestrator.jobs.output import read_schema
-from orchestrator.settings import BATCH, DEFAULTS, LIMITS, SETTINGS
-from orchestrator.simulator import BatchSettings, FaultKind, FaultRates, Limits, SimulatorConfig, Timing
+from orchestrator.endpoint import SIMULATOR
+from orchestrator.errors import UserError
+from orchestrator.jobs.output import read_schema, schema_text_problems
+from orchestrator.jobs.params import value_problem
+from orchestrator.settings import BY_NAME, LIMITS, SETTINGS, Setting
 
-ONE_OFF = ("--allow-endpoint-change", "--retry-errored")  # what one run may do, never stored for the next
-STREAM_FAULTS = tuple(kind.value for kind in FaultKind)
-BATCH_FAULTS = ("errored", "expired", "rate_limited", "overloaded")
-LONGEST_REPLY = max(limits.max_output for limits in MODELS.values())
-WATCH_PORT = 8766  # of ``orchestrator watch`` and ``run --watch`` (the simulator's is 8765)
+if TYPE_CHECKING:
+    from orchestrator.simulator.config import SimulatorConfig
 
-
-def port_number(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535 (0: any free port), not {text}")
-    return port
+TABLE: tuple[Setting, ...] = (*SETTINGS, *LIMITS)  # every run setting, by the order of the table
+DEFAULT_FIELDS = ("model", "max_tokens", "system", "temperature")  # request defaults given as options (and the schema)
+ONE_OFF = ("allow_endpoint_change", "retry_errored")  # what one run may do, never stored for the next
+NOT_STORED = (*ONE_OFF, "python", "db")  # the database is where the options are stored
 
 
-def _probability(text: str, known: Sequence[str] = STREAM_FAULTS) -> tuple[str, float]:
-    kind, sep, value = text.partition("=")
-    if not sep or kind not in known:
-        raise argparse.ArgumentTypeError(f"expected KIND=P with KIND one of {', '.join(known)}")
-    probability = _number(value)
-    if not 0 <= probability <= 1:
-        raise argparse.ArgumentTypeError("a probability is between 0 and 1")
-    return kind, probability
+@dataclass(frozen=True)
+class RunOptions:
+    """One run of a job. Settings left None come from the job spec's ``[run]``, else the defaults."""
+
+    job: Path  # a job file or spec (it may be gone if ``db`` holds the job)
+    db: Path | None = None
+    results: Path | None = None
+    simulate: SimulatorConfig | None = None  # run against the built-in simulator with this configuration
+    base_url: str | None = None
+    allow_changed: bool = False
+    allow_endpoint_change: bool = False  # go on against another endpoint than the job's results came from
+    retry_errored: bool = False  # errored results run again
+    quiet: bool = False  # no progress
+    watch: int | None = None  # serve a live view of the run on this port of 127.0.0.1 (0: any free port)
+    prices: Path | None = None
+    # request defaults: they override a spec's [defaults]; each line's own fields override these
+    model: str | None = None
+    max_tokens: int | None = None
+    system: str | None = None
+    temperature: float | None = None
+    # structured outputs: a JSON schema file, or the schema itself; every request's output_config.format
+    output_schema: Path | dict[str, Any] | None = None
+    # run settings (settings.SETTINGS): they override a spec's [run]
+    mode: str | None = None
+    concurrency: int | None = None
+    max_attempts: int | None = None
+    retry_max_seconds: float | None = None
+    checkpoint_interval: float | None = None
+    read_timeout: float | None = None
+    backoff_base: float | None = None
+    backoff_cap: float | None = None
+    recover: str | None = None
+    max_cost: float | None = None
+    headroom: float | None = None
+    cache: str | None = None
+    batch_size: int | None = None
+    poll_interval: float | None = None
+    # rate limits for every model (settings.LIMITS): they override a spec's [limits]
+    rpm: float | None = None
+    itpm: float | None = None
+    otpm: float | None = None
+    python: bool = field(default=False, compare=False)  # made by the Python API: messages name keywords
+
+    def __post_init__(self) -> None:
+        if self.simulate is not None and self.base_url is not None:
+            raise UserError(f"give {self.option('simulate')} or {self.option('base_url')}, not both")
+        for setting in TABLE:
+            value = getattr(self, setting.name)
+            if value is not None:
+                try:
+                    object.__setattr__(self, setting.name, setting.check(value))
+                except ValueError as exc:
+                    raise UserError(f"{self.option(setting.name)} {exc}") from None
+        for key, value in self.defaults.items():
+            problem = value_problem(key, value)
+            if problem is not None:
+                raise UserError(f"{self.option(key)} {problem}")
+        if isinstance(self.output_schema, dict):
+            problems = schema_text_problems(self.output_schema, self.option("output_schema"))
+            if problems:
+                raise UserError("; ".join(problems))
+
+    def option(self, name: str) -> str:
+        """An option's name as this run's caller writes it: ``concurrency`` in Python, else ``--concurrency``."""
+        if self.python:
+            return name
+        setting = BY_NAME.get(name)
+        return setting.flag if setting is not None else "--" + name.replace("_", "-")
+
+    @property
+    def given(self) -> dict[str, Any]:
+        """The run settings and limits given, by name."""
+        return {s.name: getattr(self, s.name) for s in TABLE if getattr(self, s.name) is not None}
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The request defaults given (model, max_tokens, system, temperature)."""
+        return {name: getattr(self, name) for name in DEFAULT_FIELDS if getattr(self, name) is not None}
+
+    def request_defaults(self) -> dict[str, Any]:
+        """The request defaults given, with the output schema (read and checked, if a file) as
+        ``output_config.format``; JobFileError naming the file if it cannot be read or the API would refuse it."""
+        defaults = self.defaults
+        schema = self.output_schema
+        if isinstance(schema, Path):
+            schema = read_schema(schema, f"{self.option('output_schema')} {schema}")
+        if schema is not None:
+            defaults["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        return defaults
+
+    def to_json(self) -> dict[str, Any]:
+        """What is stored with the job, so that ``resume`` runs it the same way: all but the one-off
+        permissions; the job file by its absolute path, so a resume works from anywhere."""
+        stored: dict[str, Any] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name in NOT_STORED or value is None or value is False:
+                continue
+            if item.name in ("job", "output_schema") and isinstance(value, Path):
+                value = str(value.resolve())
+            elif isinstance(value, Path):
+                value = str(value)
+            elif item.name == "simulate":
+                value = _plain(dataclasses.asdict(value))
+            stored[item.name] = value
+        return stored
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any], **now: Any) -> RunOptions:
+        """Options stored with a job (``to_json``), with ``now`` replacing fields."""
+        values: dict[str, Any] = {}
+        names = {item.name for item in fields(cls)}
+        for key, value in stored.items():
+            if key not in names:
+                continue  # a field of a later version
+            if key in ("job", "results", "prices") or (key == "output_schema" and isinstance(value, str)):
+                value = Path(value)
+            elif key == "simulate":
+                from orchestrator.simulator.config import SimulatorConfig  # a simulated job only
+
+                value = SimulatorConfig.from_json(value)
+            values[key] = value
+        return cls(**{**values, **now})
 
 
-def _batch_probability(text: str) -> tuple[str, float]:
-    return _probability(text, BATCH_FAULTS)
+def _plain(value: Any) -> Any:
+    """A dataclass's fields as JSON values (frozensets as sorted lists, tuples as lists)."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    return value
 
 
-def _int_range(text: str) -> tuple[int, int]:
-    """``N`` or ``MIN:MAX``, positive integers."""
-    low, _, high = text.partition(":")
-    try:
-        bounds = int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected N or MIN:MAX") from None
-    if not 1 <= bounds[0] <= bounds[1]:
-        raise argparse.ArgumentTypeError("expected 1 <= MIN <= MAX")
-    return bounds
+def resumed(
+    stored: RunOptions,
+    db: Path,
+    endpoint: str | None,
+    *,
+    simulate: SimulatorConfig | bool | None = None,
+    base_url: str | None = None,
+    quiet: bool | None = None,
+    allow_endpoint_change: bool = False,
+    retry_errored: bool = False,
+    python: bool = False,
+    settings: Mapping[str, Any] | None = None,
+) -> RunOptions:
+    """``resume``: the job's stored options, with the settings given now over them, against the
+    endpoint given now, else the one of the job's last run (``endpoint``: ``SIMULATOR``, a URL or
+    None when not recorded). A simulated run keeps the simulator configuration it was stored with."""
 
+    def simulator() -> SimulatorConfig:
+        if simulate is not None and simulate is not True and simulate is not False:
+            return simulate
+        if stored.simulate is not None:
+            return stored.simulate
+        from orchestrator.simulator.config import SimulatorConfig
 
-def _reply_range(text: str) -> tuple[int, int]:
-    """A reply length range: no reply is longer than the largest max_tokens any model accepts."""
-    bounds = _int_range(text)
-    if bounds[1] > LONGEST_REPLY:
-        raise argparse.ArgumentTypeError(
-            f"a reply is at most {LONGEST_REPLY:,} tokens (the largest max_tokens a model accepts), not {bounds[1]:,}"
-        )
-    return bounds
+        return SimulatorConfig()
 
-
-def _number(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if math.isnan(number):
-        raise argparse.ArgumentTypeError("not a number: nan")
-    return number
-
-
-def _positive(text: str) -> float:
-    """A number above 0 ('inf' allowed)."""
-    number = _number(text)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
-    return number
-
-
-def _seconds(text: str) -> float:
-    """A finite number of seconds, at least 0."""
-    number = _number(text)
-    if not 0 <= number < math.inf:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, at least 0, not {text}")
-    return number
-
-
-def _seconds_range(text: str) -> tuple[float, float | None]:
-    """``S`` or ``MIN:MAX`` seconds (finite, at least 0, MIN <= MAX)."""
-    low, sep, high = text.partition(":")
-    bounds = _seconds(low), _seconds(high) if sep else None
-    if bounds[1] is not None and bounds[1] < bounds[0]:
-        raise argparse.ArgumentTypeError("expected MIN <= MAX")
-    return bounds
-
-
-def add_simulator_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("simulator")
-    group.add_argument("--seed", type=int, default=0, help="seed of replies and faults (default 0)")
-    group.add_argument("--speed", type=_positive, default=1.0, help="time factor; 'inf' for no delays (default 1)")
-    group.add_argument("--ttft", type=_seconds, default=0.5, help="seconds to first token (default 0.5)")
-    group.add_argument("--tps", type=_positive, default=60.0, help="output tokens per second per stream (default 60)")
-    group.add_argument(
-        "--reply-tokens", type=_reply_range, default=(20, 300), metavar="MIN:MAX", help="reply length range"
-    )
-    group.add_argument(
-        "--tokens-per-delta",
-        type=_int_range,
-        default=SimulatorConfig.tokens_per_delta,
-        metavar="N|MIN:MAX",
-        help="tokens per content delta, drawn per delta (default %(default)s)",
-    )
-    group.add_argument("--sim-rpm", type=_positive, help="requests per minute the simulator allows")
-    group.add_argument("--sim-itpm", type=_positive, help="input tokens per minute the simulator allows")
-    group.add_argument("--sim-otpm", type=_positive, help="output tokens per minute the simulator allows")
-    group.add_argument("--burst-seconds", type=_positive, default=1.0, help="bucket capacity in seconds of refill")
-    group.add_argument("--spend-cap", action="store_true", help="answer every request with the spend-limit 429")
-    group.add_argument(
-        "--fault",
-        type=_probability,
-        action="append",
-        default=[],
-        metavar="KIND=P",
-        help=f"inject a fault with probability P; KIND: {', '.join(k.value for k in FaultKind)}",
-    )
-    group.add_argument(
-        "--refusals",
-        type=lambda text: _probability(f"refusal={text}", ("refusal",))[1],
-        default=0.0,
-        metavar="P",
-        help="share of conversations refused (stop_reason refusal, with stop_details), seeded (default 0)",
-    )
-    group.add_argument("--stall-seconds", type=_seconds, default=30.0, help="how long a stall lasts (default 30)")
-    group.add_argument("--reject-key", action="append", default=[], help="an x-api-key to answer with 401")
-    group.add_argument(
-        "--sim-model",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="a model id the simulator serves beside the known ones (any other gets the API's 404); repeatable",
-    )
-    group.add_argument(
-        "--no-count-tokens",
-        action="store_true",
-        help="answer POST /v1/messages/count_tokens with 404, as some servers do",
-    )
-    group.add_argument(
-        "--batch-seconds",
-        type=_seconds_range,
-        default=(BatchSettings.seconds, None),
-        metavar="S|MIN:MAX",
-        help="seconds a message batch takes to end, not scaled by --speed; MIN:MAX: each batch a seeded time "
-        f"of its own in that range, its requests at seeded times within it (default {BatchSettings.seconds:g})",
-    )
-    group.add_argument(
-        "--batch-fault",
-        type=_batch_probability,
-        action="append",
-        default=[],
-        metavar="KIND=P",
-        help="batch requests errored/expired, or batch endpoints answering 429 (rate_limited) or 529 (overloaded), "
-        "with probability P",
-    )
-
-
-def simulator_config(args: argparse.Namespace) -> SimulatorConfig:
-    rates = dict(args.fault)
-    return SimulatorConfig(
-        seed=args.seed,
-        reply_min=args.reply_tokens[0],
-        reply_max=args.reply_tokens[1],
-        tokens_per_delta=args.tokens_per_delta,
-        refusals=args.refusals,
-        timing=Timing(ttft=args.ttft, tokens_per_second=args.tps, speed=args.speed),
-        limits=Limits(
-            rpm=args.sim_rpm,
-            itpm=args.sim_itpm,
-            otpm=args.sim_otpm,
-            burst_seconds=args.burst_seconds,
-            spend_cap=args.spend_cap,
-        ),
-        faults=FaultRates(stall_seconds=args.stall_seconds, **rates),
-        batches=BatchSettings(
-            seconds=args.batch_seconds[0], seconds_max=args.batch_seconds[1], **dict(args.batch_fault)
-        ),
-        reject_api_keys=frozenset(args.reject_key),
-        count_tokens_endpoint=not args.no_count_tokens,
-        extra_models=frozenset(args.sim_model),
-    )
-
-
-def add_endpoint_options(parser: argparse.ArgumentParser, resume: bool = False) -> None:
-    """Where a run sends its requests, and what a run (or resume) may do once: options never stored."""
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--simulate", action="store_true", help="run against the built-in simulator (no API key)")
-    where.add_argument(
-        "--base-url",
-        help="API base URL (default: "
-        + ("the endpoint of the job's last run)" if resume else "ANTHROPIC_BASE_URL or the real API)"),
-    )
-    parser.add_argument(
-        ONE_OFF[0],
-        action="store_true",
-        help="go on against another endpoint than the one the job's results came from (they are kept)",
-    )
-    parser.add_argument(ONE_OFF[1], action="store_true", help="run the requests that ended errored again")
-
-
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    add_endpoint_options(parser)
-    parser.add_argument("--db", help="job database (default: RESULTS/job.sqlite)")
-    parser.add_argument(
-        "--results", help="results folder (default: results/<job name>; with --simulate, results/simulated/<job name>)"
-    )
-    parser.add_argument("--allow-changed", action="store_true", help="update a job whose job file has changed")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="count requests, estimate tokens, cost and duration; send nothing"
-    )
-    parser.add_argument("--prices", help="a prices file overriding the shipped one (for the cost shown)")
-    parser.add_argument(
-        "--watch",
-        type=port_number,
-        nargs="?",
-        const=WATCH_PORT,
-        metavar="PORT",
-        help=f"serve a live view of the run on 127.0.0.1:PORT (default {WATCH_PORT}; 0: any free port)",
-    )
-    add_setting_options(parser)
-    group = parser.add_argument_group(
-        "request defaults (these override a job spec's [defaults]; each line's own fields override these)"
-    )
-    group.add_argument("--model")
-    group.add_argument("--max-tokens", type=int)
-    group.add_argument("--system")
-    group.add_argument("--temperature", type=float)
-    group.add_argument(
-        "--output-schema",
-        metavar="FILE",
-        help="a JSON schema every reply must fit (structured outputs): sets output_config.format, "
-        "checked before anything is sent; results carry the parsed JSON as 'output'",
-    )
-    add_simulator_options(parser)
-
-
-def add_setting_options(parser: argparse.ArgumentParser) -> None:
-    """The run settings (``settings.SETTINGS``) and rate limits, for ``run`` and ``resume``."""
-    group = parser.add_argument_group("running (these override a job spec's [run])")
-    group.add_argument(
-        "--batch",
-        dest="mode",
-        action="store_const",
-        const=BATCH,
-        help="run through the Message Batches API (half the price, results within 24 h): --mode batch",
-    )
-    for setting in SETTINGS:
-        default = getattr(DEFAULTS, setting.name)
-        group.add_argument(
-            setting.flag,
-            dest=setting.name,
-            type=setting.kind,
-            choices=setting.choices or None,
-            help=f"{setting.help} (default {default})",
-        )
-    group = parser.add_argument_group(
-        "rate limits (per minute, for every model; a spec's [limits] can set them per model). "
-        "Limits not given are learned from the API's anthropic-ratelimit-* headers"
-    )
-    for setting in LIMITS:
-        group.add_argument(setting.flag, dest=setting.name, type=float, help=setting.help)
-
-
-def run_parser() -> argparse.ArgumentParser:
-    """The ``run`` command's options alone: the Python API takes them as keyword arguments."""
-    parser = argparse.ArgumentParser(prog="orchestrator run")
-    add_run_options(parser)
-    return parser
-
-
-def run_options(args: argparse.Namespace) -> RunOptions:
-    job = Path(args.job)
-    # Stored for resume: the job file (and the output schema) by absolute path, so a resume works from anywhere.
-    absolute = {args.job: str(job.resolve())}
-    if args.output_schema:
-        absolute[args.output_schema] = str(Path(args.output_schema).resolve())
-        absolute[f"--output-schema={args.output_schema}"] = f"--output-schema={absolute[args.output_schema]}"
-    argv = [absolute.get(arg, arg) for arg in args.argv if arg not in ONE_OFF]
-    given = {"model": args.model, "max_tokens": args.max_tokens, "system": args.system, "temperature": args.temperature}
-    if args.output_schema:
-        schema = read_schema(Path(args.output_schema), f"--output-schema {args.output_schema}")
-        given["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
-    return RunOptions(
-        job=job,
-        db=Path(args.db) if args.db else None,
-        results=Path(args.results) if args.results else None,
-        simulator=simulator_config(args) if args.simulate else None,
-        base_url=args.base_url,
-        allow_changed=args.allow_changed,
-        allow_endpoint_change=args.allow_endpoint_change,
-        retry_errored=args.retry_errored,
-        quiet=args.quiet,
-        watch=args.watch,
-        prices=Path(args.prices) if args.prices else None,
-        settings={setting.name: getattr(args, setting.name) for setting in (*SETTINGS, *LIMITS)},
-        defaults={key: value for key, value in given.items() if value is not None},
-        argv=argv,
+    where: dict[str, Any] = {}
+    if simulate or base_url:
+        where = {"simulate": simulator() if simulate else None, "base_url": base_url}
+    elif endpoint is not None:
+        where = {"simulate": simulator() if endpoint == SIMULATOR else None}
+        where["base_url"] = None if endpoint == SIMULATOR else endpoint
+    given = {name: value for name, value in (settings or {}).items() if value is not None}
+    unknown = sorted(set(given) - {s.name for s in TABLE})
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r}")
+    return dataclasses.replace(
+        stored,
+        db=db,
+        quiet=stored.quiet if quiet is None else quiet,
+        allow_endpoint_change=allow_endpoint_change,
+        retry_errored=retry_errored,
+        python=python,
+        **where,
+        **given,
     )

@@ -9,7 +9,7 @@ defaults < the spec < the command line (or the API's keyword arguments).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -216,10 +216,15 @@ def limit_problems(limits: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def merge(spec_run: Mapping[str, Any], spec_limits: Mapping[str, Any], given: Mapping[str, Any]) -> JobSettings:
-    """Built-in defaults, then a spec's ``[run]`` and ``[limits]``, then ``given`` (options or API arguments,
-    by setting name; None means not given). Raises UserError naming the option of a bad value, or of
-    one given for the other mode (a spec's ``[run]`` may hold both modes' settings: those are ignored)."""
+def merge(
+    spec_run: Mapping[str, Any],
+    spec_limits: Mapping[str, Any],
+    given: Mapping[str, Any],
+    named: Callable[[str], str] = lambda name: BY_NAME[name].flag if name in BY_NAME else "--" + name,
+) -> JobSettings:
+    """Built-in defaults, then a spec's ``[run]`` and ``[limits]``, then ``given`` (the run options'
+    settings by name, checked already). Raises UserError for a setting given for the other mode,
+    naming it as ``named`` does (a spec's ``[run]`` may hold both modes' settings: those are ignored)."""
     values: dict[str, Any] = {f.name: getattr(DEFAULTS, f.name) for f in fields(JobSettings) if f.name != "limits"}
     for key, value in spec_run.items():
         try:
@@ -231,20 +236,17 @@ def merge(spec_run: Mapping[str, Any], spec_limits: Mapping[str, Any], given: Ma
         value = given.get(setting.name)
         if value is None:
             continue
-        try:
-            checked = setting.check(value)
-        except ValueError as exc:
-            raise UserError(f"{setting.flag} {exc}") from None
         if setting in LIMITS:
-            limits[setting.name] = checked
+            limits[setting.name] = value
         else:
-            values[setting.name] = checked
+            values[setting.name] = value
     mode = values["mode"]
     for setting in (*SETTINGS, *LIMITS):
         if given.get(setting.name) is not None and mode not in setting.modes:
+            name = named(setting.name)
             raise UserError(
-                f"{setting.flag} is for {' and '.join(setting.modes)} mode only, and this job runs in {mode} mode: "
-                f"drop {setting.flag}" + (" (message batches are paced by the API itself)" if mode == BATCH else "")
+                f"{name} is for {' and '.join(setting.modes)} mode only, and this job runs in {mode} mode: "
+                f"drop {name}" + (" (message batches are paced by the API itself)" if mode == BATCH else "")
             )
     return JobSettings(**values, limits=limits)
 

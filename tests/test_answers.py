@@ -273,7 +273,7 @@ async def test_an_unreachable_endpoint_stops_the_job_and_leaves_its_requests_pen
         assert await run_command(["resume", str(db), "--base-url", url, "--quiet"]) == 0
     assert sim.stats.outcomes["ok"] == 12
     assert query(db, "SELECT state, COUNT(*) FROM requests GROUP BY state") == [("succeeded", 12)]
-    assert json.loads(query(db, "SELECT spec FROM job")[0][0])["argv"][3] == closed  # the command line as created
+    assert json.loads(query(db, "SELECT spec FROM job")[0][0])["options"]["base_url"] == closed  # as created
 
 
 async def test_errored_requests_run_again_on_demand(simulate: Simulate, tmp_path: Path) -> None:

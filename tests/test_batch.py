@@ -31,8 +31,9 @@ from orchestrator.batch.plan import ENVELOPE, Splitter, create_body, request_siz
 from orchestrator.cli import run_command
 from orchestrator.crash import CRASH_ENV
 from orchestrator.pricing import load_prices
-from orchestrator.report.export import export_csv, export_results
+from orchestrator.report.export import export_csv
 from orchestrator.report.figures import Filters, job_report
+from orchestrator.results import export_results
 from orchestrator.run.engine import Summary
 from orchestrator.run.progress import Quiet
 from orchestrator.settings import JobSettings

@@ -16,7 +16,7 @@ import pytest
 from orchestrator.cli import run_command
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
-from orchestrator.report.export import result_line
+from orchestrator.results import result_line
 from orchestrator.run.engine import Job
 from orchestrator.run.progress import Quiet
 from orchestrator.settings import JobSettings

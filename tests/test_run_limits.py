@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from orchestrator.cli import run_command
-from orchestrator.job import http_client
+from orchestrator.client import http_client
 from orchestrator.run.engine import Job
 from orchestrator.run.limits import Permit
 from orchestrator.run.progress import Quiet

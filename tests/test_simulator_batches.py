@@ -15,8 +15,7 @@ import anthropic
 import httpx2
 import pytest
 
-from orchestrator.cli.parser import build_parser
-from orchestrator.options import simulator_config
+from orchestrator.cli.parser import build_parser, simulator_config
 from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig
 from orchestrator.simulator.batch_api import LINES_PER_WRITE
 from orchestrator.simulator.batches import Batches, BatchStats, parse_requests

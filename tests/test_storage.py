@@ -22,6 +22,7 @@ import orchestrator.store
 from orchestrator.cli import run_command
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
+from orchestrator.options import RunOptions
 from orchestrator.run.engine import Job, Summary
 from orchestrator.run.progress import Quiet
 from orchestrator.settings import JobSettings
@@ -78,11 +79,12 @@ async def run_cli(
     return await anyio.to_thread.run_sync(run)
 
 
-async def load(job: Path, db: Path, argv: list[str]) -> None:
-    """Load a job file into a new database, as ``run`` would, with the command line a resume runs."""
+async def load(job: Path, db: Path, **options: Any) -> None:
+    """Load a job file into a new database, as ``run`` would, with the options a resume runs it with."""
     spec = load_spec(job, {})
+    stored = RunOptions(job=job, quiet=True, checkpoint_interval=0.05, **options).to_json()
     async with open_store(db) as store:
-        await store.load(spec.name, {"argv": argv}, spec.fingerprint(), read_requests(spec))
+        await store.load(spec.name, {"options": stored}, spec.fingerprint(), read_requests(spec))
 
 
 def one_result_each(out: Path, count: int) -> list[dict[str, Any]]:
@@ -99,7 +101,7 @@ async def test_a_locked_database_is_waited_out_while_the_streams_go_on(
     job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": f"p{i}"} for i in range(count)])
     db = tmp_path / "out" / "job.sqlite"
     settings = JobSettings(concurrency=2, checkpoint_interval=0.05)
-    await load(job, db, [])
+    await load(job, db)
     summary: list[Summary] = []
     async with simulate(PACED) as (sim, client, _), open_store(db) as store:
         running = Job(store, client, settings, Quiet())
@@ -140,7 +142,7 @@ async def test_a_full_database_stops_the_job_cleanly_and_it_resumes(
     count = 12
     job, out, db = prompts(tmp_path, count)
     async with simulate(PACED) as (sim, client, url):
-        await load(job, db, ["run", str(job), "--results", str(out), "--base-url", url, *FAST])
+        await load(job, db, results=out, base_url=url)
         async with open_store(db) as store:
             # What a full disk gives SQLite: no page beyond those the file has now.
             await store.db.execute("PRAGMA max_page_count = " + str(query(db, "PRAGMA page_count")[0][0]))
@@ -166,7 +168,7 @@ async def test_a_disk_that_fills_up_mid_run_exits_3_with_a_message_and_resumes(
     count = 40
     job, out, db = prompts(tmp_path, count)
     async with simulate(PACED) as (_, _, url):
-        await load(job, db, ["run", str(job), "--results", str(out), "--concurrency", "4", "--base-url", url, *FAST])
+        await load(job, db, results=out, concurrency=4, base_url=url)
         size = db.stat().st_size
         # The disk fills up once the job has written about 100 kB more (its write-ahead log grows).
         full = await run_cli("resume", str(db), file_size=size + 100_000)

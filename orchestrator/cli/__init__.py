@@ -1,8 +1,9 @@
-"""The command line: parsing and printing only, over the library (``orchestrator.job`` and friends)."""
+"""The command line: parsing and printing only, over the Python API (``orchestrator.library``)."""
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 import signal
@@ -33,10 +34,25 @@ PATH_ERRORS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES
 SIGPIPE_EXIT = 128 + 13  # what a shell reports for a tool ended by SIGPIPE, as `status DB | head` may be
 
 
+class _Stderr(logging.Handler):
+    """The library's notes, printed as they are to the standard error of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def _print_notes() -> None:
+    logger = logging.getLogger("orchestrator")
+    if not any(isinstance(handler, _Stderr) for handler in logger.handlers):
+        logger.addHandler(_Stderr())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # printed once, here
+
+
 async def run_command(argv: Sequence[str]) -> int:
     """Run one command line in the current event loop; return its exit status."""
     args = build_parser().parse_args(argv)
-    args.argv = list(argv)
+    _print_notes()
     try:
         return await HANDLERS[args.command](args)
     except OrchestratorError as exc:

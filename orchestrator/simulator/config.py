@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -87,3 +89,23 @@ class SimulatorConfig:
     count_tokens_endpoint: bool = True  # False: /v1/messages/count_tokens answers 404, as on some servers
     # Model ids served beside those of api.modelinfo.MODELS (any other id gets the API's 404).
     extra_models: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_json(cls, stored: Mapping[str, Any]) -> SimulatorConfig:
+        """A configuration stored as JSON (``dataclasses.asdict``'s shape; fields left out keep
+        their defaults, unknown ones are ignored)."""
+        parts = {"timing": Timing, "limits": Limits, "faults": FaultRates, "batches": BatchSettings}
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            if item.name not in stored:
+                continue
+            value = stored[item.name]
+            if item.name in parts:
+                known = {f.name for f in fields(parts[item.name])}
+                value = parts[item.name](**{key: v for key, v in value.items() if key in known})
+            elif item.name == "tokens_per_delta":
+                value = tuple(value)
+            elif item.name in ("reject_api_keys", "extra_models"):
+                value = frozenset(value)
+            values[item.name] = value
+        return cls(**values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -9,6 +10,8 @@ from contextlib import asynccontextmanager
 
 import aiosqlite
 import anyio
+
+from orchestrator.store.legacy import options_of
 
 Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
 
@@ -172,6 +175,19 @@ async def _0009_attempt_sent_at(db: aiosqlite.Connection) -> None:
 async def _0010_run_notes(db: aiosqlite.Connection) -> None:
     # What a run knows that no request row holds (its cap, the last rate-limit headers), for watchers.
     await db.execute("CREATE TABLE notes (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL)")
+
+
+@migration
+async def _0011_job_options(db: aiosqlite.Connection) -> None:
+    """A job's options stored as JSON (``spec["options"]``) instead of the command line that ran it."""
+    async with db.execute("SELECT spec FROM job") as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        return
+    spec = json.loads(row[0])
+    if "argv" in spec:
+        spec["options"] = options_of(spec.pop("argv"))
+        await db.execute("UPDATE job SET spec = ?", (json.dumps(spec),))
 
 
 async def pending_migrations(db: aiosqlite.Connection) -> list[str]:
