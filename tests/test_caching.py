@@ -54,7 +54,7 @@ def interleaved(count: int, prefixes: int, marked: bool = False, fault_first: bo
 
 
 async def test_each_of_several_interleaved_prefixes_is_written_once_then_read(
-    simulate: Simulate, tmp_path: Path
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = interleaved(48, prefixes=4)
     job = write_jsonl(tmp_path / "job.jsonl", lines)
@@ -71,6 +71,18 @@ async def test_each_of_several_interleaved_prefixes_is_written_once_then_read(
     stored = query(tmp_path / "job.sqlite", "SELECT params FROM requests WHERE custom_id = 'q0'")[0][0]
     assert json.loads(stored) == lines[0]["params"]  # the stored request keeps the user's params
     assert texts(tmp_path / "job.sqlite") == expected  # the replies of the prompts as given
+    # The report, per prefix: its requests, its one write, the reads, what it saved.
+    capsys.readouterr()
+    assert await run_command(["report", str(tmp_path / "job.sqlite"), "--format", "json"]) == 0
+    prefixes = json.loads(capsys.readouterr().out)["jobs"][0]["cache_prefixes"]
+    assert [p["requests"] for p in prefixes] == [12] * 4
+    assert sum(p["cache_write_tokens"] for p in prefixes) == sim.stats.cache_creation_input_tokens_billed
+    assert sum(p["cache_read_tokens"] for p in prefixes) == sim.stats.cache_read_input_tokens_billed
+    assert all(p["saved_usd"] > 0 and p["tokens"] > 2000 for p in prefixes)
+    assert await run_command(["report", str(tmp_path / "job.sqlite")]) == 0
+    text = capsys.readouterr().out
+    assert "prompt cache by prefix" in text
+    assert prefixes[0]["prefix"] in text
 
 
 async def test_cache_off_sends_the_requests_as_they_are(simulate: Simulate, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from orchestrator.api.modelinfo import family
 from orchestrator.models import State, Usage
 from orchestrator.outputs import STATUSES, counts_text
 from orchestrator.pricing import PriceTable, money
+from orchestrator.report.caching import PrefixRow, cache_prefixes
 from orchestrator.report.export import output_counts
 from orchestrator.store import Store
 
@@ -139,6 +140,7 @@ class JobReport:
     path: str
     models: dict[str, Figures]
     simulated: bool = False  # it holds results of the built-in simulator, not of the API
+    prefixes: list[PrefixRow] = field(default_factory=list)  # the prompt cache by prefix
 
     @property
     def title(self) -> str:
@@ -216,7 +218,11 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
             f.billed_cost = f.kept_cost = None
             f.unpriced.add(model)
     return JobReport(
-        name=job.name if job else path.stem, path=str(path), models=models, simulated=bool(job and job.simulated)
+        name=job.name if job else path.stem,
+        path=str(path),
+        models=models,
+        simulated=bool(job and job.simulated),
+        prefixes=await cache_prefixes(store, prices),
     )
 
 
@@ -297,6 +303,7 @@ def render_json(reports: list[JobReport], prices: PriceTable) -> str:
                     "database": r.path,
                     "simulated": r.simulated,
                     "total": as_dict(r.total()),
+                    "cache_prefixes": prefixes_dict(r.prefixes),
                     "models": {m: as_dict(f) for m, f in sorted(r.models.items())},
                 }
                 for r in reports
@@ -390,6 +397,39 @@ def _text_details(f: Figures) -> list[str]:
     return lines
 
 
+def _text_prefixes(prefixes: list[PrefixRow], most: int = 10) -> list[str]:
+    if not prefixes:
+        return []
+    lines = [
+        "  prompt cache by prefix:",
+        f"    {'prefix':<18}{'model':<28}{'tokens':>9}{'requests':>10}{'writes':>12}{'reads':>14}{'saved':>12}",
+    ]
+    for row in prefixes[:most]:
+        lines.append(
+            f"    {row.key:<18}{row.model:<28}{row.tokens:>9,}{row.requests:>10,}{row.writes:>12,}{row.reads:>14,}"
+            f"{money(row.saved):>12}"
+        )
+    if len(prefixes) > most:
+        lines.append(f"    ... and {len(prefixes) - most:,} more prefixes (--format json lists them all)")
+    return lines
+
+
+def prefixes_dict(prefixes: list[PrefixRow]) -> list[dict[str, Any]]:
+    return [
+        {
+            "prefix": row.key,
+            "model": row.model,
+            "tokens": row.tokens,
+            "requests": row.requests,
+            "cache_write_tokens": row.writes,
+            "cache_write_1h_tokens": row.writes_1h,
+            "cache_read_tokens": row.reads,
+            "saved_usd": None if row.saved is None else float(round(row.saved, 6)),
+        }
+        for row in prefixes
+    ]
+
+
 def simulated_note(reports: list[JobReport]) -> str:
     simulated = sum(report.simulated for report in reports)
     return f" ({simulated} of them SIMULATED)" if simulated else ""
@@ -406,6 +446,7 @@ def render_text(reports: list[JobReport], prices: PriceTable) -> str:
             rows["(all models)"] = total
         lines += _text_block(f"job {report.title}  ({report.path})", rows)
         lines += _text_details(total)
+        lines += _text_prefixes(report.prefixes)
         lines.append("")
     if len(reports) > 1:
         lines += _text_block(f"all {len(reports)} jobs{simulated_note(reports)}", {"(all models)": grand})

@@ -121,6 +121,18 @@ class Queries(Base):
         ) as cursor:
             return {(row[0], row[1]): Usage(*row[2:]) async for row in cursor}
 
+    async def cache_by_request(self) -> AsyncIterator[tuple[dict[str, Any], int, int, int]]:
+        """(params, cache writes, of which 1-hour, cache reads) of each request that has attempts,
+        summed over its attempts, in input order."""
+        async with self.db.execute(
+            """SELECT r.params, SUM(a.cache_creation_input_tokens), SUM(a.cache_creation_1h_input_tokens),
+                      SUM(a.cache_read_input_tokens)
+               FROM requests r JOIN attempts a ON a.request_id = r.id
+               GROUP BY r.id ORDER BY r.id"""
+        ) as cursor:
+            async for row in cursor:
+                yield json.loads(row[0]), row[1], row[2], row[3]
+
     async def estimated_output_by_model(self, since: float | None, until: float | None) -> dict[str, int]:
         """Output tokens of the attempts started in [since, until) that are our estimate (streams that
         broke before the server counted them), by requested model."""
