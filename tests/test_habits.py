@@ -4,6 +4,7 @@ directly, options at extreme values, an early Ctrl-C; each end to end through th
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -20,6 +21,8 @@ import pytest
 from orchestrator.cli import run_command
 from orchestrator.crash import INTERRUPT_ENV
 from orchestrator.errors import UserError
+from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.spec import load_spec
 from orchestrator.report.export import spreadsheet_safe
 from orchestrator.run.files import files_needed, make_room, pool_size
 from tests.conftest import Running
@@ -28,6 +31,7 @@ from tests.helpers import query, read_results, write_jsonl
 Simulate = Callable[..., AbstractAsyncContextManager[Running]]
 pytestmark = pytest.mark.anyio
 FAST = ["--quiet", "--checkpoint-interval", "0.05"]
+HAS_PYARROW = importlib.util.find_spec("pyarrow") is not None
 
 
 async def _ran(simulate: Simulate, job: Path, out: Path, *extra: str) -> Path:
@@ -246,3 +250,115 @@ def test_a_ctrl_c_right_after_start_exits_130_without_a_traceback(tmp_path: Path
     # ends the interpreter as SIGINT does (-2), which a shell reports as 130 too.
     assert process.returncode in (130, -signal.SIGINT), err
     assert "Traceback" not in err or "init_import_site" in err
+
+
+# -- files given directly -------------------------------------------------------------------------
+
+
+async def test_a_csv_given_directly_runs_as_the_table_a_user_means(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = tmp_path / "rows.csv"
+    rows.write_text(
+        "custom_id,prompt,max_tokens,temperature,system,note\n"
+        'a1,"Hello, world",40,0.5,Be terse.,first\n'
+        "a2,Second prompt,,,,second\n"
+    )
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        argv = ["run", str(rows), "--results", str(out), "--base-url", url, *FAST]
+        assert await run_command(argv) == 0
+        assert sim.stats.requests == 2  # the header is not a prompt
+    first, second = read_results(out)
+    assert (first["custom_id"], second["custom_id"]) == ("a1", "a2")
+    params = {item.custom_id: item.params for item in read_requests(load_spec(rows, {})) if isinstance(item, Loaded)}
+    assert params["a1"]["messages"] == [{"role": "user", "content": "Hello, world"}]
+    assert (params["a1"]["max_tokens"], params["a1"]["temperature"], params["a1"]["system"]) == (40, 0.5, "Be terse.")
+    assert params["a2"]["max_tokens"] == 1024  # an empty cell keeps the default
+    assert "temperature" not in params["a2"]
+    assert "note" not in params["a1"]  # the row's data, not a field
+    assert await run_command(["export", str(out / "job.sqlite"), "--format", "csv", "--out", "-"]) == 0
+    exported = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["note"] for row in exported] == ["first", "second"]
+    # the same table named in a spec's inputs runs the same way
+    spec = tmp_path / "job.toml"
+    spec.write_text('inputs = ["rows.csv"]\n')
+    assert [item.params for item in read_requests(load_spec(spec, {})) if isinstance(item, Loaded)] == list(
+        params.values()
+    )
+
+
+@pytest.mark.parametrize(
+    "suffix",
+    [".tsv", ".ndjson", pytest.param(".parquet", marks=pytest.mark.skipif(not HAS_PYARROW, reason="needs pyarrow"))],
+)
+def test_other_table_and_jsonl_files_given_directly(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"rows{suffix}"
+    records = [{"custom_id": "x1", "prompt": "one"}, {"custom_id": "x2", "prompt": "two"}]
+    if suffix == ".tsv":
+        path.write_text("custom_id\tprompt\nx1\tone\nx2\ttwo\n")
+    elif suffix == ".ndjson":
+        write_jsonl(path, records)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(records), path)
+    loaded = [item for item in read_requests(load_spec(path, {})) if isinstance(item, Loaded)]
+    assert [(item.custom_id, item.params["messages"][0]["content"]) for item in loaded] == [
+        ("x1", "one"),
+        ("x2", "two"),
+    ]
+
+
+def _folder(tmp_path: Path, *names: str) -> Path:
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    for name in names:
+        if name.endswith("/"):
+            (folder / name).mkdir()
+            (folder / name / "inner.txt").write_text("inner")
+        else:
+            (folder / name).write_text("text")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: _text(d / "rows.csv", "id,text\n1,hello\n"), "a table given directly needs a 'prompt' column"),
+        (lambda d: _text(d / "rows.csv", "id,text\n1,hello\n"), 'prompt = "... {id} ..."'),
+        (
+            lambda d: _text(d / "rows.csv", "prompt,max_token\nhi,5\n"),
+            "column 'max_token' is not a request field: did you mean 'max_tokens'?",
+        ),
+        (lambda d: _text(d / "rows.csv", "prompt,temperature\nhi,hot\n"), "rows.csv:2: column 'temperature'"),
+        (lambda d: _text(d / "rows.json", '[{"prompt": "hi"}]'), "jq -c '.[]'"),
+        (lambda d: _text(d / "rows.xlsx", "PK"), "a spreadsheet: save it as CSV"),
+        (lambda d: _text(d / "rows.jsonl.gz", "x"), "a compressed file (.gz)"),
+        (lambda d: Path("-"), "standard input is not read"),
+        (lambda d: _folder(d, "a.txt", "rows.csv", "more.jsonl"), "also holds more.jsonl, rows.csv"),
+        (lambda d: _folder(d, "sub/"), "its subfolders are not read"),
+        (
+            lambda d: write_jsonl(d / "results.jsonl", [{"custom_id": "a", "result": {"type": "succeeded"}}]),
+            "a results line (what a run writes), not a request",
+        ),
+    ],
+)
+async def test_what_cannot_be_a_job_is_refused_before_sending_saying_what_to_do(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], Path], message: str
+) -> None:
+    job = make(tmp_path)
+    out = tmp_path / "out"
+    async with simulate() as (sim, _, url):
+        assert await run_command(["run", str(job), "--results", str(out), "--base-url", url, *FAST]) == 2
+        assert sim.stats.requests == 0
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def _text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path

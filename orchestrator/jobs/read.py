@@ -76,6 +76,8 @@ def _from_json_line(obj: Any, defaults: dict[str, Any], generated_id: str) -> tu
             return "'prompt' must be a non-empty string"
         overrides = {k: v for k, v in obj.items() if k not in ("prompt", "custom_id")}
         params = {**defaults, **overrides, "messages": [{"role": "user", "content": prompt}]}
+    elif "result" in obj and "custom_id" in obj:
+        return "a results line (what a run writes), not a request: run the job file its results came from"
     else:
         return "missing prompt: a line needs 'prompt' (or 'params' in the Batches shape)"
     problem = _check_id(custom_id) or _check_params(params)

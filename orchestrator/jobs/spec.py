@@ -1,8 +1,9 @@
 """What a job is: a job file or a ``.toml`` spec, resolved into its sources, defaults and settings.
 
 A job is any of:
-- ``.jsonl`` lines in the Message Batches request shape ``{"custom_id": ..., "params": {...}}``,
+- ``.jsonl`` (or ``.ndjson``) lines in the Message Batches request shape ``{"custom_id": ..., "params": {...}}``,
   or simple lines ``{"prompt": ..., "custom_id"?: ..., <any Messages param>?: ...}``;
+- a table (``.csv``, ``.tsv``, ``.parquet``) with a ``prompt`` column (see ``direct.py``);
 - a text file (any other extension), one prompt per non-blank line;
 - a directory of ``.txt`` / ``.md`` files, one prompt per file;
 - a ``.toml`` job spec naming its inputs (paths, or globs whose matches are one prompt per
@@ -27,6 +28,7 @@ from typing import Any
 
 from orchestrator.api.modelinfo import limit_problem
 from orchestrator.errors import JobFileError, Problem, UserError
+from orchestrator.jobs.direct import TABLE_SUFFIXES, direct_table, folder_refusal, refusal
 from orchestrator.jobs.output import read_schema, schema_text_problems, with_format
 from orchestrator.jobs.params import value_problem
 from orchestrator.jobs.tables import Table, table_of, template_of
@@ -34,6 +36,7 @@ from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.settings import limit_problems, run_problems
 
 PROMPT_SUFFIXES = (".txt", ".md")
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SPEC_KEYS = frozenset({"name", "inputs", "tables", "template", "results", "defaults", "run", "limits", "output"})
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_MAX_TOKENS = 1024
@@ -80,7 +83,7 @@ def _sources_of(path: Path, *, as_glob: bool = False) -> list[Source]:
         return [Source(Path(p), "file") for p in sorted(glob.glob(str(path), recursive=True)) if Path(p).is_file()]
     if path.is_dir():
         return [Source(p, "file") for p in sorted(path.iterdir()) if p.suffix in PROMPT_SUFFIXES and p.is_file()]
-    return [Source(path, "jsonl" if path.suffix == ".jsonl" else "lines")]
+    return [Source(path, "jsonl" if path.suffix.lower() in JSONL_SUFFIXES else "lines")]
 
 
 def _tables(spec: dict[str, Any], base: Path) -> tuple[list[Table], list[str]]:
@@ -171,6 +174,9 @@ def _defaults(
 
 def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
+    refused = refusal(path)
+    if refused is not None:
+        raise refused
     if not path.exists():
         raise JobFileError([Problem(str(path), None, "no such file or directory")])
     if path.is_file() and _is_database(path):
@@ -179,9 +185,12 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     if path.suffix != ".toml":
         defaults = _defaults({}, cli_defaults, None)
         _check_defaults(defaults, cli_defaults, None, "")
+        if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
+            table = direct_table(path)
+            return JobSpec(name=stem_id(path), sources=[Source(path, "table", table)], defaults=defaults)
         found = _sources_of(path)
-        if not found:
-            raise JobFileError([Problem(str(path), None, "empty: no .txt or .md file in this folder")])
+        if path.is_dir() and (refused := folder_refusal(path, [source.path for source in found])) is not None:
+            raise refused
         return JobSpec(name=stem_id(path), sources=found, defaults=defaults)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -230,6 +239,12 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
     for entry in inputs:
         target = path.parent / entry
         is_glob = any(ch in entry for ch in "*?[")
+        if not is_glob and target.is_file() and target.suffix.lower() in TABLE_SUFFIXES:
+            try:  # a table named as an input runs as the table given directly does
+                sources.append(Source(target, "table", direct_table(target)))
+            except JobFileError as exc:
+                problems += exc.problems
+            continue
         found = _sources_of(target, as_glob=is_glob)
         if not found or (not is_glob and not target.exists()):
             problems.append(Problem(str(path), None, f"input {entry!r} matches no file"))
