@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from orchestrator.cli import run_command
 from orchestrator.models import Usage
 from orchestrator.pricing import load_prices
 from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig, Stats, Timing
-from orchestrator.store import JobRow
+from orchestrator.store import JobRow, open_reader
 from orchestrator.watch import Watcher, serve_watch
 from orchestrator.watch.figures import Rates, Reading, status
+from orchestrator.watch.server import redact
 from tests.conftest import Running
 from tests.helpers import CHROMIUM, chromium_flags, write_jsonl
 
@@ -178,19 +180,29 @@ async def test_a_finished_job_with_errors_and_its_text_only_when_asked(simulate:
     shown = json.loads(await Watcher(out / "job.sqlite", prices, show_text=True).status())
     assert [reply["prompt"] for reply in shown["replies"]][1:3] == ["tell me of harbours 5", "tell me of harbours 4"]
     assert all(reply["reply"] for reply in shown["replies"])
+    async with open_reader(out / "job.sqlite") as store:  # one model: its tokens read without the requests
+        by_tier = await store.billed_by_tier(None, None)
+        assert await store.billed_by_tier_of("claude-haiku-4-5") == by_tier
+    assert quiet["cost_usd"] == float(round(prices.total(by_tier) or Decimal(0), 6))
     missing = json.loads(await Watcher(tmp_path / "none.sqlite", prices).status())
     assert "no such job database" in missing["error"]
 
 
 async def test_a_batch_job_shows_its_batches_and_their_states(simulate: Simulate, tmp_path: Path) -> None:
-    job = prompts(tmp_path / "job.jsonl", 7)
+    lines: list[dict[str, Any]] = [{"prompt": f"question {i}"} for i in range(6)]
+    job = write_jsonl(tmp_path / "job.jsonl", [*lines, {"prompt": "and you?", "model": "claude-sonnet-4-5"}])
     out = tmp_path / "out"
     config = SimulatorConfig(batches=BatchSettings(seconds=0))
     async with simulate(config) as (_, _, base_url):
         argv = ["run", str(job), "--batch", "--batch-size", "3", "--poll-interval", "0.05", "--base-url", base_url]
         assert await run_command([*argv, "--results", str(out), "--quiet"]) == 0
-    answer = json.loads(await Watcher(out / "job.sqlite", load_prices(None)).status())
+    prices = load_prices(None)
+    answer = json.loads(await Watcher(out / "job.sqlite", prices).status())
     assert answer["batches"] == {"states": {"collected": 3}, "open": []}
+    async with open_reader(out / "job.sqlite") as store:  # two models: priced each at its batch price
+        by_tier = await store.billed_by_tier(None, None)
+    assert {model for model, _ in by_tier} == {"claude-haiku-4-5", "claude-sonnet-4-5"}
+    assert answer["cost_usd"] == float(round(prices.total(by_tier) or Decimal(0), 6))
     assert answer["done"] == 7
     assert answer["rate_limits"] == {}
 
@@ -218,3 +230,13 @@ def test_rates_are_recent_once_readings_span_two_seconds_and_forget_what_is_a_mi
     rates.add(reading(1080.0, 40, 4000))  # nothing done for 70 s: the old readings are forgotten
     assert rates.now() == (0.0, 0.0, 70.0)
     assert status(reading(1080.0, 40, 4000), rates)["eta_seconds"] is None
+
+
+def test_the_environment_s_key_and_token_are_blanked_wherever_they_turn_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "token-0123456789")
+    assert redact(f'{{"message": "bad key {SECRET}", "t": "token-0123456789"}}') == (
+        '{"message": "bad key [redacted]", "t": "[redacted]"}'
+    )

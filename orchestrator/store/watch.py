@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.models import Usage
 from orchestrator.store.base import Base
 from orchestrator.store.write import RUN_NOTES
 
@@ -29,6 +30,24 @@ class Watching(Base):
         async with self.db.execute("SELECT value, at FROM notes WHERE key = ?", (RUN_NOTES,)) as cursor:
             row = await cursor.fetchone()
         return None if row is None else (json.loads(row[0]), row[1])
+
+    async def request_models(self, after_id: int) -> list[tuple[int, str]]:
+        """(id, model) of the requests after ``after_id``, in input order."""
+        async with self.db.execute(
+            "SELECT id, json_extract(params, '$.model') FROM requests WHERE id > ? ORDER BY id", (after_id,)
+        ) as cursor:
+            return [(row[0], row[1]) async for row in cursor]
+
+    async def billed_by_tier_of(self, model: str) -> dict[tuple[str, str], Usage]:
+        """``billed_by_tier`` of a job whose requests all name ``model``, without reading a request
+        (whose params, a long prompt, can take most of the time)."""
+        async with self.db.execute(
+            """SELECT CASE WHEN batch_key IS NULL THEN 'standard' ELSE 'batch' END,
+                      SUM(input_tokens), SUM(output_tokens), SUM(cache_creation_input_tokens),
+                      SUM(cache_read_input_tokens), SUM(cache_creation_1h_input_tokens)
+               FROM attempts GROUP BY 1"""
+        ) as cursor:
+            return {(model, row[0]): Usage(*row[1:]) async for row in cursor}
 
     async def retries(self) -> int:
         """Attempts beyond each request's first."""

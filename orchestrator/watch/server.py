@@ -26,7 +26,7 @@ from orchestrator.models import Usage
 from orchestrator.pricing import PriceTable
 from orchestrator.report.figures import Filters, job_report
 from orchestrator.report.html import charts
-from orchestrator.store import open_reader
+from orchestrator.store import JobRow, Store, open_reader
 from orchestrator.watch.figures import Rates, Reading, status
 from orchestrator.watch.page import PAGE
 
@@ -38,7 +38,25 @@ SECRETS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # never shown, wherever
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
-async def read(db: Path, prices: PriceTable, replies: int = 0) -> Reading:
+class Models:
+    """The models a job's requests name, read once per request (new requests are read as they come)."""
+
+    def __init__(self) -> None:
+        self.fingerprint: str | None = None
+        self.after = 0
+        self.names: set[str] = set()
+
+    async def of(self, store: Store, job: JobRow) -> set[str]:
+        if job.fingerprint != self.fingerprint:  # a changed job file may have changed its requests
+            self.fingerprint, self.after, self.names = job.fingerprint, 0, set()
+        found = await store.request_models(self.after)
+        if found:
+            self.after = found[-1][0]
+            self.names.update(model for _, model in found)
+        return self.names
+
+
+async def read(db: Path, prices: PriceTable, models: Models, replies: int = 0) -> Reading:
     """One look at the job in ``db``, read-only."""
     if not db.exists():
         raise UserError(f"{db}: no such job database (yet)")
@@ -46,7 +64,11 @@ async def read(db: Path, prices: PriceTable, replies: int = 0) -> Reading:
         job = await store.job()
         if job is None:
             raise UserError(f"{db} holds no job yet")
-        by_tier = await store.billed_by_tier(None, None)
+        names = await models.of(store, job)
+        if len(names) == 1:  # most jobs: no request read for its model
+            by_tier = await store.billed_by_tier_of(next(iter(names)))
+        else:
+            by_tier = await store.billed_by_tier(None, None)
         billed = Usage()
         for usage in by_tier.values():
             billed.add(usage)
@@ -103,12 +125,13 @@ class Watcher:
         self.prices = prices
         self.show_text = show_text
         self.rates = Rates()
+        self.models = Models()
         self._status = Paced(every)
         self._charts = Paced(max(every, CHARTS_EVERY) if every else 0.0)
 
     async def _read_status(self) -> str:
         try:
-            reading = await read(self.db, self.prices, REPLIES if self.show_text else 0)
+            reading = await read(self.db, self.prices, self.models, REPLIES if self.show_text else 0)
         except (UserError, StorageError, FileNotFoundError) as exc:
             answer: dict[str, Any] = {"error": str(exc)}
         else:
