@@ -89,3 +89,42 @@ _WORDS = {VALID: "valid", CUT: "cut by max_tokens", REFUSED: "refused", NOT_JSON
 def counts_text(counts: dict[str, int]) -> str:
     """``980 valid, 12 cut by max_tokens, 5 refused, 3 invalid`` (errored requests left out)."""
     return ", ".join(f"{counts.get(status, 0):,} {words}" for status, words in _WORDS.items() if counts.get(status))
+
+
+# -- pydantic models (the Python API): never imported here; a model class is used as given ----------
+
+
+def is_model(value: Any) -> bool:
+    """Whether ``value`` is a pydantic model class (told by its methods: pydantic is not imported)."""
+    return isinstance(value, type) and callable(getattr(value, "model_validate", None))
+
+
+def model_schema(model: Any) -> dict[str, Any]:
+    """The JSON schema the API takes for a pydantic model: the SDK's own ``transform_schema`` (every
+    object closed, constraints the API refuses moved into descriptions, which the model still checks)."""
+    from anthropic import transform_schema  # the SDK, a dependency already, brings pydantic with it
+
+    return transform_schema(model)
+
+
+def _loc_path(loc: Any) -> str:
+    path = "$"
+    for part in loc if isinstance(loc, tuple | list) else ():
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def model_check(model: Any) -> Check:
+    """A check of parsed values by a pydantic model's own validation: where its first error is."""
+
+    def check(value: Any) -> str | None:
+        try:
+            model.model_validate(value)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            errors = exc.errors() if callable(getattr(exc, "errors", None)) else []  # type: ignore[attr-defined]
+            if not errors:
+                return f"$: {exc}"
+            return f"{_loc_path(errors[0].get('loc'))}: {errors[0].get('msg')}"
+        return None
+
+    return check

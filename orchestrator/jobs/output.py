@@ -10,6 +10,7 @@ file, the place in the schema and what the API says, with what to do.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -59,9 +60,28 @@ def with_format(defaults: dict[str, Any], schema: dict[str, Any]) -> dict[str, A
 
 
 def output_config_problem(value: Any) -> str | None:
-    """What is wrong with a request's ``output_config`` (its format's schema above all), or None."""
+    """What is wrong with a request's ``output_config`` (its format's schema above all), or None.
+
+    A job's lines mostly share one: the defaults' own object (the same one on every line) is checked
+    once, and a line's own once per distinct JSON text."""
     if not isinstance(value, dict):
         return f"must be a table (object), not {value!r}"
+    if _last and _last[0] is value:
+        return _last[1]  # type: ignore[no-any-return]
+    try:
+        problem = _config_problem(json.dumps(value))
+    except (TypeError, ValueError):
+        problem = "must be JSON"
+    _last[:] = [value, problem]
+    return problem
+
+
+_last: list[Any] = []  # the last output_config checked, and its problem
+
+
+@functools.lru_cache(maxsize=64)
+def _config_problem(text: str) -> str | None:
+    value = json.loads(text)
     fmt = value.get("format")
     if fmt is None:
         return None
