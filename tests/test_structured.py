@@ -244,3 +244,30 @@ async def test_citations_and_prefill_are_refused_with_a_format_and_the_beta_name
             assert caught.value.body["error"]["message"] == message  # type: ignore[index]
         reply = await client.messages.create(**beta, extra_body=beta_format)
         assert validate(json.loads(reply.content[0].text), SCHEMA) is None
+
+
+def test_a_pydantic_model_gives_a_schema_the_api_takes_and_validates_its_own() -> None:
+    from pydantic import BaseModel, Field
+
+    from orchestrator.outputs import is_model, model_check, model_schema
+
+    class Aspect(BaseModel):
+        aspect: str
+        opinion: str
+
+    class Review(BaseModel):
+        product: str
+        rating: int = Field(ge=1, le=5)  # the API takes no bounds: the SDK moves them into the description
+        aspects: list[Aspect]
+
+    assert is_model(Review)
+    assert not is_model(SCHEMA)
+    schema = model_schema(Review)
+    assert schema_problems(schema) == []
+    check = model_check(Review)
+    assert check({"product": "k", "rating": 3, "aspects": []}) is None
+    assert check({"product": "k", "rating": 9, "aspects": []}) == "$.rating: Input should be less than or equal to 5"
+    assert (
+        check({"product": "k", "rating": 3, "aspects": [{"aspect": 1}]})
+        == "$.aspects[0].aspect: Input should be a valid string"
+    )
