@@ -241,3 +241,24 @@ async def test_the_dry_run_estimates_the_cost_with_caching_and_the_bar_shows_the
     assert hit is not None
     assert hit > 0.85
     assert f"cache hit {hit:.0%}" in describe(running.snapshot())
+
+
+def test_a_prefix_used_more_than_5_minutes_apart_gets_the_1h_ttl_and_ttls_keep_the_apis_order() -> None:
+    planner = Planner()
+    tools = [{"name": "lookup", "description": policy(7), "input_schema": {"type": "object"}}]
+    planner.add({**body(policy(0), "first"), "tools": tools})
+    planner.add({**body(policy(1), "often"), "tools": tools})
+    planner.add({**body(policy(1), "often again"), "tools": tools})
+    for i in range(600):  # ten minutes at one request a second
+        planner.add(body(f"short {i}"))
+    planner.add({**body(policy(0), "last"), "tools": tools})
+    plan = planner.plan(requests_per_second=1.0)
+    sent, points = place({**body(policy(0), "again"), "tools": tools}, plan)
+    long = {"type": "ephemeral", "ttl": "1h"}
+    assert sent["system"][0]["cache_control"] == long  # its uses are 603 s apart
+    assert sent["tools"][0]["cache_control"] == long  # 5m would do, but no 1h may follow a 5m
+    assert [point.ttl for point in points] == [3600.0, 3600.0]
+    often, _ = place({**body(policy(1), "x"), "tools": tools}, plan)
+    assert often["tools"][0]["cache_control"] == often["system"][0]["cache_control"] == {"type": "ephemeral"}
+    users = {**body([{"type": "text", "text": policy(0), "cache_control": {"type": "ephemeral"}}]), "tools": tools}
+    assert place(users, plan)[0]["tools"][0]["cache_control"] == {"type": "ephemeral"}  # before the user's 5m

@@ -112,25 +112,48 @@ def user_breakpoints(params: Mapping[str, Any]) -> int:
 
 
 class Planner:
-    """Counts, over a whole job, how many requests reach each boundary long enough to be cached."""
+    """Counts, over a whole job in its order, how many requests reach each boundary long enough to
+    be cached, and where in the job it is first and last used."""
 
     def __init__(self) -> None:
         self.counts: Counter[int] = Counter()
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.seen = 0
 
     def add(self, params: Mapping[str, Any]) -> None:
         minimum = minimum_cacheable(str(params.get("model")))
-        self.counts.update(b.key for b in boundaries(params) if b.tokens >= minimum)
+        for boundary in boundaries(params):
+            if boundary.tokens >= minimum:
+                self.counts[boundary.key] += 1
+                self.first.setdefault(boundary.key, self.seen)
+                self.last[boundary.key] = self.seen
+        self.seen += 1
 
-    def plan(self, ttl: str = "5m") -> CachePlan:
-        return CachePlan({key: count for key, count in self.counts.items() if count >= 2}, ttl)
+    def plan(self, ttl: str = "5m", requests_per_second: float | None = None) -> CachePlan:
+        """The plan: ``ttl`` for every prefix; or, given the job's pace, 1h for a prefix whose uses
+        are on average more than 5 minutes apart (its 5-minute entry would expire between them)."""
+        shared = {key: count for key, count in self.counts.items() if count >= 2}
+        long: set[int] = set()
+        if requests_per_second and ttl == "5m":
+            for key, count in shared.items():
+                gap = (self.last[key] - self.first[key]) / (count - 1) / requests_per_second
+                if gap > TTL_SECONDS["5m"]:
+                    long.add(key)
+        return CachePlan(shared, ttl, frozenset(long))
 
 
 @dataclass(frozen=True)
 class CachePlan:
-    """The boundaries worth a breakpoint (shared by two requests or more: how many) and their TTL."""
+    """The boundaries worth a breakpoint (shared by two requests or more: how many) and their TTL
+    (``ttl``, or 1h for those in ``long``)."""
 
     shared: Mapping[int, int]
     ttl: str = "5m"
+    long: frozenset[int] = frozenset()
+
+    def ttl_of(self, key: int) -> str:
+        return "1h" if key in self.long else self.ttl
 
 
 def _choose(found: list[Boundary], plan: CachePlan, free: int) -> list[Boundary]:
@@ -151,14 +174,21 @@ def _choose(found: list[Boundary], plan: CachePlan, free: int) -> list[Boundary]
     return chosen
 
 
-def _ttl_for(found: list[Boundary], boundary: Boundary, wanted: str) -> str:
-    """``wanted``, unless the user's markers force otherwise: no 1h after a 5m one."""
-    position = found.index(boundary)
-    if wanted == "1h" and any(b.ttl == "5m" for b in found[:position]):
-        return "5m"
-    if wanted == "5m" and any(b.ttl == "1h" for b in found[position + 1 :]):
-        return "1h"
-    return wanted
+def _ttls(found: list[Boundary], chosen: list[Boundary], plan: CachePlan) -> dict[tuple[str, int, int], str]:
+    """The TTL of each chosen boundary, as the API allows it beside the others (no 1h breakpoint
+    after a 5m one): 1h where the plan says or where a 1h one follows, 5m after any 5m one."""
+    ours = {boundary.place: plan.ttl_of(boundary.key) for boundary in chosen}
+    long_after = False
+    for boundary in reversed(found):
+        if boundary.place in ours and long_after:
+            ours[boundary.place] = "1h"
+        long_after = long_after or (ours.get(boundary.place) or boundary.ttl) == "1h"
+    short_before = False
+    for boundary in found:
+        if boundary.place in ours and short_before:
+            ours[boundary.place] = "5m"
+        short_before = short_before or (ours.get(boundary.place) or boundary.ttl) == "5m"
+    return ours
 
 
 def _marked(params: Mapping[str, Any], marks: dict[tuple[str, int, int], str]) -> dict[str, Any]:
@@ -200,8 +230,7 @@ def place(params: Mapping[str, Any], plan: CachePlan | None) -> tuple[dict[str, 
     if plan is not None:
         free = MAX_BREAKPOINTS - user_breakpoints(params)
         if free > 0:
-            for boundary in _choose(found, plan, free):
-                marks[boundary.place] = _ttl_for(found, boundary, plan.ttl)
+            marks = _ttls(found, _choose(found, plan, free), plan)
     body = _marked(params, marks) if marks else dict(params)
     minimum = minimum_cacheable(str(params.get("model")))
     points = [

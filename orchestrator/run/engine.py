@@ -38,6 +38,7 @@ from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import Store
 
 PARKED = 4  # requests parked waiting for a warm prefix, at most, per stream of the concurrency
+STREAM_SECONDS = 10.0  # a guess at a stream's length, for the pace of a job (the TTL of its prefixes)
 PAGE = 512  # requests read from the store at once, at the least (else as many as the concurrency)
 WRITER_GRACE = 60.0  # seconds the writer gets for its last commit after a stop
 
@@ -96,15 +97,16 @@ async def _consume(
                 await runner.run(request)
 
 
-async def cache_plan(store: Store, ttl: str = "5m") -> CachePlan:
-    """Where breakpoints go: the block-aligned prefixes the job's pending requests share."""
+async def cache_plan(store: Store, ttl: str = "5m", requests_per_second: float | None = None) -> CachePlan:
+    """Where breakpoints go: the block-aligned prefixes the job's pending requests share (1h for
+    those whose uses are more than 5 minutes apart at ``requests_per_second``)."""
     planner = Planner()
     after = 0
     while page := await store.pending(after, PAGE):
         for request in page:
             planner.add(request.params)
         after = page[-1].id
-    return planner.plan(ttl)
+    return planner.plan(ttl, requests_per_second)
 
 
 def cache_hit(billed: Usage) -> float | None:
@@ -113,6 +115,14 @@ def cache_hit(billed: Usage) -> float | None:
     if not cached:
         return None
     return billed.cache_read_input_tokens / (cached + billed.input_tokens)
+
+
+def pace(settings: JobSettings) -> float:
+    """Requests per second the job will run at, roughly: its RPM limit where one is given for every
+    model, else its concurrency of streams of ``STREAM_SECONDS`` each."""
+    default, _ = limit_specs(settings.limits)
+    by_streams = settings.concurrency / STREAM_SECONDS
+    return min(by_streams, default.rpm / 60) if default.rpm else by_streams
 
 
 def limit_state(settings: JobSettings) -> LimitState:
@@ -230,7 +240,7 @@ class Job:
         self._billed_before = await store.billed_by_tier(None, None)
         self.budget.spent = self.cost() or Decimal(0)
         if self.runner.gate is not None:
-            self.runner.plan = await cache_plan(store)
+            self.runner.plan = await cache_plan(store, requests_per_second=pace(settings))
         self._started = anyio.current_time()
         writer_done = anyio.Event()
 
