@@ -118,6 +118,15 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Waits:
+    """Seconds an attempt waited before it was sent, by what for."""
+
+    slot: float = 0.0  # a free concurrency slot (every stream of the concurrency busy)
+    rate_limit: float = 0.0  # the rate limiter: a bucket's refill, a pause after a 429, a probe
+    prefix: float = 0.0  # another request to warm the cached prefix it reads
+
+
+@dataclass(frozen=True)
 class AttemptStarted:
     request_id: int
     number: int
@@ -125,6 +134,7 @@ class AttemptStarted:
     kept: dict[str, Any] | None = None  # what the reply keeps as this attempt starts (recover.Recovery)
     corrects: tuple[int, int] | None = None  # (number, output tokens): an interrupted attempt's recount
     sent_at: float | None = None  # when the request went out (None: nothing was sent)
+    waits: Waits | None = None  # what it waited for before it was sent (None: nothing was sent)
 
 
 @dataclass(frozen=True)

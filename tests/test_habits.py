@@ -25,6 +25,7 @@ from orchestrator.jobs.read import Loaded, read_requests
 from orchestrator.jobs.spec import load_spec
 from orchestrator.report.export import spreadsheet_safe
 from orchestrator.run.files import files_needed, make_room, pool_size
+from orchestrator.simulator import SimulatorConfig, Timing
 from tests.conftest import Running
 from tests.helpers import query, read_results, write_jsonl
 
@@ -362,3 +363,44 @@ async def test_what_cannot_be_a_job_is_refused_before_sending_saying_what_to_do(
 def _text(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# -- each wait for what it is -------------------------------------------------------------------
+
+
+async def test_the_report_names_each_wait_for_what_it_is(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(
+        tmp_path / "j.jsonl",
+        [{"prompt": "first <<sim-fault: overloaded times=1>>"}, *({"prompt": f"p{i}"} for i in range(3))],
+    )
+    out = tmp_path / "out"
+    paced = SimulatorConfig(reply_min=5, reply_max=5, timing=Timing(ttft=0.05, tokens_per_second=1000))
+    async with simulate(paced) as (_, _, url):
+        argv = ["run", str(job), "--results", str(out), "--base-url", url, "--concurrency", "1", *FAST]
+        assert await run_command([*argv, "--backoff-base", "0.05", "--backoff-cap", "0.05"]) == 0
+    db = out / "job.sqlite"
+    capsys.readouterr()
+    assert await run_command(["report", str(db), "--format", "json"]) == 0
+    latency = json.loads(capsys.readouterr().out)["total"]["latency_seconds"]
+    # One stream at a time: the later requests waited for the slot, never for the rate limiter (no limits).
+    assert latency["slot_wait"]["p99"] >= 0.05
+    assert latency["rate_limit_wait"]["p99"] == 0
+    slots = query(db, "SELECT slot_wait FROM attempts WHERE request_id = (SELECT MAX(id) FROM requests)")
+    assert slots[0][0] >= 0.05  # behind a whole stream (its time to first token alone is 0.05 s)
+    # The first request's backoff: from its failed attempt's end to its second attempt's start.
+    (gap,) = query(
+        db,
+        "SELECT b.started_at - a.ended_at FROM attempts a JOIN attempts b ON b.request_id = a.request_id "
+        "AND b.number = 2 WHERE a.number = 1 AND a.outcome = 'retryable'",
+    )
+    assert latency["backoff"]["p99"] == pytest.approx(gap[0])
+    assert gap[0] > 0
+    assert await run_command(["report", str(db)]) == 0
+    text = capsys.readouterr().out
+    assert "for a free concurrency slot p50" in text
+    assert "backoff between attempts (per request): p50" in text
+    assert await run_command(["report", str(db), "--format", "csv"]) == 0
+    header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert {"slot_wait_p99_s", "rate_limit_wait_p99_s", "backoff_p99_s"} <= set(header)

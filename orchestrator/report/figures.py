@@ -29,6 +29,10 @@ from orchestrator.report.export import output_counts
 from orchestrator.store import Store
 
 PERCENTILES = (50, 90, 99)
+# The waits of a request, each for what it is (seconds, summed over its attempts): before a send, for a
+# free concurrency slot, for the rate limiter (buckets, a pause after a 429), for another request to
+# warm the cached prefix it reads; and the backoff between a failed attempt and the next.
+WAITS = ("slot_wait", "rate_limit_wait", "prefix_wait", "backoff")
 TIMELINE_BUCKETS = 60
 
 
@@ -54,7 +58,11 @@ class Figures:
     unpriced: set[str] = field(default_factory=set)
     ttft: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)  # latency of the successful attempt, from its send
-    limiter_wait: list[float] = field(default_factory=list)  # per request, over its attempts
+    # Per request, over its attempts: waits before a send, by what for, and the backoff between attempts.
+    slot_wait: list[float] = field(default_factory=list)
+    rate_limit_wait: list[float] = field(default_factory=list)
+    prefix_wait: list[float] = field(default_factory=list)
+    backoff: list[float] = field(default_factory=list)
     failed_attempts: Counter[str] = field(default_factory=Counter)  # by reason
     errors: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, message)
     first_start: float | None = None
@@ -72,7 +80,8 @@ class Figures:
         self.unpriced |= other.unpriced
         self.ttft += other.ttft
         self.total += other.total
-        self.limiter_wait += other.limiter_wait
+        for kind in WAITS:
+            getattr(self, kind).extend(getattr(other, kind))
         self.failed_attempts.update(other.failed_attempts)
         self.errors.update(other.errors)
         self.first_start = _min(self.first_start, other.first_start)
@@ -199,8 +208,9 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
                 f.ttft.append(row["ttft"])
             if row["latency"] is not None:
                 f.total.append(row["latency"])
-        if row["limiter_wait"] is not None:
-            f.limiter_wait.append(row["limiter_wait"])
+        for kind in WAITS:
+            if row[kind] is not None:
+                getattr(f, kind).append(row[kind])
         if state == State.ERRORED and row["error"] is not None:
             f.errors[row["error"]] += 1
 
@@ -270,7 +280,7 @@ def as_dict(figures: Figures) -> dict[str, Any]:
         "latency_seconds": {
             "time_to_first_token": {f"p{p}": percentile(figures.ttft, p) for p in PERCENTILES},
             "total": {f"p{p}": percentile(figures.total, p) for p in PERCENTILES},
-            "limiter_wait": {f"p{p}": percentile(figures.limiter_wait, p) for p in PERCENTILES},
+            **{kind: {f"p{p}": percentile(getattr(figures, kind), p) for p in PERCENTILES} for kind in WAITS},
         },
         "throughput": {
             "elapsed_seconds": figures.elapsed,
@@ -318,7 +328,7 @@ CSV_COLUMNS = [
     "job", "model", "succeeded", "errored", "unfinished", "input_tokens", "output_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "cache_read_tokens", "cost_usd", "kept_output_tokens",
     "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
-    "total_p50_s", "total_p90_s", "total_p99_s", "limiter_wait_p50_s", "limiter_wait_p90_s", "limiter_wait_p99_s",
+    "total_p50_s", "total_p90_s", "total_p99_s", *(f"{kind}_p{p}_s" for kind in WAITS for p in PERCENTILES),
     "requests_per_minute", "output_tokens_per_minute", "simulated",
 ]  # fmt: skip
 
@@ -333,7 +343,7 @@ def _csv_row(job: str, model: str, f: Figures, simulated: bool) -> list[Any]:
         f.kept.output_tokens, f.wasted.input_tokens, f.wasted.output_tokens, data["wasted_cost_usd"],
         *(latency["time_to_first_token"][f"p{p}"] for p in PERCENTILES),
         *(latency["total"][f"p{p}"] for p in PERCENTILES),
-        *(latency["limiter_wait"][f"p{p}"] for p in PERCENTILES),
+        *(latency[kind][f"p{p}"] for kind in WAITS for p in PERCENTILES),
         data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"], simulated,
     ]  # fmt: skip
 
@@ -369,14 +379,16 @@ def _text_block(title: str, rows: dict[str, Figures]) -> list[str]:
 def _text_details(f: Figures) -> list[str]:
     figures = as_dict(f)
     latency = figures["latency_seconds"]
-    ttft, total, wait = (
+    ttft, total, slot, rate, prefix, backoff = (
         ", ".join(f"p{p} {seconds_text(latency[kind][f'p{p}'])}" for p in PERCENTILES)
-        for kind in ("time_to_first_token", "total", "limiter_wait")
+        for kind in ("time_to_first_token", "total", *WAITS)
     )
     throughput = figures["throughput"]
     lines = [
         f"  latency (succeeded, from the request's send): first token {ttft}; total {total}",
-        f"  waiting for the rate limiter (per request): {wait}",
+        f"  waiting before a send (per request): for a free concurrency slot {slot}; for the rate limiter {rate}"
+        + (f"; for a warm cached prefix {prefix}" if any(f.prefix_wait) else ""),
+        f"  backoff between attempts (per request): {backoff}",
         f"  throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
         f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s",
     ]

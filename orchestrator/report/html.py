@@ -133,7 +133,9 @@ def _details(f: Figures) -> str:
         for name, values in (
             ("time to first token", figures["latency_seconds"]["time_to_first_token"]),
             ("total", figures["latency_seconds"]["total"]),
-            ("rate limiter wait (per request)", figures["latency_seconds"]["limiter_wait"]),
+            ("wait for a concurrency slot (per request)", figures["latency_seconds"]["slot_wait"]),
+            ("wait for the rate limiter (per request)", figures["latency_seconds"]["rate_limit_wait"]),
+            ("backoff between attempts (per request)", figures["latency_seconds"]["backoff"]),
         )
     )
     throughput = figures["throughput"]

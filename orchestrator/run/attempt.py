@@ -15,7 +15,7 @@ from orchestrator.api.accumulate import Accumulator
 from orchestrator.api.failures import Failure
 from orchestrator.api.sse import SSEDecoder
 from orchestrator.errors import BrokenStream, MalformedStream
-from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, Checkpoint, Outcome, State, Usage
+from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, Checkpoint, Outcome, State, Usage, Waits
 from orchestrator.run.limits import Limiter, Permit
 
 _REQUIRED = ("model", "max_tokens", "messages")
@@ -32,6 +32,7 @@ class LiveAttempt:
     acc: Accumulator = field(default_factory=Accumulator)
     first_token_at: float | None = None
     sent_at: float | None = None  # when the rate limiter let it go
+    waits: Waits | None = None  # what it waited for before that
     checkpointed: int = -1  # deltas at the last checkpoint
     kept: dict[str, Any] | None = None  # what the reply kept before this attempt (written with its start)
     corrects: tuple[int, int] | None = None  # (number, output tokens) of an interrupted attempt, recounted

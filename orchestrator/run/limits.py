@@ -164,6 +164,10 @@ class Permit:
     tokens_per_delta: float = 1.0  # the model's, at the admission: streamed deltas to tokens
     output_charged: float = 0.0
     input_corrected: bool = False
+    # Seconds it waited to be admitted: for a free concurrency slot, and for the rate limits (a
+    # bucket's refill, a pause after a 429, a probe's first headers).
+    slot_wait: float = 0.0
+    rate_wait: float = 0.0
 
 
 class LimitState:
@@ -312,6 +316,7 @@ class Limiter:
         self._clock = clock
         self._wait = wait
         self._waiters: dict[str, deque[_Waiter]] = {}  # per model: its waiters, in order
+        self._reasons: dict[str, str] = {}  # per model: what its head waits for ("slot" or "rate")
         self._changed = anyio.Event()
 
     def __repr__(self) -> str:
@@ -337,14 +342,18 @@ class Limiter:
                 return decision
         waiter = _Waiter(model, input_estimate, max_tokens)
         waiters.append(waiter)
+        waited = {"slot": 0.0, "rate": 0.0}  # what each wait was for, by the head's reason as it began
         try:
             while waiter.permit is None:
+                began, reason = self._clock(), self._reasons.get(model, "rate")
                 if waiters[0] is waiter:
                     wait = self._admit_waiters(waiters)
                     if waiter.permit is None:
+                        reason = self._reasons[model] = self._reason(wait)
                         await self._wait(self._changed, wait)
                 else:
                     await waiter.woken.wait()
+                waited[reason] += self._clock() - began
         except BaseException:
             if waiter.permit is not None:  # admitted as it was cancelled: give the permit back
                 self.release(waiter.permit, 0, completed=False)
@@ -354,7 +363,14 @@ class Limiter:
                 if head and waiters:
                     waiters[0].woken.set()  # the next in line takes over the waiting
             raise
+        waiter.permit.slot_wait, waiter.permit.rate_wait = waited["slot"], waited["rate"]
         return waiter.permit
+
+    def _reason(self, wait: float | None) -> str:
+        """What the head of a queue waits for: a free concurrency slot, or the rate limits."""
+        state = self.state
+        full = state.in_flight >= max(1, math.floor(state.allowed))
+        return "slot" if wait is None and full else "rate"  # a pause or a bucket gives a time to wait
 
     def _admit_waiters(self, waiters: deque[_Waiter]) -> float | None:
         """Admit waiters from the head on while the limits allow; then wake the new head (it waits

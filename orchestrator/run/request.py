@@ -13,7 +13,7 @@ import anyio
 
 from orchestrator.api.failures import Failure, classify
 from orchestrator.api.prefix import Breakpoint, CachePlan, place
-from orchestrator.models import AttemptEnded, Outcome, Request, State
+from orchestrator.models import AttemptEnded, Outcome, Request, State, Waits
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
 from orchestrator.run.backoff import Backoff, Retries
 from orchestrator.run.budget import Budget
@@ -115,7 +115,9 @@ class RequestRunner:
         """One attempt of ``body``, once its prefix is warm (or it leads the warming): whether it
         was launched (the spend cap may refuse it), and its failure if it failed."""
         gate = self.gate
+        entered = self.clock()
         leads = await gate.enter(points) if gate is not None and points else ()
+        prefix_wait = self.clock() - entered
         begun = False
         try:
             worst = self.budget.admit(body)
@@ -125,6 +127,7 @@ class RequestRunner:
                 estimate = max(estimate - points[-1].tokens, 1)
             permit = await self.limiter.acquire(body["model"], estimate, body["max_tokens"])
             live.sent_at = time.time()
+            live.waits = Waits(slot=permit.slot_wait, rate_limit=permit.rate_wait, prefix=prefix_wait)
             await self.sink.started(live)
             sent = gate.now() if gate is not None else 0.0
 

@@ -227,7 +227,13 @@ class Writer:
         if isinstance(item, LiveAttempt):
             self.live[item.key] = item
             return AttemptStarted(
-                item.request_id, item.number, item.started_at, item.kept, item.corrects, sent_at=item.sent_at
+                item.request_id,
+                item.number,
+                item.started_at,
+                item.kept,
+                item.corrects,
+                sent_at=item.sent_at,
+                waits=item.waits,
             )
         live = self.live.pop((item.checkpoint.request_id, item.checkpoint.number), None)
         if live is not None:

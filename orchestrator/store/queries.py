@@ -161,8 +161,10 @@ class Queries(Base):
     async def request_outcomes(self, since: float | None, until: float | None) -> AsyncIterator[dict[str, Any]]:
         """Each request (finished in [since, until) when a range is given): model, state, times, what
         its final message holds, its error; the time to first token and the latency of its
-        successful attempt, counted from when it was sent; and how long its attempts waited for
-        the rate limiter (jobs from before ``sent_at`` was recorded: from the attempt's start)."""
+        successful attempt, counted from when it was sent; and how long its attempts waited before
+        they were sent, by what for (a free concurrency slot, the rate limiter, a warm cached prefix:
+        None for jobs from before they were recorded), and between them (the backoff after a failed
+        attempt: from its end to the next one's start)."""
         async with self.db.execute(
             """SELECT json_extract(r.params, '$.model'), r.state, r.started_at, r.finished_at,
                       json_extract(r.result, '$.usage'), json_extract(r.result, '$.error.type'),
@@ -172,7 +174,13 @@ class Queries(Base):
                       COALESCE(json_extract(r.result, '$.usage.service_tier'), 'standard'),
                       (SELECT a.ended_at - COALESCE(a.sent_at, a.started_at) FROM attempts a
                        WHERE a.request_id = r.id AND a.outcome = 'succeeded'),
-                      (SELECT SUM(a.sent_at - a.started_at) FROM attempts a WHERE a.request_id = r.id)
+                      (SELECT SUM(a.sent_at - a.started_at) FROM attempts a WHERE a.request_id = r.id),
+                      (SELECT SUM(a.slot_wait) FROM attempts a WHERE a.request_id = r.id),
+                      (SELECT SUM(a.rate_wait) FROM attempts a WHERE a.request_id = r.id),
+                      (SELECT SUM(a.prefix_wait) FROM attempts a WHERE a.request_id = r.id),
+                      (SELECT COALESCE(SUM(a.started_at - p.ended_at), 0) FROM attempts a
+                       JOIN attempts p ON p.request_id = a.request_id AND p.number = a.number - 1
+                       WHERE a.request_id = r.id AND p.outcome IN ('broken', 'retryable'))
                FROM requests r
                WHERE (? IS NULL AND ? IS NULL)
                   OR (r.finished_at >= COALESCE(?, r.finished_at) AND r.finished_at < COALESCE(?, r.finished_at + 1))
@@ -190,7 +198,11 @@ class Queries(Base):
                     "ttft": row[7],
                     "tier": row[8],  # how the final message was billed: standard, or batch
                     "latency": row[9],
-                    "limiter_wait": row[10],
+                    "before_send": row[10],  # every wait before its attempts were sent, together
+                    "slot_wait": row[11],
+                    "rate_limit_wait": row[12],
+                    "prefix_wait": row[13],
+                    "backoff": row[14] if row[10] is not None else None,
                 }
 
 

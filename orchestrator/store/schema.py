@@ -190,6 +190,14 @@ async def _0011_job_options(db: aiosqlite.Connection) -> None:
         await db.execute("UPDATE job SET spec = ?", (json.dumps(spec),))
 
 
+@migration
+async def _0012_attempt_waits(db: aiosqlite.Connection) -> None:
+    # What an attempt waited for before it was sent (models.Waits), in seconds: a free concurrency
+    # slot, the rate limiter, a warm cached prefix (NULL: not recorded, or nothing was sent).
+    for column in ("slot_wait", "rate_wait", "prefix_wait"):
+        await db.execute(f"ALTER TABLE attempts ADD COLUMN {column} REAL")
+
+
 async def pending_migrations(db: aiosqlite.Connection) -> list[str]:
     """The names of the migrations this database has not had (reads only)."""
     async with db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'migrations'") as cursor:

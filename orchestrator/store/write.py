@@ -91,8 +91,19 @@ class Writing(Base):
         async with transaction(db):
             if started:
                 await db.executemany(
-                    "INSERT INTO attempts (request_id, number, started_at, sent_at) VALUES (?, ?, ?, ?)",
-                    [(r.request_id, r.number, r.at, r.sent_at) for r in started],
+                    "INSERT INTO attempts (request_id, number, started_at, sent_at, slot_wait, rate_wait, prefix_wait) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.request_id,
+                            r.number,
+                            r.at,
+                            r.sent_at,
+                            *((w.slot, w.rate_limit, w.prefix) if w else (None,) * 3),
+                        )
+                        for r in started
+                        for w in (r.waits,)
+                    ],
                 )
                 # The reply kept so far is durable before the attempt that continues it is sent.
                 await db.executemany(
