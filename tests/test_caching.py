@@ -262,3 +262,30 @@ def test_a_prefix_used_more_than_5_minutes_apart_gets_the_1h_ttl_and_ttls_keep_t
     assert often["tools"][0]["cache_control"] == often["system"][0]["cache_control"] == {"type": "ephemeral"}
     users = {**body([{"type": "text", "text": policy(0), "cache_control": {"type": "ephemeral"}}]), "tools": tools}
     assert place(users, plan)[0]["tools"][0]["cache_control"] == {"type": "ephemeral"}  # before the user's 5m
+
+
+async def test_a_later_run_warms_an_expired_prefix_again_once_and_reads_a_live_one(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+
+    def job(name: str) -> Path:
+        lines = interleaved(12, prefixes=2)
+        for line in lines:
+            line["params"]["messages"][0]["content"] += f" ({name})"
+        return write_jsonl(tmp_path / f"{name}.jsonl", lines)
+
+    async with simulate(SimulatorConfig(timing=INSTANT), clock=clock) as (sim, client, _):
+        writes = []
+        for name, idle in (("first", 0), ("expired", 301), ("live", 200)):
+            clock.advance(idle)
+            before = sim.stats.cache_creation_input_tokens_billed
+            _, summary = await run_in_process(
+                job(name), tmp_path / f"{name}.sqlite", client, JobSettings(concurrency=6)
+            )
+            assert summary.complete
+            writes.append(sim.stats.cache_creation_input_tokens_billed - before)
+            rows = attempts(tmp_path / f"{name}.sqlite")
+            assert sum(1 for _, written, _ in rows if written) == (0 if name == "live" else 2)
+    assert writes[0] == writes[1] > 0
+    assert writes[2] == 0
