@@ -35,7 +35,7 @@ from orchestrator.job import run as run_options
 from orchestrator.messages import aborted_error, resume_hint
 from orchestrator.models import State
 from orchestrator.options import TABLE, RunOptions, resumed
-from orchestrator.outputs import STATUSES
+from orchestrator.outputs import STATUSES, is_model, message_output, model_check, model_schema
 from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
 from orchestrator.report.export import export_csv, output_counts
@@ -70,6 +70,7 @@ class JobResult:
     pauses: int = 0  # pool-wide pauses after a 429
     cuts: int = 0  # concurrency cuts after overloads
     error: JobAborted | None = None  # why the API, the spend cap or the database stopped the job
+    output_model: Any = None  # the pydantic model passed as output_schema, if one was
 
     @property
     def succeeded(self) -> int:
@@ -85,8 +86,18 @@ class JobResult:
 
     def results(self) -> Iterator[dict[str, Any]]:
         """Every finished request in input order, as the lines of results.jsonl (the Batches results
-        shape plus billed_usage, attempts, timing), read from the store one at a time."""
-        return Job(self.db).results()
+        shape plus billed_usage, attempts, timing), read from the store one at a time. With a pydantic
+        model as ``output_schema``, ``output`` is what the model validated."""
+        return Job(self.db).results(model=self.output_model)
+
+    def outputs(self) -> Iterator[Any]:
+        """Each finished request's output, in input order (``Job.outputs``): model instances when a
+        pydantic model was the ``output_schema``, else the parsed JSON; None where there is none valid."""
+        return Job(self.db).outputs(model=self.output_model)
+
+    def to_pandas(self) -> Any:
+        """The outputs as a pandas DataFrame (``Job.to_pandas``)."""
+        return Job(self.db).to_pandas(model=self.output_model)
 
     def raise_for_stop(self) -> JobResult:
         """This result, or the error it ended with: ``JobAborted`` (or ``StorageError``) when the job was
@@ -211,13 +222,56 @@ class Job:
         """Counts by state, tokens billed, cost (``prices``: a prices file overriding the shipped one)."""
         return _sync(lambda: self.astatus(prices=prices), "status", "job.astatus(...)")
 
-    def results(self) -> Iterator[dict[str, Any]]:
-        """Every finished request in input order, as the lines of results.jsonl, read one at a time."""
+    def results(self, *, model: Any = None) -> Iterator[dict[str, Any]]:
+        """Every finished request in input order, as the lines of results.jsonl, read one at a time.
+        ``model``: a pydantic model that checks the outputs instead of the stored schema (it validates
+        its own, constraints the API does not take included)."""
+        for _, line in self._rows(model):
+            yield line
+
+    def _rows(self, model: Any) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         if not self.db.exists():
             raise UserError(f"{self.db}: no such job database")
+        check = None if model is None else model_check(model)
         for row in read_results(self.db):
-            if row["state"] in (State.SUCCEEDED, State.ERRORED):
-                yield result_line(row)
+            if row["state"] not in (State.SUCCEEDED, State.ERRORED):
+                continue
+            line = result_line(row)
+            if check is not None and row["output_schema"] is not None:
+                line.pop("output_error", None)
+                message = row["result"] if row["state"] == State.SUCCEEDED else None
+                line.update(message_output(message, check).fields())
+            yield row, line
+
+    def outputs(self, *, model: Any = None) -> Iterator[Any]:
+        """Each finished request's output in input order (requests without an output schema left out):
+        the parsed JSON, or with ``model`` (a pydantic model) an instance of it; None where the reply
+        holds none valid (cut, refused, not JSON, failing the schema: ``results()`` says why)."""
+        for _, line in self._rows(model):
+            if "output" not in line:
+                continue
+            value = line["output"]
+            yield value if model is None or value is None else model.model_validate(value)
+
+    def to_pandas(self, *, model: Any = None) -> Any:
+        """The outputs as a pandas DataFrame: ``custom_id``, one column per top-level property of the
+        output schema (nested values as Python objects), and ``output_error``. Needs pandas
+        (``pip install 'orchestrator[pandas]'``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise UserError("to_pandas needs pandas: pip install 'orchestrator[pandas]'") from None
+        properties: dict[str, None] = {}
+        records = []
+        for row, line in self._rows(model):
+            if "output" not in line:
+                continue
+            properties.update(dict.fromkeys(json.loads(row["output_schema"]).get("properties") or {}))
+            value = line["output"] if isinstance(line["output"], dict) else {}
+            records.append((line["custom_id"], value, line.get("output_error")))
+        columns = ["custom_id", *properties, "output_error"]
+        rows = [[custom_id, *(value.get(name) for name in properties), error] for custom_id, value, error in records]
+        return pandas.DataFrame(rows, columns=columns)
 
     async def aresults(self) -> AsyncIterator[dict[str, Any]]:
         """``results()`` inside an event loop."""
@@ -549,7 +603,9 @@ def _options(job: JobInput, keywords: dict[str, Any]) -> tuple[RunOptions, Itera
         if keywords[name] is not None:
             keywords[name] = Path(keywords[name])
     schema = keywords["output_schema"]
-    if schema is not None:
+    if is_model(schema):  # a pydantic model: the schema the API takes for it (the model checks outputs)
+        keywords["output_schema"] = model_schema(schema)
+    elif schema is not None:
         keywords["output_schema"] = dict(schema) if isinstance(schema, Mapping) else Path(schema)
     keywords["quiet"] = not keywords.pop("progress")
     requests: Iterable[Mapping[str, Any]] | None = None
@@ -579,7 +635,7 @@ async def arun_job(
     max_tokens: int | None = None,
     system: str | None = None,
     temperature: float | None = None,
-    output_schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    output_schema: str | os.PathLike[str] | Mapping[str, Any] | type | None = None,
     mode: str | None = None,
     concurrency: int | None = None,
     max_attempts: int | None = None,
@@ -602,7 +658,7 @@ async def arun_job(
     options, requests = _options(job, _keywords(dict(locals())))
     if requests is not None:
         options = _write_requests(requests, options)
-    return (await run(options)).raise_for_stop()
+    return _with_model((await run(options)).raise_for_stop(), output_schema)
 
 
 def _keywords(given: dict[str, Any]) -> dict[str, Any]:
@@ -626,7 +682,7 @@ def run_job(
     max_tokens: int | None = None,
     system: str | None = None,
     temperature: float | None = None,
-    output_schema: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    output_schema: str | os.PathLike[str] | Mapping[str, Any] | type | None = None,
     mode: str | None = None,
     concurrency: int | None = None,
     max_attempts: int | None = None,
@@ -660,8 +716,9 @@ def run_job(
     is written to stderr; notes go to the ``orchestrator`` logger). ``watch``: serve a live view of
     the run on this port of 127.0.0.1 (0: any free port; ``orchestrator watch``). ``prices``: a prices file.
     ``model``, ``max_tokens``, ``system``, ``temperature``: request defaults over a spec's
-    ``[defaults]``. ``output_schema``: a JSON schema (a file, or the schema as a dict) every reply
-    must fit (structured outputs; results carry the parsed JSON as ``output``). The run settings
+    ``[defaults]``. ``output_schema``: a JSON schema (a file, the schema as a dict, or a pydantic model
+    class) every reply must fit (structured outputs; results carry the parsed JSON as ``output``;
+    ``outputs()`` yields it, as model instances for a model; ``to_pandas()`` one column per field). The run settings
     (None: the spec's ``[run]``/``[limits]``, else the default)
     are listed below.
 
@@ -681,7 +738,12 @@ def run_job(
     options, requests = _options(job, _keywords(dict(locals())))
     if requests is not None:
         options = _write_requests(requests, options)
-    return _sync(lambda: _run_here(options), "run_job", "orchestrator.arun_job(...)")
+    return _with_model(_sync(lambda: _run_here(options), "run_job", "orchestrator.arun_job(...)"), output_schema)
+
+
+def _with_model(result: JobResult, output_schema: Any) -> JobResult:
+    """The result, remembering a pydantic model given as ``output_schema`` (its ``outputs()`` are instances)."""
+    return dataclasses.replace(result, output_model=output_schema) if is_model(output_schema) else result
 
 
 async def _run_here(options: RunOptions) -> JobResult:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import Field
 
 from orchestrator.api.schema import validate
 from orchestrator.cli import run_command
@@ -156,3 +158,58 @@ async def test_a_schema_the_api_would_refuse_is_reported_before_anything_is_sent
         assert "'additionalProperties' must be explicitly set to false" in err
         assert sim.stats.requests == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_the_python_api_takes_a_pydantic_model_and_gives_instances_and_a_frame(tmp_path: Path) -> None:
+    from pydantic import BaseModel
+
+    import orchestrator
+    from orchestrator.simulator import Timing
+
+    class Aspect(BaseModel):
+        aspect: str
+        opinion: Literal["good", "bad", "neutral"]
+
+    class Review(BaseModel):
+        product: str
+        stars: int = Field(le=50)  # the API takes no bound: the model checks it (the simulator draws 0 to 100)
+        aspects: list[Aspect]
+
+    rows = [{"prompt": f"review {i}"} for i in range(30)] + [{"prompt": "cut", "max_tokens": 6}]
+    config = SimulatorConfig(timing=Timing(speed=math.inf), refusals=0.1)
+    done = orchestrator.run_job(rows, simulate=config, results=tmp_path / "out", output_schema=Review)
+    assert done.complete
+    lines = list(done.results())
+    outputs = list(done.outputs())
+    assert len(outputs) == len(lines) == len(rows)
+    instances = [item for item in outputs if item is not None]
+    assert instances
+    assert all(isinstance(item, Review) and item.stars <= 50 for item in instances)
+    errors = [line["output_error"] for line in lines if line["output"] is None]
+    assert any(
+        error.startswith("fails the schema at $.stars: Input should be less than or equal to 50") for error in errors
+    )
+    assert any(error.startswith("cut by max_tokens") for error in errors)
+    # The stored results checked by the dict schema the API was sent: the bound is not in it.
+    stored = list(orchestrator.open_job(done.db).outputs())
+    assert sum(item is not None for item in stored) > len(instances)
+    frame = done.to_pandas()
+    assert list(frame.columns) == ["custom_id", "product", "stars", "aspects", "output_error"]
+    assert len(frame) == len(rows)
+    assert frame["stars"].dropna().max() <= 50
+
+
+def test_a_dict_schema_gives_dicts(tmp_path: Path) -> None:
+    import orchestrator
+    from orchestrator.simulator import Timing
+
+    done = orchestrator.run_job(
+        [{"prompt": "one"}, {"prompt": "two"}],
+        simulate=SimulatorConfig(timing=Timing(speed=math.inf)),
+        results=tmp_path / "out",
+        output_schema=SCHEMA,
+    )
+    outputs = list(done.outputs())
+    assert len(outputs) == 2
+    assert all(validate(item, SCHEMA) is None for item in outputs)
+    assert list(done.to_pandas().columns) == ["custom_id", *SCHEMA["properties"], "output_error"]
