@@ -98,6 +98,12 @@ def _spec(options: RunOptions) -> JobSpec | None:
 
 def _places(options: RunOptions, spec: JobSpec | None) -> tuple[Path, Path]:
     """(results folder, database) of a job."""
+    for flag, given in (("--results", options.results), ("--db", options.db)):
+        if given is not None and str(given) == "-":
+            raise UserError(
+                f"{flag} - : a job's results are a folder and its database a file, not standard output; "
+                "write the results to standard output with: orchestrator export DB --out -"
+            )
     results = options.results or (spec.results if spec else None)
     if results is None:
         root = RESULTS_ROOT if options.simulate is None else SIMULATED_ROOT

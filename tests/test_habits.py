@@ -404,3 +404,35 @@ async def test_the_report_names_each_wait_for_what_it_is(
     assert await run_command(["report", str(db), "--format", "csv"]) == 0
     header = next(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert {"slot_wait_p99_s", "rate_limit_wait_p99_s", "backoff_p99_s"} <= set(header)
+
+
+async def test_results_and_db_are_never_standard_output(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    job = write_jsonl(tmp_path / "j.jsonl", [{"prompt": "p"}])
+    async with simulate() as (sim, _, url):
+        for flag in ("--results", "--db"):
+            assert await run_command(["run", str(job), flag, "-", "--base-url", url, "--quiet"]) == 2
+            assert f"{flag} - : a job's results are a folder" in capsys.readouterr().err
+        assert sim.stats.requests == 0
+    assert not (tmp_path / "-").exists()
+
+
+async def test_an_empty_text_block_is_refused_before_sending(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blank = {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": " "}]}
+    job = write_jsonl(
+        tmp_path / "j.jsonl",
+        [
+            {"custom_id": "a", "params": {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [blank]}},
+            {"prompt": "p", "system": [{"type": "text", "text": ""}]},
+        ],
+    )
+    async with simulate() as (sim, _, url):
+        assert await run_command(["run", str(job), "--results", str(tmp_path / "o"), "--base-url", url, *FAST]) == 2
+        assert sim.stats.requests == 0
+    err = capsys.readouterr().err
+    assert f"{job}:1: messages.0.content.1: a text block must hold non-whitespace text" in err
+    assert f"{job}:2: system.0: a text block must hold non-whitespace text" in err

@@ -45,8 +45,26 @@ def _check_params(params: dict[str, Any]) -> str | None:
             return problem
     if "messages" not in params:
         return "'messages' must be a non-empty list"
+    empty = _empty_text_block(params)
+    if empty is not None:
+        return empty
     refused = limit_problem(params)
     return None if refused is None else refused[1]
+
+
+def _empty_text_block(params: dict[str, Any]) -> str | None:
+    """The API refuses a text block that is empty or whitespace alone (in messages or the system)."""
+    system = params.get("system")
+    places: list[tuple[str, Any]] = [("system", system)] if isinstance(system, list) else []
+    places += [
+        (f"messages.{i}.content", m.get("content")) for i, m in enumerate(params["messages"]) if isinstance(m, dict)
+    ]
+    for where, blocks in places:
+        for number, block in enumerate(blocks if isinstance(blocks, list) else []):
+            text = block.get("text") if isinstance(block, dict) and block.get("type") == "text" else None
+            if isinstance(text, str) and not text.strip():
+                return f"{where}.{number}: a text block must hold non-whitespace text (the API refuses it)"
+    return None
 
 
 def _check_id(custom_id: Any) -> str | None:
