@@ -31,9 +31,9 @@ from orchestrator.options import RunOptions
 from orchestrator.pricing import PriceTable, load_prices
 from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.results import export_results
-from orchestrator.run.collector import fewer_collections
 from orchestrator.run.files import make_room, pool_size
-from orchestrator.run.progress import LoadProgress, make_view
+from orchestrator.runtime.collector import fewer_collections
+from orchestrator.runtime.progress import LoadProgress, make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.store import (
     JobRow,
@@ -46,8 +46,7 @@ from orchestrator.store import (
 )
 
 if TYPE_CHECKING:
-    from orchestrator.run.engine import Summary
-    from orchestrator.simulator.config import SimulatorConfig
+    from orchestrator.runtime.summary import Summary
 
 log = logging.getLogger("orchestrator")
 RESULTS_ROOT = Path("results")
@@ -181,7 +180,7 @@ async def run(options: RunOptions) -> Outcome:
             log.info(f"{await store.retry_errored():,} errored requests run again")
         if settings.max_cost is not None:
             await _check_priced(store, prices, options)
-        await _check_models(store, options.simulate)
+        await _check_models(store, options.simulate.extra_models if options.simulate else frozenset())
         counts = await store.counts()
         done = counts[State.SUCCEEDED] + counts[State.ERRORED]
         in_flight = await store.batches(open_only=True)
@@ -244,10 +243,9 @@ def _engines_importing() -> threading.Thread:
     return thread
 
 
-async def _check_models(store: Store, simulator: SimulatorConfig | None) -> None:
+async def _check_models(store: Store, served: frozenset[str]) -> None:
     """A note, before anything is sent, on the models of the job this version does not know: a model
     newer than its table runs as usual (so it is not refused), a mistyped one gets the API's 404."""
-    served = simulator.extra_models if simulator is not None else frozenset()
     unknown = [model for model in await store.models() if model_limits(model) is None and model not in served]
     if unknown:
         log.warning(

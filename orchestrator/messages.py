@@ -11,7 +11,7 @@ from orchestrator.models import State
 from orchestrator.pricing import money
 
 if TYPE_CHECKING:
-    from orchestrator.run.engine import Summary
+    from orchestrator.runtime.summary import Summary
 
 
 def resume_hint(db: Path, python: bool, option: str = "", value: str = "") -> str:

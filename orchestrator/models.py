@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -179,3 +180,34 @@ class BatchResult:
     error: dict[str, Any] | None  # the API's error body, or one in its shape
     final: tuple[State, dict[str, Any]] | None  # a success, or an error not worth another batch
     retry: bool = False  # worth another batch while attempts remain (else it becomes an errored result)
+
+
+# What the input readers (jobs/) hand the store to load: records, not input formats.
+
+# The params of every request as stored: compact, non-ASCII escaped (the text the sender reads).
+encode_params = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+
+@dataclass(slots=True)
+class Loaded:
+    """One valid request read from an input, with where it came from."""
+
+    custom_id: str
+    params: dict[str, Any]
+    path: str
+    line: int | None
+    row: dict[str, Any] | None = None  # a table row's columns (joined back to its result by the CSV export)
+
+
+@dataclass(slots=True)
+class Prompts:
+    """The requests of consecutive lines of one input, checked in bulk. Line ``first + i`` is the
+    request of ``items[i]``: its custom_id (empty: ``<stem>-<line>``) followed by its prompt as a
+    JSON string; its params are ``prefix + prompt + suffix``, the text ``encode_params`` gives."""
+
+    path: str
+    stem: str
+    first: int
+    items: list[str]
+    prefix: str
+    suffix: str

@@ -180,8 +180,9 @@ def recovery(strategy: str, count: int, concurrency: int, max_tokens: int, *simu
     """Billed output tokens beyond the uninterrupted replies, what the results recorded of them, texts
     that stop short of the uninterrupted replies at ``max_tokens`` (and by how many tokens), and texts
     that differ from them otherwise or hold more than ``max_tokens``."""
-    from orchestrator.jobs.read import Loaded, read_requests
+    from orchestrator.jobs.read import read_requests
     from orchestrator.jobs.spec import load_spec
+    from orchestrator.models import Loaded
     from orchestrator.simulator.replies import plan_reply
     from orchestrator.simulator.tokens import count_tokens
 

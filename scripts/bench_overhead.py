@@ -136,7 +136,7 @@ async def _run_until(argv: list[str], stop_after: int) -> int:
     from orchestrator.jobs.read import read_requests
     from orchestrator.jobs.spec import load_spec
     from orchestrator.run.engine import Job
-    from orchestrator.run.progress import Quiet
+    from orchestrator.runtime.progress import Quiet
     from orchestrator.settings import JobSettings
     from orchestrator.store import open_store
 

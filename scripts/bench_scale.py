@@ -8,7 +8,7 @@ fresh process, so its CPU time is its own:
   (``anthropic.DefaultAioHttpClient``), the body's bytes read and nothing parsed or stored: what
   any Python client on this stack costs at the least;
 - floor, run's GC: the same, under the garbage-collector settings the orchestrator runs with
-  (``orchestrator.run.collector``), so that their gain is not counted as the orchestrator's own;
+  (``orchestrator.runtime.collector``), so that their gain is not counted as the orchestrator's own;
 - orchestrator: ``orchestrator run`` on a JSONL job at ``--concurrency N``, with checkpoints
   (every 0.25 s) and automatic rate limits on (the simulator's headers allow far more than the
   job needs), every message stored, results exported.
@@ -142,7 +142,7 @@ def role_main(args: argparse.Namespace) -> None:
     if args.role == "floor":
         result = asyncio.run(floor(args.url, args.requests))
     elif args.role == "floor-gc":
-        from orchestrator.run.collector import fewer_collections
+        from orchestrator.runtime.collector import fewer_collections
 
         with fewer_collections():
             result = asyncio.run(floor(args.url, args.requests))

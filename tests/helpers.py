@@ -12,10 +12,12 @@ from typing import Any
 
 import anthropic
 
-from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
-from orchestrator.run.engine import Job, Summary
-from orchestrator.run.progress import Quiet
+from orchestrator.models import Loaded
+from orchestrator.run.engine import Job
+from orchestrator.runtime.progress import Quiet
+from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import Simulator
 from orchestrator.simulator.replies import plan_reply

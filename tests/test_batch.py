@@ -34,8 +34,8 @@ from orchestrator.pricing import load_prices
 from orchestrator.report.export import export_csv
 from orchestrator.report.figures import Filters, job_report
 from orchestrator.results import export_results
-from orchestrator.run.engine import Summary
-from orchestrator.run.progress import Quiet
+from orchestrator.runtime.progress import Quiet
+from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig
 from tests.conftest import INSTANT, FakeClock, Running

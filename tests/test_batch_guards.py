@@ -18,8 +18,8 @@ from orchestrator.batch.engine import BatchJob
 from orchestrator.cli import run_command
 from orchestrator.models import Usage
 from orchestrator.pricing import BATCH, load_prices
-from orchestrator.run.budget import worst_case
-from orchestrator.run.progress import Quiet
+from orchestrator.runtime.budget import worst_case
+from orchestrator.runtime.progress import Quiet
 from orchestrator.simulator import BatchSettings, SimulatorConfig
 from tests.conftest import INSTANT, FakeClock, Running
 from tests.helpers import loaded_store, params_of, query, write_jsonl

@@ -12,8 +12,8 @@ import pytest
 from orchestrator.cli import run_command
 from orchestrator.models import Usage
 from orchestrator.pricing import load_prices
-from orchestrator.run.budget import Budget, input_bound, worst_case
-from orchestrator.run.progress import Snapshot, describe
+from orchestrator.runtime.budget import Budget, input_bound, worst_case
+from orchestrator.runtime.progress import Snapshot, describe
 from orchestrator.simulator import Simulator
 from tests.conftest import Running
 from tests.helpers import query, read_results, write_jsonl

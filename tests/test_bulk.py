@@ -13,9 +13,9 @@ import anyio
 import pytest
 
 from orchestrator.errors import JobFileError
-from orchestrator.jobs.bulk import Prompts
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
+from orchestrator.models import Prompts
 from orchestrator.store import open_store
 
 pytestmark = pytest.mark.anyio

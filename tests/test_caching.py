@@ -12,8 +12,8 @@ import pytest
 from orchestrator.api.prefix import Breakpoint, Planner, boundaries, place
 from orchestrator.cli import run_command
 from orchestrator.pricing import load_prices
-from orchestrator.run.progress import describe
 from orchestrator.run.warmth import Warmth
+from orchestrator.runtime.progress import describe
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import BatchSettings, SimulatorConfig
 from tests.conftest import INSTANT, FakeClock

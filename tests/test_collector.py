@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from orchestrator.run.collector import YOUNG_THRESHOLD, fewer_collections
+from orchestrator.runtime.collector import YOUNG_THRESHOLD, fewer_collections
 
 
 def test_a_run_freezes_earlier_objects_and_collects_less_often() -> None:

@@ -21,8 +21,9 @@ import pytest
 from orchestrator.cli import run_command
 from orchestrator.crash import INTERRUPT_ENV
 from orchestrator.errors import UserError
-from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
+from orchestrator.models import Loaded
 from orchestrator.report.export import spreadsheet_safe
 from orchestrator.run.files import files_needed, make_room, pool_size
 from orchestrator.simulator import SimulatorConfig, Timing

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import JobFileError, Problem
-from orchestrator.jobs.bulk import Prompts
-from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, load_spec
+from orchestrator.models import Loaded, Prompts
 
 
 def write_lines(path: Path, lines: list[Any]) -> Path:

@@ -8,7 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from orchestrator.run.bucket import TokenBucket
+from orchestrator.api.bucket import TokenBucket
+from orchestrator.api.tokens import estimate_input_tokens
 from orchestrator.run.limits import (
     CLASSES,
     DEFAULT_FLOW_GUESS,
@@ -17,7 +18,6 @@ from orchestrator.run.limits import (
     Limiter,
     LimitState,
     Permit,
-    estimate_input_tokens,
     parse_headers,
 )
 from orchestrator.settings import LimitSpec

@@ -15,8 +15,9 @@ import pytest
 
 from orchestrator.api.modelinfo import MODELS, SNAPSHOTS, limit_problem, model_limits
 from orchestrator.cli import run_command
-from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
+from orchestrator.models import Loaded
 from orchestrator.simulator import SimulatorConfig, Timing
 from tests.conftest import Running
 from tests.helpers import read_results, write_jsonl

@@ -21,7 +21,7 @@ from orchestrator.errors import UserError
 from orchestrator.models import Usage
 from orchestrator.pricing import load_prices
 from orchestrator.report.figures import percentile
-from orchestrator.run.progress import describe
+from orchestrator.runtime.progress import describe
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import FaultRates, SimulatorConfig, Timing
 from orchestrator.simulator.replies import plan_reply

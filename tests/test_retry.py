@@ -12,7 +12,7 @@ import pytest
 from orchestrator.api.failures import classify
 from orchestrator.errors import BrokenStream
 from orchestrator.models import Outcome
-from orchestrator.run.backoff import Backoff
+from orchestrator.runtime.backoff import Backoff
 
 REQUEST = httpx2.Request("POST", "http://api.test/v1/messages")
 

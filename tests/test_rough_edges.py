@@ -20,8 +20,8 @@ import pytest
 from orchestrator.api.failures import classify, retry_after
 from orchestrator.cli import run_command
 from orchestrator.pricing import money
-from orchestrator.run.backoff import Backoff, Retries
-from orchestrator.run.progress import Bar, Snapshot
+from orchestrator.runtime.backoff import Backoff, Retries
+from orchestrator.runtime.progress import Bar, Snapshot
 from tests.conftest import Running
 from tests.helpers import query, read_results, write_jsonl
 from tests.test_retry import status_error

@@ -16,7 +16,7 @@ from orchestrator.cli import run_command
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
 from orchestrator.run.engine import Job
-from orchestrator.run.progress import Quiet
+from orchestrator.runtime.progress import Quiet
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import SimulatorConfig
 from orchestrator.simulator.tokens import count_tokens

@@ -14,7 +14,7 @@ from orchestrator.cli import run_command
 from orchestrator.client import http_client
 from orchestrator.run.engine import Job
 from orchestrator.run.limits import Permit
-from orchestrator.run.progress import Quiet
+from orchestrator.runtime.progress import Quiet
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import FaultRates, Limits, SimulatorConfig, Timing
 from orchestrator.simulator.replies import full_reply

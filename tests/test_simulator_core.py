@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.api.bucket import TokenBucket
 from orchestrator.api.modelinfo import accepts_prefill, family, minimum_cacheable, model_version
-from orchestrator.run.bucket import TokenBucket
 from orchestrator.simulator.cache import PromptCache
 from orchestrator.simulator.config import FaultRates
 from orchestrator.simulator.events import WireEvent, fault_position

@@ -23,8 +23,9 @@ from orchestrator.cli import run_command
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
 from orchestrator.options import RunOptions
-from orchestrator.run.engine import Job, Summary
-from orchestrator.run.progress import Quiet
+from orchestrator.run.engine import Job
+from orchestrator.runtime.progress import Quiet
+from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import SimulatorConfig, Timing
 from orchestrator.store import open_store

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from orchestrator.errors import JobFileError, Problem
-from orchestrator.jobs.read import Loaded
-from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, State, Usage
+from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Loaded, Outcome, State, Usage
 from orchestrator.store import MIGRATIONS, open_store
 from orchestrator.store.schema import migrate, migration_name
 

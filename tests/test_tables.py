@@ -16,10 +16,10 @@ import pytest
 
 from orchestrator.cli import run_command
 from orchestrator.errors import JobFileError, Problem
-from orchestrator.jobs.read import Loaded, read_requests
+from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
 from orchestrator.jobs.tables import parse_parts
-from orchestrator.models import Usage
+from orchestrator.models import Loaded, Usage
 from orchestrator.pricing import load_prices
 from tests.conftest import Running
 from tests.helpers import params_of, query, read_results, reply_of, text_of

@@ -13,7 +13,7 @@ import anyio
 
 from orchestrator.api.failures import Failure, classify
 from orchestrator.models import Outcome
-from orchestrator.run.backoff import Backoff
+from orchestrator.runtime.backoff import Backoff
 from orchestrator.settings import JobSettings
 
 T = TypeVar("T")

@@ -40,10 +40,11 @@ from orchestrator.crash import crash_point
 from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable
-from orchestrator.run.budget import Budget, worst_case
-from orchestrator.run.engine import Summary, cache_plan
-from orchestrator.run.progress import Snapshot, View, show_progress
-from orchestrator.run.signals import watch_signals
+from orchestrator.runtime.budget import Budget, worst_case
+from orchestrator.runtime.cacheplan import cache_plan
+from orchestrator.runtime.progress import Snapshot, View, show_progress
+from orchestrator.runtime.signals import watch_signals
+from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
 from orchestrator.store import BatchRow, Store
 from orchestrator.store.batches import COLLECTED, ENDED, SUBMITTING

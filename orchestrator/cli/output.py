@@ -10,7 +10,7 @@ from collections import Counter
 from orchestrator.library import BatchStatus, JobResult, JobStatus
 from orchestrator.models import State
 from orchestrator.outputs import counts_text
-from orchestrator.run.progress import Snapshot, describe
+from orchestrator.runtime.progress import Snapshot, describe
 
 
 def print_summary(result: JobResult) -> None:

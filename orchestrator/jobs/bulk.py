@@ -13,15 +13,13 @@ line-by-line reader, which gives the same request, or the same error, it always 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import add, eq, is_, itemgetter, not_
 from typing import Any
 
 from orchestrator.jobs.params import CUSTOM_ID
+from orchestrator.models import encode_params
 
-# The params of every request as stored: compact, non-ASCII escaped (the text the sender reads).
-encode_params = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 # How that encoder writes a string, and how ``ensure_ascii=False`` writers do.
 _ascii: Any = json.encoder.encode_basestring_ascii
 _utf8: Any = json.encoder.encode_basestring
@@ -34,20 +32,6 @@ _FORMATS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("custom_id", "prompt"): ('{"custom_id": "%s", "prompt": %s}', '{"custom_id":"%s","prompt":%s}'),
     ("prompt", "custom_id"): ('{"prompt": %s, "custom_id": "%s"}', '{"prompt":%s,"custom_id":"%s"}'),
 }
-
-
-@dataclass(slots=True)
-class Prompts:
-    """The requests of consecutive lines of one input, checked in bulk. Line ``first + i`` is the
-    request of ``items[i]``: its custom_id (empty: ``<stem>-<line>``) followed by its prompt as a
-    JSON string; its params are ``prefix + prompt + suffix``, the text ``encode_params`` gives."""
-
-    path: str
-    stem: str
-    first: int
-    items: list[str]
-    prefix: str
-    suffix: str
 
 
 def params_around(defaults: dict[str, Any]) -> tuple[str, str] | None:

@@ -9,32 +9,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import compress
 from operator import not_
 from typing import Any, Literal, cast, overload
 
 from orchestrator.api.modelinfo import limit_problem
 from orchestrator.errors import Problem
-from orchestrator.jobs.bulk import Prompts, jsonl_items, params_around, text_items
+from orchestrator.jobs.bulk import jsonl_items, params_around, text_items
 from orchestrator.jobs.lines import line_blocks
 from orchestrator.jobs.params import CUSTOM_ID, field_problem
 from orchestrator.jobs.spec import JobSpec, Source, stem_id
 from orchestrator.jobs.tables import row_request, table_rows
-from orchestrator.models import MESSAGE_PARAMS
+from orchestrator.models import MESSAGE_PARAMS, Loaded, Prompts
 
 SIMPLE_FIELDS = (MESSAGE_PARAMS - {"messages"}) | {"prompt", "custom_id"}
-
-
-@dataclass(slots=True)
-class Loaded:
-    """One valid request read from an input, with where it came from."""
-
-    custom_id: str
-    params: dict[str, Any]
-    path: str
-    line: int | None
-    row: dict[str, Any] | None = None  # a table row's columns (joined back to its result by the CSV export)
 
 
 def _check_params(params: dict[str, Any]) -> str | None:

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.api.modelinfo import minimum_cacheable
 from orchestrator.api.prefix import Planner, boundaries
+from orchestrator.api.tokens import estimate_input_tokens
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
-from orchestrator.jobs.read import Loaded
+from orchestrator.models import Loaded
 from orchestrator.pricing import Price, PriceTable, money
-from orchestrator.run.limits import estimate_input_tokens
 from orchestrator.settings import limit_specs
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -22,18 +21,19 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from orchestrator.api.failures import Failure
-from orchestrator.api.prefix import CachePlan, Planner
 from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import Request, State, Usage
 from orchestrator.pricing import STANDARD, PriceTable
-from orchestrator.run.budget import Budget
 from orchestrator.run.cachegate import CacheGate
 from orchestrator.run.files import pool_size
 from orchestrator.run.limits import Limiter, LimitState
-from orchestrator.run.progress import Quiet, Snapshot, View, show_progress
 from orchestrator.run.request import RequestRunner
-from orchestrator.run.signals import watch_signals
 from orchestrator.run.writer import Writer
+from orchestrator.runtime.budget import Budget
+from orchestrator.runtime.cacheplan import cache_plan
+from orchestrator.runtime.progress import Quiet, Snapshot, View, show_progress
+from orchestrator.runtime.signals import watch_signals
+from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import Store
 
@@ -43,27 +43,6 @@ PAGE = 512  # requests read from the store at once, at the least (else as many a
 WRITER_GRACE = 60.0  # seconds the writer gets for its last commit after a stop
 
 STOPPING = "Stopping: no new requests; saving what is in flight"
-
-
-@dataclass
-class Summary:
-    counts: dict[str, int]
-    billed: Usage  # over every attempt of the job, all runs
-    elapsed: float  # seconds of this run
-    stopped: bool  # by a signal
-    aborted: Failure | None  # why the job could not go on
-    pauses: int = 0  # pool-wide cool-downs after a 429
-    cuts: int = 0  # times an overload cut the concurrency
-    detached: int = 0  # message batches left running on the server by a stop (batch mode)
-    capped: bool = False  # the spend cap stopped the launches
-    cost: Decimal | None = None  # USD billed by the whole job; None if a model is unpriced
-    cap: Decimal | None = None  # the spend cap of this run
-    storage: StorageError | None = None  # the database could not be written: the job stopped
-    unsaved: list[str] = field(default_factory=list)  # custom_ids whose received replies could not be saved
-
-    @property
-    def complete(self) -> bool:
-        return self.counts[State.PENDING] == 0 and self.counts[State.RUNNING] == 0
 
 
 async def _produce(store: Store, send: MemoryObjectSendStream[Request], budget: Budget, page_size: int) -> None:
@@ -95,18 +74,6 @@ async def _consume(
             # it (sharing nothing, say) are not held back.
             if not (runner.would_wait(request) and park(request)):
                 await runner.run(request)
-
-
-async def cache_plan(store: Store, ttl: str = "5m", requests_per_second: float | None = None) -> CachePlan:
-    """Where breakpoints go: the block-aligned prefixes the job's pending requests share (1h for
-    those whose uses are more than 5 minutes apart at ``requests_per_second``)."""
-    planner = Planner()
-    after = 0
-    while page := await store.pending(after, PAGE):
-        for request in page:
-            planner.add(request.params)
-        after = page[-1].id
-    return planner.plan(ttl, requests_per_second)
 
 
 def cache_hit(billed: Usage) -> float | None:

@@ -29,16 +29,14 @@ async ``acquire`` that waits on a timer or on a release, never by polling.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 
-from orchestrator.run.bucket import TokenBucket
+from orchestrator.api.bucket import TokenBucket
 from orchestrator.settings import LimitSpec
 
 CLASSES = ("requests", "input-tokens", "output-tokens")
@@ -63,12 +61,6 @@ def parse_headers(headers: Mapping[str, str]) -> dict[str, tuple[int, int]]:
         except ValueError:
             continue
     return found
-
-
-def estimate_input_tokens(params: Mapping[str, Any]) -> int:
-    """A quick, deliberately generous estimate: one token per 3.5 characters of the prompt."""
-    size = len(json.dumps(params.get("messages", []))) + len(json.dumps(params.get("system", "")))
-    return math.ceil(size / 3.5) + 8
 
 
 @dataclass

@@ -13,15 +13,16 @@ import anyio
 
 from orchestrator.api.failures import Failure, classify
 from orchestrator.api.prefix import Breakpoint, CachePlan, place
+from orchestrator.api.tokens import estimate_input_tokens
 from orchestrator.models import AttemptEnded, Outcome, Request, State, Waits
 from orchestrator.run.attempt import LiveAttempt, Sink, stream_attempt
-from orchestrator.run.backoff import Backoff, Retries
-from orchestrator.run.budget import Budget
 from orchestrator.run.cachegate import CacheGate
 from orchestrator.run.count import TokenCounter, generated_text
-from orchestrator.run.limits import Limiter, estimate_input_tokens
+from orchestrator.run.limits import Limiter
 from orchestrator.run.reach import Reach, unreachable
 from orchestrator.run.recover import Recovery, Strategy, after_break, finish_without_continuation, join, next_params
+from orchestrator.runtime.backoff import Backoff, Retries
+from orchestrator.runtime.budget import Budget
 from orchestrator.settings import JobSettings
 
 

@@ -13,7 +13,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.lowlevel
 from aiohttp import web
@@ -24,7 +24,7 @@ from orchestrator.simulator.replies import block_text, conversation_key, last_us
 from orchestrator.simulator.validation import RequestInvalid, error_body, validate
 
 if TYPE_CHECKING:
-    from orchestrator.simulator.server import Simulator
+    from orchestrator.simulator.config import SimulatorConfig
 
 BATCHES_PATH = "/v1/messages/batches"
 RESULTS_CONTENT_TYPE = "application/x-jsonl"
@@ -35,6 +35,22 @@ SETTLE_SLICE = 200  # requests processed between two chances for other requests 
 Action = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
+class Host(Protocol):
+    """What the batch endpoints use of the simulator that serves them (``server.Simulator``)."""
+
+    config: SimulatorConfig
+
+    def next_id(self, prefix: str) -> str: ...
+    def rejected(self, request: web.Request) -> bool: ...
+    def error(
+        self, status: int, error_type: str, message: str, request_id: str, *, retry_after: float | None = None
+    ) -> web.Response: ...
+    def spend_limited(self, request_id: str) -> web.Response: ...
+    def attempt(self, fingerprint: bytes) -> int: ...
+    def render_message(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def notify(self) -> None: ...
+
+
 def _bad(message: str) -> RequestInvalid:
     return RequestInvalid(400, "invalid_request_error", message)
 
@@ -42,7 +58,7 @@ def _bad(message: str) -> RequestInvalid:
 class BatchAPI:
     """The batch endpoints of one simulator, on its clock, with its stats, auth and replies."""
 
-    def __init__(self, simulator: Simulator, clock: Callable[[], float], stats: BatchStats) -> None:
+    def __init__(self, simulator: Host, clock: Callable[[], float], stats: BatchStats) -> None:
         self._sim = simulator
         self._clock = clock
         config = simulator.config
@@ -86,8 +102,7 @@ class BatchAPI:
         except FaultSpecError as exc:
             return _errored("invalid_request_error", f"sim-fault: {exc}")
         fingerprint = conversation_key(config.seed, body)
-        sim._attempts[fingerprint] += 1
-        failure = draw_failure(config.batches, config.seed, fingerprint, sim._attempts[fingerprint], forced)
+        failure = draw_failure(config.batches, config.seed, fingerprint, sim.attempt(fingerprint), forced)
         if failure == "expired":
             return {"type": "expired"}
         if failure == "overloaded_error":
@@ -102,19 +117,19 @@ class BatchAPI:
 
     async def _handle(self, request: web.Request, action: Action) -> web.StreamResponse:
         sim = self._sim
-        request_id = sim._next_id("req")
+        request_id = sim.next_id("req")
         try:
-            if sim._rejected(request):
-                return sim._error(401, "authentication_error", "invalid x-api-key", request_id)
+            if sim.rejected(request):
+                return sim.error(401, "authentication_error", "invalid x-api-key", request_id)
             refusal = self._endpoint_fault(request_id)
             if refusal is not None:
                 return refusal
             await self.settle()
             return await action(request, request_id)
         except RequestInvalid as exc:
-            return sim._error(exc.status, exc.error_type, exc.message, request_id)
+            return sim.error(exc.status, exc.error_type, exc.message, request_id)
         finally:
-            sim._notify()
+            sim.notify()
 
     def _endpoint_fault(self, request_id: str) -> web.Response | None:
         settings = self.store.settings
@@ -123,10 +138,10 @@ class BatchAPI:
         if roll < settings.rate_limited:
             faults["rate_limited"] += 1
             message = "Number of requests to the Message Batches API has exceeded your rate limit. Please retry later."
-            return self._sim._error(429, "rate_limit_error", message, request_id, retry_after=1.0)
+            return self._sim.error(429, "rate_limit_error", message, request_id, retry_after=1.0)
         if roll < settings.rate_limited + settings.overloaded:
             faults["overloaded"] += 1
-            return self._sim._error(529, "overloaded_error", "Overloaded", request_id)
+            return self._sim.error(529, "overloaded_error", "Overloaded", request_id)
         return None
 
     def _describe(self, request: web.Request, batch_id: str) -> dict[str, Any]:
@@ -153,7 +168,7 @@ class BatchAPI:
         except (ValueError, UnicodeDecodeError):
             raise _bad("Request body is not valid JSON") from None
         custom_ids, params = parse_requests(body, settings.max_requests)
-        batch = self.store.create(self._sim._next_id("msgbatch"), self._clock(), custom_ids, params)
+        batch = self.store.create(self._sim.next_id("msgbatch"), self._clock(), custom_ids, params)
         return _json(self._describe(request, batch.id), request_id)
 
     async def _retrieve(self, request: web.Request, request_id: str) -> web.StreamResponse:

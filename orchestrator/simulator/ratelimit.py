@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from orchestrator.run.bucket import TokenBucket
+from orchestrator.api.bucket import TokenBucket
 from orchestrator.simulator.config import Limits
 
 _UNLIMITED = 1_000_000_000

@@ -109,10 +109,15 @@ class Simulator:
         self._changed = anyio.Event()
         self.batches = BatchAPI(self, clock, self.stats.batches)
 
-    def _notify(self) -> None:
+    def notify(self) -> None:
         """Wake whoever waits in ``until``: the stats have changed."""
         self._changed.set()
         self._changed = anyio.Event()
+
+    def attempt(self, fingerprint: bytes) -> int:
+        """Count an attempt of the conversation ``fingerprint`` (streamed or in a batch); its number."""
+        self._attempts[fingerprint] += 1
+        return self._attempts[fingerprint]
 
     async def until(self, predicate: Callable[[Stats], bool]) -> None:
         """Wait until ``predicate(stats)`` holds; tests use it instead of sleeping."""
@@ -121,7 +126,8 @@ class Simulator:
 
     # -- identifiers ------------------------------------------------------------------
 
-    def _next_id(self, prefix: str) -> str:
+    def next_id(self, prefix: str) -> str:
+        """A new id of the API's form (``req_01...``, ``msg_01...``, ``msgbatch_01...``), seeded."""
         self._serial += 1
         digest = hashlib.blake2b(f"{self.config.seed}:{prefix}:{self._serial}".encode(), digest_size=11)
         return f"{prefix}_01{digest.hexdigest()}"
@@ -131,7 +137,7 @@ class Simulator:
     def _headers(self, request_id: str) -> dict[str, str]:
         return {"request-id": request_id, **self.limits.headers()}
 
-    def _error(
+    def error(
         self,
         status: int,
         error_type: str,
@@ -153,7 +159,7 @@ class Simulator:
     def _message(self, model: str, plan: ReplyPlan | None, usage: InputUsage, output_tokens: int) -> dict[str, Any]:
         """The message object: the whole non-streamed message, or (``plan`` None) message_start's."""
         return {
-            "id": self._next_id("msg"),
+            "id": self.next_id("msg"),
             "type": "message",
             "role": "assistant",
             "model": model,
@@ -200,7 +206,7 @@ class Simulator:
 
     def spend_limited(self, request_id: str) -> web.Response:
         """The 429 of an organization past its spend limit: waiting will not clear it (no retry-after)."""
-        return self._error(
+        return self.error(
             429,
             "rate_limit_error",
             "You have reached your specified API usage limits. You will regain access on the first of next month.",
@@ -210,7 +216,7 @@ class Simulator:
 
     # -- handlers ---------------------------------------------------------------------
 
-    def _rejected(self, request: web.Request) -> bool:
+    def rejected(self, request: web.Request) -> bool:
         """Whether the request's API key (``x-api-key`` or ``Authorization: Bearer``) is refused."""
         bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
         key = request.headers.get("x-api-key") or bearer
@@ -225,16 +231,16 @@ class Simulator:
         return validate(body, count_only=count_only, extra_models=self.config.extra_models)
 
     async def count_tokens(self, request: web.Request) -> web.StreamResponse:
-        request_id = self._next_id("req")
+        request_id = self.next_id("req")
         self.stats.count_tokens_calls += 1
-        if self._rejected(request):
-            return self._error(401, "authentication_error", "invalid x-api-key", request_id)
+        if self.rejected(request):
+            return self.error(401, "authentication_error", "invalid x-api-key", request_id)
         if not self.config.count_tokens_endpoint:
-            return self._error(404, "not_found_error", "Not Found", request_id)
+            return self.error(404, "not_found_error", "Not Found", request_id)
         try:
             body = await self._read_body(request, count_only=True)
         except RequestInvalid as exc:
-            return self._error(exc.status, exc.error_type, exc.message, request_id)
+            return self.error(exc.status, exc.error_type, exc.message, request_id)
         return web.json_response({"input_tokens": count_input_tokens(body)}, headers={"request-id": request_id})
 
     async def stats_view(self, request: web.Request) -> web.StreamResponse:
@@ -245,25 +251,25 @@ class Simulator:
         try:
             return await self._messages(request)
         finally:
-            self._notify()
+            self.notify()
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
-        request_id = self._next_id("req")
+        request_id = self.next_id("req")
         self.stats.requests += 1
         outcomes = self.stats.outcomes
-        if self._rejected(request):
+        if self.rejected(request):
             outcomes["unauthorized"] += 1
-            return self._error(401, "authentication_error", "invalid x-api-key", request_id)
+            return self.error(401, "authentication_error", "invalid x-api-key", request_id)
         try:
             body = await self._read_body(request, count_only=False)
             forced_spec = request.headers.get("x-sim-fault") or find_directive(block_text(last_user(body)["content"]))
             forced = parse_fault_spec(forced_spec) if forced_spec else None
         except RequestInvalid as exc:
             outcomes["invalid" if exc.status == 400 else "not_found"] += 1
-            return self._error(exc.status, exc.error_type, exc.message, request_id)
+            return self.error(exc.status, exc.error_type, exc.message, request_id)
         except FaultSpecError as exc:
             outcomes["invalid"] += 1
-            return self._error(400, "invalid_request_error", f"x-sim-fault: {exc}", request_id)
+            return self.error(400, "invalid_request_error", f"x-sim-fault: {exc}", request_id)
 
         if self.config.limits.spend_cap:
             outcomes["spend_limited"] += 1
@@ -280,12 +286,11 @@ class Simulator:
                 f"{refusal.limit.replace('-', ' ')} per minute. For details, refer to: "
                 "https://docs.claude.com/en/api/rate-limits."
             )
-            return self._error(429, "rate_limit_error", message, request_id, retry_after=refusal.retry_after)
+            return self.error(429, "rate_limit_error", message, request_id, retry_after=refusal.retry_after)
 
         config = self.config
         fingerprint = conversation_key(config.seed, body)
-        self._attempts[fingerprint] += 1
-        attempt = self._attempts[fingerprint]
+        attempt = self.attempt(fingerprint)
         fault = choose_fault(
             forced=forced, rates=config.faults, seed=config.seed, fingerprint=fingerprint, attempt=attempt
         )
@@ -294,8 +299,8 @@ class Simulator:
         if fault is not None and fault.kind in BEFORE_STREAM:
             outcomes[fault.kind.value] += 1
             if fault.kind is FaultKind.OVERLOADED:
-                return self._error(529, "overloaded_error", "Overloaded", request_id)
-            return self._error(500, "api_error", "Internal server error", request_id)
+                return self.error(529, "overloaded_error", "Overloaded", request_id)
+            return self.error(500, "api_error", "Internal server error", request_id)
 
         begun = self._bill_input(usage)  # refused requests are not billed
         if not body.get("stream", False):
@@ -348,7 +353,7 @@ class Simulator:
             return response
         stats.streams_now += 1
         stats.peak_streams = max(stats.peak_streams, stats.streams_now)
-        self._notify()
+        self.notify()
         position = len(events) if fault is None else fault_position(fault, events)
         if fault is not None and fault.kind is FaultKind.MALFORMED:
             events = with_malformed(events, position, fault.variant, blocks)
@@ -359,7 +364,7 @@ class Simulator:
                 if fault is not None and fault.kind is FaultKind.STALL:
                     await emitter.run_until(position)
                     stats.stalls_now += 1
-                    self._notify()
+                    self.notify()
                     try:
                         await anyio.sleep(fault.seconds)
                     finally:

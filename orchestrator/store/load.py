@@ -18,8 +18,7 @@ import anyio.lowlevel
 
 from orchestrator.crash import crash_point
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
-from orchestrator.jobs.bulk import Prompts, encode_params
-from orchestrator.jobs.read import Loaded
+from orchestrator.models import Loaded, Prompts, encode_params
 from orchestrator.store.base import Base
 from orchestrator.store.schema import transaction
 
