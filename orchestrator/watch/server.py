@@ -3,9 +3,10 @@
 Each read opens the job's database read-only (``store.open_reader``: short statements of a WAL
 reader, never a write, never the runner's lock), so it works beside a run in another process or in
 this one, and on a finished job. Reads happen only when someone asks, and are paced by their cost:
-the numbers at most every ``STATUS_EVERY`` seconds and the charts every ``CHARTS_EVERY``, or
-``1 / SHARE`` times as long as a read took, so a watcher never spends more than about ``SHARE`` of
-the time reading, however large the job; readers in between get the last answer.
+the numbers at most every ``STATUS_EVERY`` seconds, or ``1 / SHARE`` times as long as their read
+took, and the charts (which read every request) every ``CHARTS_EVERY``, or ``1 / CHARTS_SHARE``
+times as long: a watcher spends at most about ``SHARE + CHARTS_SHARE`` of its time reading, however
+large the job (a run with ``--watch`` included); readers in between get the last answer.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from orchestrator.watch.page import PAGE
 
 STATUS_EVERY = 1.0  # seconds, at the least, between two reads of the numbers
 CHARTS_EVERY = 5.0  # ... and of the charts
-SHARE = 0.05  # of the time a watcher may spend reading
+SHARE = 0.05  # of the time a watcher may spend reading the numbers
+CHARTS_SHARE = 0.02  # ... and the charts
 REPLIES = 5  # the latest replies shown with --show-text
 SECRETS = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN")  # never shown, wherever they might turn up
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -99,8 +101,9 @@ def redact(text: str) -> str:
 class Paced:
     """The last answer of a read, read again only once its time is due."""
 
-    def __init__(self, every: float) -> None:
+    def __init__(self, every: float, share: float) -> None:
         self.every = every
+        self.share = share
         self.interval = every
         self._due = -1.0
         self._answer = ""
@@ -112,7 +115,7 @@ class Paced:
                 started = time.monotonic()
                 self._answer = await read()
                 cost = time.monotonic() - started
-                self.interval = max(self.every, cost / SHARE)
+                self.interval = max(self.every, cost / self.share)
                 self._due = time.monotonic() + self.interval - cost
             return self._answer
 
@@ -126,8 +129,8 @@ class Watcher:
         self.show_text = show_text
         self.rates = Rates()
         self.models = Models()
-        self._status = Paced(every)
-        self._charts = Paced(max(every, CHARTS_EVERY) if every else 0.0)
+        self._status = Paced(every, SHARE)
+        self._charts = Paced(max(every, CHARTS_EVERY) if every else 0.0, CHARTS_SHARE)
 
     async def _read_status(self) -> str:
         try:
