@@ -156,6 +156,14 @@ async def test_a_schema_the_api_would_refuse_is_reported_before_anything_is_sent
         err = capsys.readouterr().err
         assert "lines.jsonl:2" in err
         assert "'additionalProperties' must be explicitly set to false" in err
+        strict = {"name": "t", "strict": True, "input_schema": {"type": "object", "properties": {}}}
+        job = write_jsonl(
+            tmp_path / "tools.jsonl", [{"prompt": "x", "tools": [{"name": "u", "input_schema": {}}, strict]}]
+        )
+        assert await run_command(["run", str(job), "--base-url", url, *FAST]) == 2
+        assert (
+            "tools.jsonl:1: 'tools' tools[1] (strict) input_schema at $: For 'object' type" in capsys.readouterr().err
+        )
         assert sim.stats.requests == 0
     assert not (tmp_path / "out").exists()
 

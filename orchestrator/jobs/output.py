@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,23 +61,44 @@ def with_format(defaults: dict[str, Any], schema: dict[str, Any]) -> dict[str, A
 
 
 def output_config_problem(value: Any) -> str | None:
-    """What is wrong with a request's ``output_config`` (its format's schema above all), or None.
-
-    A job's lines mostly share one: the defaults' own object (the same one on every line) is checked
-    once, and a line's own once per distinct JSON text."""
+    """What is wrong with a request's ``output_config`` (its format's schema above all), or None."""
     if not isinstance(value, dict):
         return f"must be a table (object), not {value!r}"
-    if _last and _last[0] is value:
-        return _last[1]  # type: ignore[no-any-return]
+    return _checked("output_config", value, _config_problem)
+
+
+def tools_problem(value: Any) -> str | None:
+    """What the API would refuse in the schema of a request's ``strict`` tools, or None."""
+    if not isinstance(value, list):
+        return "must be a list"
+    return _checked("tools", value, _tools_problem)
+
+
+def _checked(kind: str, value: Any, check: Callable[[str], str | None]) -> str | None:
+    """``check`` of ``value`` as JSON text. A job's lines mostly share one value: the defaults' own
+    object (the same one on every line) is checked once, and a line's own once per distinct text."""
+    last = _last.get(kind)
+    if last is not None and last[0] is value:
+        return last[1]
     try:
-        problem = _config_problem(json.dumps(value))
+        problem = check(json.dumps(value))
     except (TypeError, ValueError):
         problem = "must be JSON"
-    _last[:] = [value, problem]
+    _last[kind] = (value, problem)
     return problem
 
 
-_last: list[Any] = []  # the last output_config checked, and its problem
+_last: dict[str, tuple[Any, str | None]] = {}  # by field: the last value checked, and its problem
+
+
+@functools.lru_cache(maxsize=64)
+def _tools_problem(text: str) -> str | None:
+    for number, tool in enumerate(json.loads(text)):
+        if isinstance(tool, dict) and tool.get("strict") is True:
+            problems = schema_text_problems(tool.get("input_schema"), f"tools[{number}] (strict) input_schema")
+            if problems:
+                return problems[0]
+    return None
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from orchestrator.errors import UserError
-from orchestrator.jobs.output import output_config_problem
+from orchestrator.jobs.output import output_config_problem, tools_problem
 from orchestrator.models import MESSAGE_PARAMS
 
 CUSTOM_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")  # the whole id (fullmatch: "$" would accept a final newline)
@@ -47,6 +47,8 @@ def value_problem(key: str, value: Any) -> str | None:
     """What is wrong with ``value`` for the known field ``key`` ("must be ..."), or None."""
     if key in ("output_config", "output_format"):  # a format's schema is checked as the API checks it
         return output_config_problem(value if key == "output_config" else {"format": value})
+    if key == "tools":  # and so are strict tools' schemas
+        return tools_problem(value)
     check = FIELDS.get(key)
     if check is not None and not check[1](value):
         return f"must be {check[0]}, not {value!r}"
