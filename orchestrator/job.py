@@ -33,7 +33,7 @@ from orchestrator.report.dryrun import DryRun, count_samples, plan
 from orchestrator.results import export_results
 from orchestrator.run.files import make_room, pool_size
 from orchestrator.runtime.collector import fewer_collections
-from orchestrator.runtime.progress import LoadProgress, make_view
+from orchestrator.runtime.progress import LoadProgress, Quiet, make_view
 from orchestrator.settings import BATCH, DEFAULTS, JobSettings, merge
 from orchestrator.store import (
     JobRow,
@@ -203,7 +203,11 @@ async def run(options: RunOptions) -> Outcome:
             view = make_view(sum(counts.values()), done, quiet=options.quiet)
             with fewer_collections():
                 if settings.mode == BATCH:
-                    summary = await BatchJob(store, client, settings, view, prices).run()
+                    # What the batches leave (moved before a deadline, the few left) streams.
+                    def streaming(store: Store, settings: JobSettings) -> Job:
+                        return Job(store, client, settings, Quiet(), prices)
+
+                    summary = await BatchJob(store, client, settings, view, prices, stream=streaming).run()
                 else:
                     summary = await Job(store, client, settings, view, prices).run()
         out = results / "results.jsonl"

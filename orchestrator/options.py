@@ -73,6 +73,7 @@ class RunOptions:
     cache: str | None = None
     batch_size: int | None = None
     poll_interval: float | None = None
+    deadline: str | None = None
     # rate limits for every model (settings.LIMITS): they override a spec's [limits]
     rpm: float | None = None
     itpm: float | None = None

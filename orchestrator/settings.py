@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from orchestrator.errors import UserError
+from orchestrator.when import deadline_form
 
 LIMIT_NAMES = ("rpm", "itpm", "otpm")
 LIMIT_HELP = {"rpm": "requests per minute", "itpm": "input tokens per minute", "otpm": "output tokens per minute"}
@@ -32,6 +33,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     option: str = ""  # the command line's name, when it is not --<name with dashes>
     modes: tuple[str, ...] = ("stream", "batch")  # the modes it applies to (given for another: refused)
+    grammar: Callable[[str], object] | None = None  # a text setting's form: raises ValueError saying what is wrong
 
     @property
     def flag(self) -> str:
@@ -52,6 +54,9 @@ class Setting:
     def check(self, value: Any) -> Any:
         """``value`` as this setting's type, or ValueError saying what a valid one is."""
         if self.kind is str:
+            if isinstance(value, str) and self.grammar is not None:
+                self.grammar(value)
+                return value
             if isinstance(value, str) and (not self.choices or value in self.choices):
                 return value
             raise ValueError(f"must be {self.describe()}, not {value!r}")
@@ -78,7 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
         "batch: the Message Batches API, results within 24 h at half the price",
         choices=(STREAM, BATCH),
     ),
-    Setting("concurrency", int, "streams at once", low=1, modes=(STREAM,)),
+    Setting("concurrency", int, "streams at once", low=1),
     Setting("max_attempts", int, "attempts per request", low=1),
     Setting("retry_max_seconds", float, "stop retrying a request after this many seconds", low=0),
     # The floors below are where a smaller value stops meaning anything but load: a commit takes
@@ -89,14 +94,12 @@ SETTINGS: tuple[Setting, ...] = (
         float,
         "seconds between checkpoints of partial output (at least 0.01: a commit takes milliseconds)",
         low=0.01,
-        modes=(STREAM,),
     ),
     Setting(
         "read_timeout",
         float,
         "seconds without a byte before a stream counts as stalled (at least 0.1)",
         low=0.1,
-        modes=(STREAM,),
     ),
     Setting("backoff_base", float, "seconds of the first retry's backoff (doubled per attempt)", low=0),
     Setting("backoff_cap", float, "longest backoff between attempts, in seconds", low=0),
@@ -106,7 +109,6 @@ SETTINGS: tuple[Setting, ...] = (
         "how a broken stream goes on: prefill (exact), continue (4.6+ models, not exact), restart; "
         "auto: prefill where the model accepts it, else restart",
         choices=("auto", "prefill", "continue", "restart"),
-        modes=(STREAM,),
     ),
     Setting(
         "max_cost",
@@ -124,7 +126,6 @@ SETTINGS: tuple[Setting, ...] = (
         low_open=True,
         high=1,
         option="--limit-headroom",
-        modes=(STREAM,),
     ),
     Setting(
         "cache",
@@ -150,8 +151,18 @@ SETTINGS: tuple[Setting, ...] = (
         modes=(BATCH,),
     ),
 )
+SETTINGS += (
+    Setting(
+        "deadline",
+        str,
+        "the time the job must be done by: a duration (90m, 8h, 1h30m), a time of day (09:00) or a date and "
+        "time (2026-12-05T09:00); the job goes to message batches while there is time and streams the rest, "
+        "at the lowest price that meets it (kept as a time for resume)",
+        grammar=deadline_form,
+    ),
+)
 LIMITS: tuple[Setting, ...] = tuple(
-    Setting(name, float, LIMIT_HELP[name], low=0, low_open=True, modes=(STREAM,)) for name in LIMIT_NAMES
+    Setting(name, float, LIMIT_HELP[name], low=0, low_open=True) for name in LIMIT_NAMES
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
@@ -174,6 +185,7 @@ class JobSettings:
     poll_interval: float = 5.0  # seconds between the first polls of batches in flight
     max_cost: float | None = None  # USD; None: no spend cap
     cache: str = "auto"  # auto | off: breakpoints placed on shared prefixes, cache-aware launching
+    deadline: str | None = None  # as given (a duration, a time of day, a datetime); the store keeps its time
     limits: dict[str, Any] = field(default_factory=dict)  # {"rpm": .., "itpm": .., "otpm": .., "<model>": {...}}
 
 
@@ -240,13 +252,14 @@ def merge(
             limits[setting.name] = value
         else:
             values[setting.name] = value
+    if values["deadline"] is not None:
+        values["mode"] = BATCH  # a deadline runs through message batches, streaming what they leave
     mode = values["mode"]
     for setting in (*SETTINGS, *LIMITS):
         if given.get(setting.name) is not None and mode not in setting.modes:
             name = named(setting.name)
             raise UserError(
-                f"{name} is for {' and '.join(setting.modes)} mode only, and this job runs in {mode} mode: "
-                f"drop {name}" + (" (message batches are paced by the API itself)" if mode == BATCH else "")
+                f"{name} is for {' and '.join(setting.modes)} mode only, and this job runs in {mode} mode: drop {name}"
             )
     return JobSettings(**values, limits=limits)
 

@@ -24,6 +24,7 @@ from orchestrator.simulator import BatchSettings, SimulatorConfig
 from tests.conftest import INSTANT, FakeClock, Running
 from tests.helpers import loaded_store, params_of, query, write_jsonl
 from tests.test_batch import batch_settings, prompts, simulated
+from tests.test_deadline import streaming
 from tests.test_interrupt import results
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +147,26 @@ async def test_a_locked_database_is_waited_out_in_batch_mode(
         assert sim.stats.batches.created == 3
         billed_once(sim.stats.batches.tokens_billed, db)
     assert query(db, "SELECT COUNT(*) FROM requests WHERE state = 'succeeded'") == [(20,)]
+
+
+async def test_the_few_left_after_resubmissions_stream_when_that_is_sooner(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(30))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock()
+    # A batch takes an hour or two; some results come back errored, worth another try.
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=3600, seconds_max=7200, errored=0.2))
+    async with simulate(config, clock=clock) as (sim, client, _):
+        async with loaded_store(job, db) as store:
+            move = simulated(clock)
+            running = BatchJob(store, client, batch_settings(), Quiet(), sleep=move, stream=streaming(client))
+            summary = await running.run(handle_signals=False)
+        stats = sim.stats.as_dict()
+    assert summary.complete
+    assert sim.stats.batches.created == 1  # no second batch for the few left: they streamed
+    errored = sim.stats.batches.results["errored"]
+    assert 0 < errored <= 10
+    assert stats["requests"] == errored
+    streamed = query(db, "SELECT COUNT(*) FROM attempts WHERE batch_key IS NULL AND outcome = 'succeeded'")
+    assert streamed == [(errored,)]
+    kept = query(db, "SELECT SUM(output_tokens) FROM attempts WHERE outcome = 'succeeded'")[0][0]
+    assert stats["batches"]["tokens_billed"]["output_tokens"] + stats["output_tokens_billed"] == kept

@@ -21,7 +21,9 @@ from orchestrator.store.base import Base, answered
 from orchestrator.store.schema import transaction
 
 SUBMITTING, ENDED, COLLECTED, REFUSED = "submitting", "ended", "collected", "refused"
-OPEN = frozenset({SUBMITTING, "in_progress", "canceling", ENDED})  # not yet collected nor refused
+CANCELING = "canceling"
+OPEN = frozenset({SUBMITTING, "in_progress", CANCELING, ENDED})  # not yet collected nor refused
+DEADLINE = "deadline"  # the notes' key of the job's deadline
 FAILED_OUTCOMES = ("retryable", "broken")  # attempts that count against max_attempts
 
 
@@ -223,6 +225,52 @@ class Batching(Base):
             )
             await db.execute("UPDATE job SET updated_at = ?", (now,))
         return states
+
+    @answered
+    async def pending_retries(self) -> tuple[int, int]:
+        """(pending requests, those of them a batch result sent back to be tried again)."""
+        async with self.db.execute(
+            f"""SELECT COUNT(*), COALESCE(SUM(EXISTS (SELECT 1 FROM attempts a WHERE a.request_id = r.id
+                   AND a.batch_key IS NOT NULL AND a.outcome IN {FAILED_OUTCOMES})), 0)
+                FROM requests r WHERE r.state = 'pending'"""
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (row[0], row[1]) if row is not None else (0, 0)
+
+    @answered
+    async def deadline(self) -> tuple[str, float] | None:
+        """The job's deadline as given and as the Unix time it stood for when given, if it has one."""
+        async with self.db.execute("SELECT value FROM notes WHERE key = ?", (DEADLINE,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        return str(value["text"]), float(value["at"])
+
+    @answered
+    async def set_deadline(self, text: str, at: float) -> None:
+        """Record the job's deadline (``text`` as given, ``at`` the Unix time it stands for), so that a
+        resume keeps it."""
+        async with transaction(self.db):
+            await self.db.execute(
+                "INSERT OR REPLACE INTO notes (key, value, at) VALUES (?, ?, ?)",
+                (DEADLINE, json.dumps({"text": text, "at": at}), time.time()),
+            )
+
+    @answered
+    async def request_sizes(self) -> tuple[float | None, float, float]:
+        """For a pace: (mean output tokens of the replies so far, or None before 10; mean max_tokens
+        and mean params bytes of the requests still to run)."""
+        async with self.db.execute(
+            "SELECT COUNT(*), AVG(output_tokens) FROM attempts WHERE outcome = 'succeeded'"
+        ) as cursor:
+            replies, output = await cursor.fetchone() or (0, None)
+        async with self.db.execute(
+            "SELECT AVG(json_extract(params, '$.max_tokens')), AVG(LENGTH(params)) FROM requests "
+            "WHERE state IN ('pending', 'running')"
+        ) as cursor:
+            max_tokens, size = await cursor.fetchone() or (None, None)
+        return (output if replies >= 10 else None), float(max_tokens or 0), float(size or 0)
 
     @answered
     async def batch_collected(self, key: int) -> None:

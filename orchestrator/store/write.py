@@ -49,12 +49,16 @@ class Writing(Base):
             await self.db.execute("UPDATE job SET endpoint = ?, simulated = ?", (endpoint, int(simulated)))
 
     async def pending(self, after_id: int, limit: int) -> list[Request]:
-        """Requests still to run, with what their reply kept and the checkpoint of an attempt cut short."""
+        """Requests still to run, with what their reply kept and the checkpoint of an attempt cut short;
+        not one a message batch may still end (its batch attempt open)."""
         async with self.db.execute(
             """SELECT r.id, r.custom_id, r.params, r.attempts, r.kept, a.partial, a.output_estimated
                FROM requests r
                LEFT JOIN attempts a ON a.request_id = r.id AND a.number = r.attempts AND a.outcome = 'interrupted'
-               WHERE r.state IN ('pending', 'running') AND r.id > ? ORDER BY r.id LIMIT ?""",
+               WHERE (r.state = 'pending' OR (r.state = 'running' AND NOT EXISTS (
+                   SELECT 1 FROM attempts b
+                   WHERE b.request_id = r.id AND b.outcome IS NULL AND b.batch_key IS NOT NULL)))
+                 AND r.id > ? ORDER BY r.id LIMIT ?""",
             (after_id, limit),
         ) as cursor:
             return [

@@ -1,0 +1,174 @@
+"""--deadline: batches while there is time, streaming for the rest, never a reply paid twice.
+
+In process, with the real SDK; the simulator's batches run on a FakeClock that the engine's waits
+move (streaming takes no time on it: the engine's waits first let a stream round end)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from orchestrator.batch.engine import BatchJob
+from orchestrator.cli import run_command
+from orchestrator.pricing import load_prices
+from orchestrator.results import export_results
+from orchestrator.run.engine import Job
+from orchestrator.runtime.progress import Quiet
+from orchestrator.runtime.summary import Summary
+from orchestrator.settings import JobSettings
+from orchestrator.simulator import BatchSettings, SimulatorConfig
+from orchestrator.store import Store
+from tests.conftest import INSTANT, FakeClock, Running
+from tests.helpers import expected_replies, loaded_store, query, text_of, write_jsonl
+from tests.test_batch import batch_settings, prompts
+from tests.test_interrupt import results
+
+pytestmark = pytest.mark.anyio
+
+Simulate = Callable[..., AbstractAsyncContextManager[Running]]
+COUNT = 40
+
+
+async def deadline_run(
+    job: Path, db: Path, client: anthropic.AsyncAnthropic, clock: FakeClock, said: list[str], **settings: Any
+) -> tuple[BatchJob, Summary]:
+    async with loaded_store(job, db) as store:
+        holder: list[BatchJob] = []
+
+        async def sleep(seconds: float) -> None:
+            await holder[0].streamer.idle.wait()  # streaming takes no time on the batches' clock
+            clock.advance(seconds)
+
+        running = BatchJob(
+            store,
+            client,
+            batch_settings(**settings),
+            Quiet(),
+            load_prices(),
+            sleep=sleep,
+            clock=clock,
+            say=said.append,
+            stream=streaming(client),
+        )
+        holder.append(running)
+        summary = await running.run(handle_signals=False)
+        await export_results(store, db.parent / "results.jsonl")
+    return running, summary
+
+
+def streaming(client: anthropic.AsyncAnthropic) -> Callable[[Store, JobSettings], Job]:
+    """The streaming engine, as ``job.run`` hands it to batch mode."""
+    return lambda store, settings: Job(store, client, settings, Quiet(), load_prices())
+
+
+def ways(db: Path) -> dict[str, int]:
+    """Succeeded requests by the way they went."""
+    rows = query(
+        db,
+        "SELECT CASE WHEN batch_key IS NULL THEN 'streamed' ELSE 'batch' END, COUNT(*) FROM attempts "
+        "WHERE outcome = 'succeeded' GROUP BY 1",
+    )
+    return dict(rows)
+
+
+def paid_once(sim_stats: dict[str, Any], db: Path) -> None:
+    """Every output token billed (batches and streams) is in a reply kept."""
+    kept = query(db, "SELECT SUM(output_tokens) FROM attempts WHERE outcome = 'succeeded'")[0][0]
+    billed = sim_stats["batches"]["tokens_billed"].get("output_tokens", 0) + sim_stats["output_tokens_billed"]
+    assert billed == kept
+
+
+async def test_a_generous_deadline_goes_all_to_batches(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(COUNT))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock(start=1_800_000_000.0)
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=30, seconds_max=300))
+    said: list[str] = []
+    async with simulate(config, clock=clock) as (sim, client, _):
+        running, summary = await deadline_run(job, db, client, clock, said, deadline="2h")
+        expected = expected_replies(sim, job)
+        stats = sim.stats.as_dict()
+    assert summary.complete
+    assert running.deadline == 1_800_000_000.0 + 7200
+    assert clock() <= running.deadline
+    assert ways(db) == {"batch": COUNT}
+    assert sim.stats.batches.created >= 4  # spread over several batches
+    assert sim.stats.batches.canceled == 0
+    assert {cid: text_of(line) for cid, line in results(db.parent / "results.jsonl").items()} == expected
+    paid_once(stats, db)
+    assert said == []  # quiet
+
+
+async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_time(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(COUNT))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock(start=1_800_000_000.0)
+    # Batches take 2 minutes to 2 hours; the job has 30 minutes.
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=120, seconds_max=7200, cancel_seconds=5))
+    said: list[str] = []
+    async with simulate(config, clock=clock) as (sim, client, _):
+        running, summary = await deadline_run(job, db, client, clock, said, deadline="30m")
+        expected = expected_replies(sim, job)
+        stats = sim.stats.as_dict()
+    assert summary.complete
+    assert running.deadline is not None
+    assert clock() <= running.deadline
+    went = ways(db)
+    assert went["batch"] > 0
+    assert went["streamed"] > 0
+    assert went["batch"] + went["streamed"] == COUNT
+    assert 0 < sim.stats.batches.canceled < sim.stats.batches.created  # part moved, the rest left to end
+    assert {cid: text_of(line) for cid, line in results(db.parent / "results.jsonl").items()} == expected
+    paid_once(stats, db)
+    # A canceled batch's requests that it had finished are kept, not streamed as well.
+    canceled = query(db, "SELECT COUNT(*) FROM attempts WHERE reason = 'canceled'")[0][0]
+    assert canceled == went["streamed"]
+
+
+async def test_a_deadline_no_batch_can_meet_streams_everything_and_says_so(simulate: Simulate, tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(COUNT))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock(start=1_800_000_000.0)
+    said: list[str] = []
+    async with simulate(SimulatorConfig(timing=INSTANT), clock=clock) as (sim, client, _):
+        # 40 requests of up to 1,024 tokens at 8 streams take longer than a minute (at a slow stream's pace).
+        _, summary = await deadline_run(job, db, client, clock, said, deadline="60s")
+        stats = sim.stats.as_dict()
+    assert summary.complete
+    assert ways(db) == {"streamed": COUNT}
+    assert sim.stats.batches.created == 0
+    [message] = said
+    assert "The deadline cannot be met" in message
+    assert "Streaming them all now (the fastest)" in message
+    paid_once(stats, db)
+
+
+async def test_a_resume_keeps_the_deadline_and_a_bad_one_is_refused(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(3))
+    db = tmp_path / "out" / "job.sqlite"
+    clock = FakeClock(start=1_800_000_000.0)
+    async with simulate(SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=10)), clock=clock) as (
+        _,
+        client,
+        _,
+    ):
+        first, _ = await deadline_run(job, db, client, clock, [], deadline="8h")
+        clock.advance(3600)
+        again, _ = await deadline_run(job, db, client, clock, [], deadline="8h")
+        other, _ = await deadline_run(job, db, client, clock, [], deadline="1h")
+    assert first.deadline == again.deadline == 1_800_000_000.0 + 8 * 3600
+    assert other.deadline is not None
+    assert first.deadline - 7 * 3600 < other.deadline < first.deadline  # given anew: an hour from then
+    bad = ["run", str(job), "--simulate", "--deadline", "tomorrow", "--results", str(tmp_path / "bad")]
+    assert await run_command(bad) == 2
+    assert not (tmp_path / "bad").exists()  # refused before anything was stored
+    assert "is not a deadline" in capsys.readouterr().err
