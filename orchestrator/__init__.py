@@ -12,19 +12,18 @@ Notes go to the ``orchestrator`` logger (the command line prints them); the libr
 nothing to stderr unless ``progress=True``. The simulator's configuration for ``simulate=``:
 ``orchestrator.simulator.SimulatorConfig``.
 
-The API is imported on first use (``import orchestrator`` alone loads nothing heavy): the command
+The API is imported on first use (``import orchestrator`` alone loads nothing): the command
 line (``python -m orchestrator``) imports this package first, and must be able to take a Ctrl-C
 cleanly from its first instant (``orchestrator.entry``).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
-
-from orchestrator.errors import JobAborted, JobChangedError, JobFileError, OrchestratorError, UserError
-
+TYPE_CHECKING = False  # not typing's: importing typing alone takes milliseconds a Ctrl-C can fall in
 if TYPE_CHECKING:
+    from typing import Any
+
+    from orchestrator.errors import JobAborted, JobChangedError, JobFileError, OrchestratorError, UserError
     from orchestrator.library import (
         BatchStatus,
         Exported,
@@ -36,8 +35,6 @@ if TYPE_CHECKING:
         open_job,
         run_job,
     )
-
-logging.getLogger("orchestrator").addHandler(logging.NullHandler())
 
 __all__ = [
     "BatchStatus",
@@ -55,14 +52,12 @@ __all__ = [
     "open_job",
     "run_job",
 ]
-_LIBRARY = frozenset(
-    {"BatchStatus", "Exported", "Job", "JobResult", "JobStatus", "arender_report", "arun_job", "open_job", "run_job"}
-)
+_ERRORS = frozenset({"JobAborted", "JobChangedError", "JobFileError", "OrchestratorError", "UserError"})
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LIBRARY:
-        from orchestrator import library
+    if name in __all__:
+        from importlib import import_module
 
-        return getattr(library, name)
+        return getattr(import_module("orchestrator.errors" if name in _ERRORS else "orchestrator.library"), name)
     raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")

@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from types import FrameType
-from typing import NoReturn
+
+TYPE_CHECKING = False  # not typing's: every import before the handler is a moment a Ctrl-C can fall in
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import NoReturn
 
 INTERRUPTED = 130  # what a shell reports for a command ended by SIGINT (128 + 2)
 

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from orchestrator.runtime.summary import Summary
 
 log = logging.getLogger("orchestrator")
+log.addHandler(logging.NullHandler())  # silent unless the application configures logging (the command line does)
 RESULTS_ROOT = Path("results")
 SIMULATED_ROOT = RESULTS_ROOT / "simulated"  # simulated jobs never share a folder with real ones by default
 
