@@ -22,7 +22,7 @@ from orchestrator.simulator import SimulatorConfig
 from orchestrator.simulator.tokens import count_tokens
 from orchestrator.store import open_store
 from tests.conftest import INSTANT, Running
-from tests.helpers import query, read_results, reply_of, text_of, until_checkpointed, write_jsonl
+from tests.helpers import loaded_store, query, read_results, reply_of, text_of, until_checkpointed, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
@@ -380,3 +380,12 @@ async def test_resume_without_the_job_file_keeps_the_spec_settings(simulate: Sim
     assert query(db, "SELECT DISTINCT state FROM requests") == [("errored",)]
     per_request = "SELECT COUNT(*) FROM attempts WHERE reason = 'http_529' GROUP BY request_id"
     assert query(db, per_request) == [(1,), (1,), (1,)]
+
+
+async def test_a_job_snapshot_before_its_run_began_counts_nothing(simulate: Simulate, tmp_path: Path) -> None:
+    """A deadline run asks the streaming round for its snapshot at any time, before its run has read
+    the store too: it must say nothing is done, not fail."""
+    job = write_jsonl(tmp_path / "job.jsonl", [{"prompt": "hello"}])
+    async with simulate() as (_, client, _), loaded_store(job, tmp_path / "job.sqlite") as store:
+        snapshot = Job(store, client, JobSettings(), Quiet()).snapshot()
+    assert (snapshot.done, snapshot.total, snapshot.in_flight, snapshot.failed) == (0, 0, 0, 0)

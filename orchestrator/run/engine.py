@@ -135,7 +135,7 @@ class Job:
         self.storage: StorageError | None = None
         self._work = anyio.CancelScope()
         self._started = 0.0
-        self._before: dict[str, int] = {}
+        self._before: dict[str, int] = {state.value: 0 for state in State}  # counts as the run began (none yet)
 
     def stop(self) -> None:
         """Stop launching requests and cancel the streams in flight; the writer saves them."""
