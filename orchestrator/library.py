@@ -33,10 +33,10 @@ from orchestrator.job import RESULTS_ROOT, SIMULATED_ROOT, cancel, stored_job
 from orchestrator.job import dry_run as plan_dry_run
 from orchestrator.job import run as run_options
 from orchestrator.messages import aborted_error, resume_hint
-from orchestrator.models import State
+from orchestrator.models import State, Usage
 from orchestrator.options import TABLE, RunOptions, resumed
 from orchestrator.outputs import STATUSES, is_model, message_output, model_check, model_schema
-from orchestrator.pricing import load_prices
+from orchestrator.pricing import STANDARD, load_prices
 from orchestrator.report.dryrun import render as render_dry_run
 from orchestrator.report.export import export_csv, output_counts
 from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
@@ -134,6 +134,9 @@ class JobStatus:
     elapsed: float  # from its first attempt to its last update
     batches: tuple[BatchStatus, ...]
     outputs: dict[str, int] | None = None  # structured outputs by status (a job with an output schema)
+    ways: dict[str, int] | None = None  # succeeded requests by way: batch, streamed
+    cost_streamed: Decimal | None = None  # what the same tokens would have cost all streamed
+    deadline: float | None = None  # Unix time the job is to be done by (--deadline)
 
     def as_dict(self) -> dict[str, Any]:
         """As ``orchestrator status --json`` prints it."""
@@ -150,8 +153,19 @@ class JobStatus:
             "cost_usd": cost,
             "elapsed": self.elapsed,
             **({"outputs": self.outputs} if self.outputs else {}),
+            "ways": self.ways,
+            "cost_streamed_usd": None if self.cost_streamed is None else float(round(self.cost_streamed, 6)),
+            "deadline": self.deadline,
             "batches": shown,
         }
+
+
+def _all_streamed(by_tier: dict[tuple[str, str], Usage]) -> dict[tuple[str, str], Usage]:
+    """The same usage, every tier at the standard price."""
+    merged: dict[tuple[str, str], Usage] = {}
+    for (model, _), usage in by_tier.items():
+        merged.setdefault((model, STANDARD), Usage()).add(usage)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -201,6 +215,8 @@ class Job:
             first = await store.first_start()
             batches = await store.batches()
             outputs = sum((await output_counts(store)).values(), Counter[str]())
+            ways = await store.succeeded_by_way()
+            deadline = await store.deadline()
         if job is None:
             raise UserError(f"{self.db} holds no job")
         return JobStatus(
@@ -213,6 +229,9 @@ class Job:
             counts=counts,
             billed=billed.as_dict(),
             cost=load_prices(_path(prices)).total(by_tier),
+            cost_streamed=load_prices(_path(prices)).total(_all_streamed(by_tier)),
+            ways=ways,
+            deadline=None if deadline is None else deadline[1],
             elapsed=(job.updated_at - first) if first else 0.0,
             batches=tuple(BatchStatus(b.id, b.state, b.requests, b.expires_at, b.open) for b in batches),
             outputs={name: outputs[name] for name in STATUSES} if outputs else None,

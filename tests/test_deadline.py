@@ -105,7 +105,7 @@ async def test_a_generous_deadline_goes_all_to_batches(simulate: Simulate, tmp_p
 
 
 async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_time(
-    simulate: Simulate, tmp_path: Path
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     job = write_jsonl(tmp_path / "job.jsonl", prompts(COUNT))
     db = tmp_path / "out" / "job.sqlite"
@@ -130,6 +130,12 @@ async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_t
     # A canceled batch's requests that it had finished are kept, not streamed as well.
     canceled = query(db, "SELECT COUNT(*) FROM attempts WHERE reason = 'canceled'")[0][0]
     assert canceled == went["streamed"]
+    capsys.readouterr()
+    assert await run_command(["status", str(db)]) == 0
+    shown = capsys.readouterr().out
+    assert f"went: {went['batch']:,} by message batch, {went['streamed']:,} streamed; cost $" in shown
+    assert "streaming it all (0." in shown
+    assert "  deadline " in shown
 
 
 async def test_a_deadline_no_batch_can_meet_streams_everything_and_says_so(simulate: Simulate, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from collections import Counter
 from orchestrator.library import BatchStatus, JobResult, JobStatus
 from orchestrator.models import State
 from orchestrator.outputs import counts_text
+from orchestrator.pricing import money
 from orchestrator.runtime.progress import Snapshot, describe
 
 
@@ -73,6 +74,19 @@ def print_status(status: JobStatus, as_json: bool) -> None:
     if status.outputs:
         print(f"  structured outputs: {counts_text(Counter(status.outputs))}")
     print(f"  elapsed {status.elapsed:.1f} s, last update {_when(status.updated_at)}")
+    ways = status.ways or {}
+    if ways.get("batch"):
+        line = f"  went: {ways['batch']:,} by message batch, {ways.get('streamed', 0):,} streamed"
+        if status.cost is not None and status.cost_streamed:
+            line += (
+                f"; cost {money(status.cost)} against {money(status.cost_streamed)} streaming it all "
+                f"({status.cost / status.cost_streamed:.2f}x)"
+            )
+        print(line)
+    if status.deadline is not None:
+        left = status.deadline - time.time()
+        when = _when(status.deadline)
+        print(f"  deadline {when}: " + (f"{left / 60:,.1f} min left" if left > 0 else "passed"))
     print("  " + describe(snapshot))
     if status.batches:
         states = Counter(row.state for row in status.batches)

@@ -238,6 +238,16 @@ class Batching(Base):
         return (row[0], row[1]) if row is not None else (0, 0)
 
     @answered
+    async def succeeded_by_way(self) -> dict[str, int]:
+        """Succeeded requests by the way their reply came: ``batch`` or ``streamed``."""
+        async with self.db.execute(
+            "SELECT CASE WHEN batch_key IS NULL THEN 'streamed' ELSE 'batch' END, COUNT(*) FROM attempts "
+            "WHERE outcome = 'succeeded' GROUP BY 1"
+        ) as cursor:
+            found = {row[0]: row[1] async for row in cursor}
+        return {way: found.get(way, 0) for way in ("batch", "streamed")}
+
+    @answered
     async def deadline(self) -> tuple[str, float] | None:
         """The job's deadline as given and as the Unix time it stood for when given, if it has one."""
         async with self.db.execute("SELECT value FROM notes WHERE key = ?", (DEADLINE,)) as cursor:
