@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx2
+import pytest
 
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
@@ -115,3 +117,17 @@ async def until_checkpointed(sim: Simulator, running: Job, streams: int) -> None
     await running.writer.until(
         lambda w: len(w.live) == streams and all(not live.dirty for live in w.live.values()) and w.tally.checkpoints > 0
     )
+
+
+@contextmanager
+def raises_as_the_sdk_does(expected: type[BaseException]) -> Iterator[None]:
+    """``pytest.raises(expected)``; where ``expected`` is a failure to read a response's body (an
+    httpx2 error), the SDK's connection or timeout error caused by it too (anthropic 2.17 wraps
+    them; earlier versions let them through)."""
+    if not issubclass(expected, httpx2.HTTPError):
+        with pytest.raises(expected):
+            yield
+        return
+    with pytest.raises((expected, anthropic.APIConnectionError)) as caught:
+        yield
+    assert isinstance(caught.value, expected) or isinstance(caught.value.__cause__, expected)

@@ -17,6 +17,7 @@ import pytest
 from orchestrator.simulator import FaultRates, Limits, SimulatorConfig, Timing
 from orchestrator.simulator.validation import PREFILL_REJECTED, TRAILING_WHITESPACE
 from tests.conftest import INSTANT, REAL_STREAMS, FakeClock, Running
+from tests.helpers import raises_as_the_sdk_does
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +51,7 @@ async def partial_text(client: anthropic.AsyncAnthropic, body: dict[str, Any], f
             if event.type == "content_block_delta" and event.delta.type == "text_delta":
                 pieces.append(event.delta.text)
 
-    with pytest.raises(httpx2.RemoteProtocolError):
+    with raises_as_the_sdk_does(httpx2.RemoteProtocolError):
         await consume()
     return "".join(pieces)
 
@@ -115,7 +116,7 @@ async def test_max_tokens_cuts_the_reply(simulate: Simulate) -> None:
 )
 async def test_faults_raise_what_the_sdk_raises(simulate: Simulate, fault: str, expected: type[Exception]) -> None:
     async with simulate() as (sim, client, _):
-        with pytest.raises(expected):
+        with raises_as_the_sdk_does(expected):
             async with client.messages.stream(**request(), extra_headers={"x-sim-fault": fault}) as stream:
                 await stream.get_final_message()
     assert sim.stats.faults_injected[fault.split()[0]] == 1
@@ -145,7 +146,7 @@ async def test_clean_end_without_message_stop_gives_no_stop_reason(simulate: Sim
 
 async def test_stall_surfaces_as_read_timeout(simulate: Simulate) -> None:
     async with simulate(timeout=httpx2.Timeout(5.0, read=0.2)) as (sim, client, _):
-        with pytest.raises(httpx2.ReadTimeout):
+        with raises_as_the_sdk_does(httpx2.ReadTimeout):
             async with client.messages.stream(
                 **request(), extra_headers={"x-sim-fault": "stall after=2 seconds=30"}
             ) as stream:

@@ -19,6 +19,7 @@ from orchestrator.simulator.events import UNKNOWN_EVENT
 from orchestrator.simulator.replies import plan_reply
 from orchestrator.simulator.validation import THINKING_BUDGET
 from tests.conftest import FakeClock
+from tests.helpers import raises_as_the_sdk_does
 from tests.test_simulator import HAIKU, REALISTIC, Simulate, partial_text, request, sse_events, text_of
 
 pytestmark = pytest.mark.anyio
@@ -278,7 +279,7 @@ async def test_a_stream_that_never_began_writes_nothing_readable_and_one_that_be
 ) -> None:
     system = "Background. " * 2500
     async with simulate() as (sim, client, _):
-        with pytest.raises(httpx2.RemoteProtocolError):  # dropped before message_start
+        with raises_as_the_sdk_does(httpx2.RemoteProtocolError):  # dropped before message_start
             async with client.messages.stream(
                 **cached_request(system), extra_headers={"x-sim-fault": "drop at=0"}
             ) as broken:
@@ -345,7 +346,7 @@ async def test_faults_at_the_edges_and_malformed_events(
     simulate: Simulate, fault: str, expected: type[Exception]
 ) -> None:
     async with simulate() as (sim, client, _):
-        with pytest.raises(expected):
+        with raises_as_the_sdk_does(expected):
             async with client.messages.stream(**request(), extra_headers={"x-sim-fault": fault}) as stream:
                 await stream.get_final_message()
     assert sim.stats.faults_injected[fault.split()[0]] == 1
