@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from orchestrator.store import (
     remove_store,
     runner_lock,
 )
+from orchestrator.when import DeadlineError, deadline_at
 
 if TYPE_CHECKING:
     from orchestrator.runtime.summary import Summary
@@ -277,13 +279,21 @@ async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
         raise UserError(f"{options.job}: no such job file")
     spec = load_spec(options.job, options.request_defaults())
     settings = merge(spec.run, spec.limits, options.given, options.option)
+    now = time.time()
+    deadline = None
+    if settings.deadline is not None:
+        try:
+            deadline = deadline_at(settings.deadline, now)
+        except DeadlineError as exc:
+            raise UserError(f"{options.option('deadline')}: {exc}") from None
     splitter = Splitter(settings.batch_size)
     models = plan(read_requests(spec), splitter)
     note: str | None = "no API key: input tokens are estimated (count_tokens needs one, or --simulate)"
     if options.simulate is not None or has_key():
         async with open_client(options.simulate, options.base_url, settings) as client:
             note = await count_samples(client, models)
-    return DryRun(models=models, counted=note is None, note=note, batches=splitter.batches), settings
+    found = DryRun(models, counted=note is None, note=note, batches=splitter.batches, deadline=deadline, now=now)
+    return found, settings
 
 
 async def cancel(db: Path, base_url: str | None) -> list[str]:

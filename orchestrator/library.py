@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
@@ -33,10 +34,10 @@ from orchestrator.job import RESULTS_ROOT, SIMULATED_ROOT, cancel, stored_job
 from orchestrator.job import dry_run as plan_dry_run
 from orchestrator.job import run as run_options
 from orchestrator.messages import aborted_error, resume_hint
-from orchestrator.models import State, Usage
+from orchestrator.models import State
 from orchestrator.options import TABLE, RunOptions, resumed
 from orchestrator.outputs import STATUSES, is_model, message_output, model_check, model_schema
-from orchestrator.pricing import STANDARD, load_prices
+from orchestrator.pricing import load_prices
 from orchestrator.report.dryrun import render as render_dry_run
 from orchestrator.report.export import export_csv, output_counts
 from orchestrator.report.figures import Filters, find_databases, job_report, render_csv, render_json, render_text
@@ -160,14 +161,6 @@ class JobStatus:
         }
 
 
-def _all_streamed(by_tier: dict[tuple[str, str], Usage]) -> dict[tuple[str, str], Usage]:
-    """The same usage, every tier at the standard price."""
-    merged: dict[tuple[str, str], Usage] = {}
-    for (model, _), usage in by_tier.items():
-        merged.setdefault((model, STANDARD), Usage()).add(usage)
-    return merged
-
-
 @dataclass(frozen=True)
 class Exported:
     path: Path | None  # None: written to the stream given
@@ -229,7 +222,7 @@ class Job:
             counts=counts,
             billed=billed.as_dict(),
             cost=load_prices(_path(prices)).total(by_tier),
-            cost_streamed=load_prices(_path(prices)).total(_all_streamed(by_tier)),
+            cost_streamed=load_prices(_path(prices)).total_streamed(by_tier),
             ways=ways,
             deadline=None if deadline is None else deadline[1],
             elapsed=(job.updated_at - first) if first else 0.0,
@@ -534,7 +527,7 @@ async def run(options: RunOptions) -> JobResult:
 async def dry_run(options: RunOptions) -> str:
     """What a job would cost and take, as ``orchestrator run --dry-run`` prints it; sends no message."""
     result, settings = await plan_dry_run(options)
-    return render_dry_run(result, load_prices(options.prices), settings.limits, str(options.job))
+    return render_dry_run(result, load_prices(options.prices), settings, str(options.job))
 
 
 async def arender_report(
@@ -559,13 +552,14 @@ async def arender_report(
             raise UserError(f"{db}: no such job database")
         async with open_reader(db) as store:
             reports.append(await job_report(store, db, table, filters))
+    now = time.time()
     if format == "json":
-        return render_json(reports, table)
+        return render_json(reports, table, now)
     if format == "csv":
         return render_csv(reports)
     if format == "html":
-        return render_html(reports, table)
-    return render_text(reports, table)
+        return render_html(reports, table, now)
+    return render_text(reports, table, now)
 
 
 def report_databases(databases: Sequence[str | os.PathLike[str]]) -> list[Path]:

@@ -73,6 +73,18 @@ class PriceTable:
             total += cost
         return total
 
+    def total_streamed(self, billed: dict[tuple[str, str], Usage]) -> Decimal | None:
+        """What the same usage would have cost had it all streamed (every tier at the standard price)."""
+        total: Decimal | None = Decimal(0)
+        for (model, _), usage in billed.items():
+            total = plus(total, self.cost(model, usage))
+        return total
+
+
+def plus(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    """A sum of costs, None (unpriced) if either is."""
+    return None if a is None or b is None else a + b
+
 
 def money(value: Decimal | None) -> str:
     """A cost as shown to people: dollars to four places, or "unpriced"."""

@@ -1,4 +1,5 @@
-"""A deadline as a user writes it -> a Unix time (pure): ``90m``, ``8h``, ``1h30m``, ``09:00``, an ISO datetime."""
+"""A deadline as a user writes it -> a Unix time (pure): ``90m``, ``8h``, ``1h30m``, ``09:00``, an ISO datetime;
+and a span of time as it is shown (``1h05m``, ``12m30s``, ``45s``)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,20 @@ def parse_deadline(text: str, now: datetime) -> float:
     return moment.timestamp()
 
 
+def deadline_at(text: str, now: float) -> float:
+    """``parse_deadline`` from the Unix time ``now``, in the local time zone."""
+    return parse_deadline(text, datetime.fromtimestamp(now).astimezone())
+
+
 def deadline_form(text: str) -> None:
     """Raises DeadlineError (a ValueError) unless ``text`` has a deadline's form (passed or not)."""
     parse_deadline(text, datetime.fromtimestamp(0, UTC))
+
+
+def span(seconds: float) -> str:
+    """``1h05m``, ``12m30s``, ``45s`` (a negative span shows as ``0s``)."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    if hours:
+        return f"{hours}h{rest // 60:02d}m"
+    return f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"

@@ -4,12 +4,18 @@ streaming it all (the same tokens at the standard price), the requests by the wa
 the output tokens billed (the simulator's stats, batches and streams) against those of the replies
 kept (never more than once).
 
-    python scripts/bench_deadline.py [--requests 120]
+    python scripts/bench_deadline.py [--requests 120] [--kills 3]
+
+``--kills K``: the client is killed (SIGKILL) K times in each scenario, at seeded moments, and
+resumed each time until the job ends: the wall time counts from the first start to the last end,
+and the output billed must still equal the output kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -55,11 +61,37 @@ def costs(db: Path) -> tuple[Decimal, Decimal, dict[str, int], int]:
     return cost, streamed, ways, kept
 
 
+ENV = {"ANTHROPIC_API_KEY": "sk-bench", "PATH": "/usr/bin:/bin"}
+
+
+def run_killed(run: list[str], resume: list[str], kills: int, within: float, seed: int) -> tuple[int, str]:
+    """Run ``run``, SIGKILL it ``kills`` times at seeded moments within ``within`` seconds of each
+    start (``resume`` starts it again), then let the last one end: (its exit status, its stderr)."""
+    rng = random.Random(seed)
+    command = run
+    for _ in range(kills):
+        process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            process.wait(timeout=rng.uniform(2.0, within))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        else:
+            assert process.stderr is not None
+            return process.returncode, process.stderr.read().decode()  # it ended before its kill
+        command = resume
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
+    return done.returncode, done.stderr
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--kills", type=int, default=0, help="SIGKILL the client this many times in each scenario")
     args = parser.parse_args()
     print(f"{args.requests} requests ({MODEL}, max_tokens 100), simulator at {RPM} RPM, concurrency 8")
+    if args.kills:
+        print(f"the client killed (SIGKILL) {args.kills} times in each scenario and resumed")
     print(
         f"{'deadline':<24}{'batches take':>13}{'wall s':>8}{'of deadline':>12}{'batch':>7}{'streamed':>9}"
         f"{'cost':>11}{'all-streamed':>13}{'ratio':>7}{'out billed':>11}{'out kept':>9}"
@@ -79,17 +111,17 @@ def main() -> None:
                     "--results", str(out), "--model", MODEL, "--max-tokens", "100", "--rpm", str(RPM),
                     "--poll-interval", "1", "--deadline", deadline,
                 ]  # fmt: skip
+                resume = [sys.executable, "-m", "orchestrator", "resume", str(out / "job.sqlite"), "--quiet"]
+                limit = {"30m": 1800, "90s": 90, "4m": 240}[deadline]
                 started = time.monotonic()
-                done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
-                                      env={"ANTHROPIC_API_KEY": "sk-bench", "PATH": "/usr/bin:/bin"})  # fmt: skip
+                status, errors = run_killed(command, resume, args.kills, min(limit, 120) / 2, seed=len(name))
                 wall = time.monotonic() - started
                 stats = simulator_stats(url)
-            if done.returncode != 0:
-                print(f"{name}: exit {done.returncode}: {done.stderr.strip()[-400:]}")
+            if status != 0:
+                print(f"{name}: exit {status}: {errors.strip()[-400:]}")
                 continue
             cost, all_streamed, ways, kept = costs(out / "job.sqlite")
             billed = stats["output_tokens_billed"] + stats["batches"]["tokens_billed"].get("output_tokens", 0)
-            limit = {"30m": 1800, "90s": 90, "4m": 240}[deadline]
             print(
                 f"{name + ' (' + deadline + ')':<24}{seconds:>13}{wall:>8.1f}{wall / limit:>11.0%} "
                 f"{ways.get('batch', 0):>7}{ways.get('streamed', 0):>9}{cost:>11.5f}{all_streamed:>13.5f}"

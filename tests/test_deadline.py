@@ -5,6 +5,10 @@ move (streaming takes no time on it: the engine's waits first let a stream round
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import re
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -15,7 +19,7 @@ import pytest
 
 from orchestrator.batch.engine import BatchJob
 from orchestrator.cli import run_command
-from orchestrator.pricing import load_prices
+from orchestrator.pricing import load_prices, money
 from orchestrator.results import export_results
 from orchestrator.run.engine import Job
 from orchestrator.runtime.progress import Quiet
@@ -130,12 +134,35 @@ async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_t
     # A canceled batch's requests that it had finished are kept, not streamed as well.
     canceled = query(db, "SELECT COUNT(*) FROM attempts WHERE reason = 'canceled'")[0][0]
     assert canceled == went["streamed"]
+    bar = running.snapshot()  # what the bar shows
+    assert f", {went['streamed']:,} streamed, deadline " in bar.detail
+    streamed_all = running.cost_streamed()
+    assert bar.cost is not None
+    assert streamed_all is not None
+    assert bar.cost < streamed_all
+    assert f"{money(streamed_all)} if all streamed" in bar.detail
     capsys.readouterr()
     assert await run_command(["status", str(db)]) == 0
     shown = capsys.readouterr().out
     assert f"went: {went['batch']:,} by message batch, {went['streamed']:,} streamed; cost $" in shown
     assert "streaming it all (0." in shown
     assert "  deadline " in shown
+    assert await run_command(["report", str(db), "--format", "json"]) == 0
+    [reported] = json.loads(capsys.readouterr().out)["jobs"]
+    total = reported["total"]
+    assert total["ways"] == went
+    assert reported["deadline_met"] is True
+    by_way = total["cost_by_way_usd"]
+    assert 0 < by_way["batch"] < by_way["streamed"] * 2  # the batched half-price
+    assert by_way["batch"] + by_way["streamed"] == pytest.approx(total["cost_usd"])
+    assert total["cost_usd"] < total["cost_streamed_usd"]
+    assert await run_command(["report", str(db)]) == 0
+    text = capsys.readouterr().out
+    assert f"  went: {went['batch']:,} by message batch ($" in text
+    assert ": met, done " in text
+    assert await run_command(["report", str(db), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert (rows[-1]["by_batch"], rows[-1]["streamed"]) == (str(went["batch"]), str(went["streamed"]))
 
 
 async def test_a_deadline_no_batch_can_meet_streams_everything_and_says_so(simulate: Simulate, tmp_path: Path) -> None:
@@ -178,3 +205,31 @@ async def test_a_resume_keeps_the_deadline_and_a_bad_one_is_refused(
     assert await run_command(bad) == 2
     assert not (tmp_path / "bad").exists()  # refused before anything was stored
     assert "is not a deadline" in capsys.readouterr().err
+
+
+async def test_the_dry_run_under_a_deadline_says_how_the_work_would_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(COUNT))
+    # At 6 requests a minute streaming the 40 takes about 8.6 minutes (with the plan's safety share).
+    dry = ["run", str(job), "--simulate", "--dry-run", "--rpm", "6", "--deadline"]
+    split = re.compile(r"(\d+) to (\d+) message batches, (\d+) streamed at once")
+    shown = {}
+    for deadline in ("2h", "9m", "5m"):
+        assert await run_command([*dry, deadline]) == 0
+        shown[deadline] = capsys.readouterr().out
+        assert "nothing was sent" in shown[deadline]
+        assert f"streaming all {COUNT} requests takes about 8m" in shown[deadline]
+    generous = split.search(shown["2h"])
+    assert generous is not None
+    assert generous.groups() == (str(COUNT), "10", "0")  # all to batches, spread over several
+    between = split.search(shown["9m"])
+    assert between is not None
+    batched, _, streamed = map(int, between.groups())
+    assert batched > 0
+    assert streamed > 0
+    assert batched + streamed == COUNT
+    assert "it cannot be met: everything streams at once (the fastest)" in shown["5m"]
+    assert not (tmp_path / "results").exists()
+    assert await run_command([*dry, "2020-01-01T09:00"]) == 2
+    assert "--deadline: '2020-01-01T09:00' has passed already" in capsys.readouterr().err

@@ -31,6 +31,7 @@ CANCEL_ALLOWANCE = 60.0  # seconds a cancel is assumed to take to end, until one
 STREAM_TTFT = 2.0  # seconds to a stream's first token, for a pace not yet measured
 STREAM_TOKENS_PER_SECOND = 40.0  # output tokens a second of one stream, likewise (a slow model's)
 SOONEST = 1.0  # seconds: the plan never asks to be looked at sooner than this
+PARTS = 10  # the batched work spreads over this many batches at least
 
 
 def stream_pace(
@@ -150,7 +151,7 @@ def next_look(
     return max(SOONEST, slack, busy)
 
 
-def batch_split(requests: int, batch_size: int, parts: int) -> int:
+def batch_split(requests: int, batch_size: int, parts: int = PARTS) -> int:
     """Requests per batch so that the work spreads over ``parts`` batches at least (a batch's
     unfinished work can then move without canceling the rest), within ``batch_size``."""
     return max(1, min(batch_size, math.ceil(requests / parts)))

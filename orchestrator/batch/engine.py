@@ -33,7 +33,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from decimal import Decimal
 from functools import partial
 
@@ -51,7 +50,7 @@ from orchestrator.batch.submit import Refused, create, describe, watermark
 from orchestrator.crash import crash_point
 from orchestrator.errors import DatabaseBusy, StorageError, UserError
 from orchestrator.models import BatchResult, Outcome, State
-from orchestrator.pricing import BATCH, PriceTable
+from orchestrator.pricing import BATCH, PriceTable, money, plus
 from orchestrator.runtime.budget import Budget, worst_case
 from orchestrator.runtime.cacheplan import cache_plan
 from orchestrator.runtime.progress import Quiet, Snapshot, View, show_progress
@@ -60,13 +59,12 @@ from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import BatchRow, Store
 from orchestrator.store.batches import CANCELING, COLLECTED, ENDED, SUBMITTING
-from orchestrator.when import DeadlineError, parse_deadline
+from orchestrator.when import DeadlineError, deadline_at, span
 
 PAGE = 2000  # pending requests read at once while splitting
 POLL_CAP = 60.0  # seconds between polls at most
 NOT_FOUND = 404
 BUSY_RETRY = 0.5  # seconds between two tries of a busy database (SQLite itself waits 5 s first)
-DEADLINE_PARTS = 10  # under a deadline, the batched work spreads over this many batches at least
 FEW = 0.01  # the requests left after resubmissions stream (when sooner) if at most this share of the job
 FEW_AT_LEAST = 10  # ... or this many
 BATCH_SECONDS = 3600.0  # how long a batch is assumed to take until one of the job's has ended
@@ -124,6 +122,7 @@ class BatchJob:
         self._batches: list[BatchRow] = []
         self._output_tokens = 0
         self._cost: Decimal | None = None
+        self._cost_streamed: Decimal | None = None  # the same tokens all at the streaming price
         self._started = 0.0
         self._since = 0.0
 
@@ -150,7 +149,8 @@ class BatchJob:
         if self.deadline is not None:
             left = self.deadline - self.clock()
             when = time.strftime("%H:%M", time.localtime(self.deadline))
-            detail += f", deadline {when} (in {_span(left)})" if left > 0 else f", deadline {when} passed"
+            detail += f", deadline {when} (in {span(left)})" if left > 0 else f", deadline {when} passed"
+            detail += f", {money(self.cost_streamed())} if all streamed"
         cost = self.cost()
         return Snapshot(
             done=before[State.SUCCEEDED]
@@ -173,16 +173,21 @@ class BatchJob:
 
     def cost(self) -> Decimal | None:
         """USD billed so far by the whole job: before this run, by its batches and by its streams."""
-        streamed = self.streamer.cost()
-        return None if self._cost is None or streamed is None else self._cost + streamed
+        return plus(self._cost, self.streamer.cost())
+
+    def cost_streamed(self) -> Decimal | None:
+        """What the tokens billed so far would have cost all streamed."""
+        return plus(self._cost_streamed, self.streamer.cost())
 
     def _applied(self, chunk: list[BatchResult], states: Counter[str]) -> None:
         self.finished.update(states)
         for result in chunk:
             self._output_tokens += result.usage.output_tokens
-            if self._cost is not None and result.final is not None and result.final[0] is State.SUCCEEDED:
-                cost = self.prices.cost(result.final[1]["model"], result.usage, BATCH) if self.prices else None
-                self._cost = None if cost is None else self._cost + cost
+            if self.prices is None or result.final is None or result.final[0] is not State.SUCCEEDED:
+                continue
+            model = result.final[1]["model"]
+            self._cost = plus(self._cost, self.prices.cost(model, result.usage, BATCH))
+            self._cost_streamed = plus(self._cost_streamed, self.prices.cost(model, result.usage))
         crash_point("results")
 
     # -- the spend cap ---------------------------------------------------------------------
@@ -331,7 +336,7 @@ class BatchJob:
             self.deadline = stored[1]
             return
         try:
-            self.deadline = parse_deadline(text, datetime.fromtimestamp(self.clock()).astimezone())
+            self.deadline = deadline_at(text, self.clock())
         except DeadlineError as exc:
             raise UserError(f"--deadline: {exc}") from None
         await self.store.set_deadline(text, self.deadline)
@@ -351,17 +356,17 @@ class BatchJob:
         if not planner.can_meet(pending + in_batches, now, self.deadline, pace):
             self.say(
                 f"The deadline cannot be met: streaming the {pending + in_batches:,} requests left takes about "
-                f"{_span(streaming)} at {pace:.2f} requests/s, and {_span(self.deadline - now)} are left. "
+                f"{span(streaming)} at {pace:.2f} requests/s, and {span(self.deadline - now)} are left. "
                 "Streaming them all now (the fastest)."
             )
         elif not isinstance(self.view, Quiet):
             self.say(
-                f"Deadline in {_span(self.deadline - now)}: {pending - share:,} requests to message batches, "
-                f"{share:,} streamed now; streaming everything would take about {_span(streaming)}."
+                f"Deadline in {span(self.deadline - now)}: {pending - share:,} requests to message batches, "
+                f"{share:,} streamed now; streaming everything would take about {span(streaming)}."
             )
         batched = pending - share
         if batched:
-            await self._submit_pending(batched, planner.batch_split(batched, self.settings.batch_size, DEADLINE_PARTS))
+            await self._submit_pending(batched, planner.batch_split(batched, self.settings.batch_size))
         self._streaming = True
 
     def _live(self, open_batches: list[BatchRow]) -> list[planner.LiveBatch]:
@@ -479,7 +484,8 @@ class BatchJob:
         await store.reset_interrupted()
         self._before = await store.counts()
         if self.prices is not None:
-            self._cost = self.prices.total(await store.billed_by_tier(None, None))
+            billed = await store.billed_by_tier(None, None)
+            self._cost, self._cost_streamed = self.prices.total(billed), self.prices.total_streamed(billed)
         self.budget.spent = self._cost or Decimal(0)
         await self._reserve_open()
         if self.settings.cache != "off":  # the docs recommend the 1-hour TTL for batches sharing a prefix
@@ -524,12 +530,3 @@ class BatchJob:
 
 def _no_streaming(store: Store, settings: JobSettings) -> StreamRun:
     raise AssertionError("a batch job without the streaming engine never streams")
-
-
-def _span(seconds: float) -> str:
-    """``1h05m``, ``12m30s``, ``45s``."""
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    if hours:
-        return f"{hours}h{rest // 60:02d}m"
-    return f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"

@@ -13,19 +13,23 @@ the configured limits allow, from the requests and input tokens (lower) and ever
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.api.modelinfo import minimum_cacheable
 from orchestrator.api.prefix import Planner, boundaries
 from orchestrator.api.tokens import estimate_input_tokens
+from orchestrator.batch.deadline import batch_split, can_meet, stream_pace, stream_share, streaming_seconds
 from orchestrator.batch.plan import Splitter, request_size
 from orchestrator.errors import MAX_PROBLEMS, JobFileError, Problem
 from orchestrator.models import Loaded
-from orchestrator.pricing import Price, PriceTable, money
-from orchestrator.settings import limit_specs
+from orchestrator.pricing import Price, PriceTable, money, plus
+from orchestrator.settings import JobSettings, limit_specs
+from orchestrator.when import span
 
 if TYPE_CHECKING:
     import anthropic
@@ -72,6 +76,8 @@ class DryRun:
     counted: bool  # count_tokens answered
     note: str | None = None  # why it did not
     batches: int = 0  # message batches the job makes in batch mode
+    deadline: float | None = None  # Unix time the job is to be done by (--deadline)
+    now: float = 0.0  # Unix time of the plan
 
 
 def plan(items: Iterable[Loaded | Problem], splitter: Splitter | None = None) -> dict[str, ModelPlan]:
@@ -182,7 +188,7 @@ def _caching(result: DryRun, prices: PriceTable, low_total: Decimal | None) -> s
     cached: Decimal | None = Decimal(0)
     for model, plan_of in result.models.items():
         price = prices.price(model)
-        cached = None if price is None or cached is None else cached + plan_of.cached_input_cost(price)
+        cached = None if price is None else plus(cached, plan_of.cached_input_cost(price))
     shared = sum(f.prefixes for f in found)
     read = sum(f.scaled(f.cache_reads) for f in found)
     total = sum(f.input_tokens for f in result.models.values()) or 1
@@ -192,7 +198,48 @@ def _caching(result: DryRun, prices: PriceTable, low_total: Decimal | None) -> s
     )
 
 
-def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: str) -> str:
+def _deadline(
+    result: DryRun, settings: JobSettings, share: Decimal, low_total: Decimal | None, high_total: Decimal | None
+) -> list[str]:
+    """Under a deadline: whether streaming all of it meets it, and how the work would split (as the
+    run plans it at its start, at the pace assumed until one is measured)."""
+    assert result.deadline is not None
+    requests = sum(f.requests for f in result.models.values())
+    limits, _ = limit_specs(settings.limits)
+    pace = stream_pace(
+        settings.concurrency,
+        sum(f.max_output for f in result.models.values()) / max(requests, 1),
+        sum(f.input_tokens for f in result.models.values()) / max(requests, 1),
+        rpm=limits.rpm,
+        itpm=limits.itpm,
+        otpm=limits.otpm,
+        headroom=settings.headroom,
+    )
+    when = datetime.fromtimestamp(result.deadline).astimezone().strftime("%Y-%m-%d %H:%M")
+    lines = [
+        f"  deadline {when} (in {span(result.deadline - result.now)}): streaming all {requests:,} requests "
+        f"takes about {span(streaming_seconds(requests, pace))} at {pace:,.2f} requests/s "
+        f"({settings.concurrency} streams, every max_tokens used, within the limits; measured once it runs)"
+    ]
+    if not can_meet(requests, result.now, result.deadline, pace):
+        lines.append(
+            f"    it cannot be met: everything streams at once (the fastest), cost {money(low_total)} to "
+            f"{money(high_total)}"
+        )
+        return lines
+    streamed = stream_share(requests, result.now, result.deadline, pace)
+    batched = requests - streamed
+    mixed = (batched * share + streamed) / requests  # the price's share, the batches ending in time
+    parts = math.ceil(batched / batch_split(batched, settings.batch_size)) if batched else 0
+    lines.append(
+        f"    {batched:,} to {parts:,} message batches, {streamed:,} streamed at once; cost "
+        f"{money(_times(low_total, mixed))} to {money(_times(high_total, mixed))} if the batches end in time, "
+        f"up to {money(high_total)} if their work moves to streaming"
+    )
+    return lines
+
+
+def render(result: DryRun, prices: PriceTable, settings: JobSettings, source: str) -> str:
     lines = [f"dry run of {source}: nothing was sent and nothing was written.", ""]
     lines.append(
         f"  {'model':<28}{'requests':>10}{'input tokens':>15}{'max output':>13}{'cost low':>12}{'cost high':>12}"
@@ -206,8 +253,7 @@ def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: s
         else:
             low = found.input_tokens * price.input / 1_000_000
             high = low + found.max_output * price.output / 1_000_000
-        low_total = None if low is None or low_total is None else low_total + low
-        high_total = None if high is None or high_total is None else high_total + high
+        low_total, high_total = plus(low_total, low), plus(high_total, high)
         exact = f" ({found.sampled} exact)" if found.sampled else " (est.)"
         lines.append(
             f"  {model:<28}{found.requests:>10,}{found.input_tokens:>15,}{found.max_output:>13,}"
@@ -225,13 +271,15 @@ def render(result: DryRun, prices: PriceTable, limits: dict[str, Any], source: s
         f"  batch mode (--batch): {result.batches:,} message batches, cost {money(_times(low_total, share))} to "
         f"{money(_times(high_total, share))} ({share:.0%} of the streamed price), results within 24 h"
     )
+    if result.deadline is not None:
+        lines += _deadline(result, settings, share, low_total, high_total)
     if result.note:
         lines.append(f"  note: {result.note}")
-    span = duration(result.models, limits)
-    if span is None:
+    limited = duration(result.models, settings.limits)
+    if limited is None:
         lines.append("  duration: no limits configured (--rpm/--itpm/--otpm); the API's are learned at run time")
     else:
-        lower, upper, binding = span
+        lower, upper, binding = limited
         lines.append(
             f"  duration at the configured limits: at least {lower:,.1f} min ({binding} binds), "
             f"up to {upper:,.1f} min if every max_tokens is used"

@@ -23,10 +23,11 @@ from typing import Any
 from orchestrator.api.modelinfo import family
 from orchestrator.models import State, Usage
 from orchestrator.outputs import STATUSES, counts_text
-from orchestrator.pricing import PriceTable, money
+from orchestrator.pricing import BATCH, PriceTable, money, plus
 from orchestrator.report.caching import PrefixRow, cache_prefixes
 from orchestrator.report.export import output_counts
 from orchestrator.store import Store
+from orchestrator.when import span
 
 PERCENTILES = (50, 90, 99)
 # The waits of a request, each for what it is (seconds, summed over its attempts): before a send, for a
@@ -34,6 +35,7 @@ PERCENTILES = (50, 90, 99)
 # warm the cached prefix it reads; and the backoff between a failed attempt and the next.
 WAITS = ("slot_wait", "rate_limit_wait", "prefix_wait", "backoff")
 TIMELINE_BUCKETS = 60
+WAYS = ("batch", "streamed")  # the ways a reply came: in a message batch, or streamed
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -69,14 +71,17 @@ class Figures:
     last_finish: float | None = None
     finishes: list[tuple[float, int]] = field(default_factory=list)  # (finished_at, output tokens kept)
     outputs: Counter[str] = field(default_factory=Counter)  # structured outputs by status (outputs.STATUSES)
+    ways: Counter[str] = field(default_factory=Counter)  # succeeded requests by way: batch, streamed
+    batch_cost: Decimal | None = Decimal(0)  # of billed_cost: what was billed at the batch price
+    cost_streamed: Decimal | None = Decimal(0)  # what the billed tokens would have cost all streamed
 
     def merge(self, other: Figures) -> None:
         self.requests.update(other.requests)
         self.billed.add(other.billed)
         self.estimated_output += other.estimated_output
         self.kept.add(other.kept)
-        self.billed_cost = _add(self.billed_cost, other.billed_cost)
-        self.kept_cost = _add(self.kept_cost, other.kept_cost)
+        self.billed_cost = plus(self.billed_cost, other.billed_cost)
+        self.kept_cost = plus(self.kept_cost, other.kept_cost)
         self.unpriced |= other.unpriced
         self.ttft += other.ttft
         self.total += other.total
@@ -88,6 +93,9 @@ class Figures:
         self.last_finish = _max(self.last_finish, other.last_finish)
         self.finishes += other.finishes
         self.outputs.update(other.outputs)
+        self.ways.update(other.ways)
+        self.batch_cost = plus(self.batch_cost, other.batch_cost)
+        self.cost_streamed = plus(self.cost_streamed, other.cost_streamed)
 
     @property
     def wasted(self) -> Usage:
@@ -98,6 +106,13 @@ class Figures:
         if self.billed_cost is None or self.kept_cost is None:
             return None
         return self.billed_cost - self.kept_cost
+
+    @property
+    def streamed_cost(self) -> Decimal | None:
+        """Of billed_cost: what was billed at the streaming price."""
+        if self.billed_cost is None or self.batch_cost is None:
+            return None
+        return self.billed_cost - self.batch_cost
 
     @property
     def elapsed(self) -> float:
@@ -131,10 +146,6 @@ def _tuple(usage: Usage) -> tuple[int, ...]:
     )
 
 
-def _add(a: Decimal | None, b: Decimal | None) -> Decimal | None:
-    return None if a is None or b is None else a + b
-
-
 def _min(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else min(a, b)
 
@@ -150,6 +161,7 @@ class JobReport:
     models: dict[str, Figures]
     simulated: bool = False  # it holds results of the built-in simulator, not of the API
     prefixes: list[PrefixRow] = field(default_factory=list)  # the prompt cache by prefix
+    deadline: float | None = None  # Unix time the job was to be done by (--deadline)
 
     @property
     def title(self) -> str:
@@ -174,6 +186,7 @@ class Filters:
 
 async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filters) -> JobReport:
     job = await store.job()
+    deadline = await store.deadline()
     models: dict[str, Figures] = {}
 
     def figures(model: str) -> Figures:
@@ -183,7 +196,10 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
         if filters.keeps(model):
             f = figures(model)
             f.billed.add(usage)
-            f.billed_cost = _add(f.billed_cost, prices.cost(model, usage, tier))
+            f.billed_cost = plus(f.billed_cost, prices.cost(model, usage, tier))
+            f.cost_streamed = plus(f.cost_streamed, prices.cost(model, usage))
+            if tier == BATCH:
+                f.batch_cost = plus(f.batch_cost, prices.cost(model, usage, tier))
     for model, tokens in (await store.estimated_output_by_model(filters.since, filters.until)).items():
         if filters.keeps(model):
             figures(model).estimated_output = tokens
@@ -202,8 +218,9 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
             f.last_finish = _max(f.last_finish, row["finished_at"])
         if state == State.SUCCEEDED and row["kept"] is not None:
             f.kept.add(row["kept"])
-            f.kept_cost = _add(f.kept_cost, prices.cost(model, row["kept"], row["tier"]))
+            f.kept_cost = plus(f.kept_cost, prices.cost(model, row["kept"], row["tier"]))
             f.finishes.append((row["finished_at"], row["kept"].output_tokens))
+            f.ways["batch" if row["tier"] == BATCH else "streamed"] += 1
             if row["ttft"] is not None:
                 f.ttft.append(row["ttft"])
             if row["latency"] is not None:
@@ -225,7 +242,7 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
         figures(model).outputs.update(counts)
     for model, f in models.items():
         if prices.price(model) is None:
-            f.billed_cost = f.kept_cost = None
+            f.billed_cost = f.kept_cost = f.batch_cost = f.cost_streamed = None
             f.unpriced.add(model)
     return JobReport(
         name=job.name if job else path.stem,
@@ -233,7 +250,33 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
         models=models,
         simulated=bool(job and job.simulated),
         prefixes=await cache_prefixes(store, prices),
+        deadline=None if deadline is None else deadline[1],
     )
+
+
+def deadline_met(report: JobReport, now: float) -> bool | None:
+    """Whether the job was done by its deadline; None while it may still be (or it has none)."""
+    if report.deadline is None:
+        return None
+    total = report.total()
+    if total.requests["unfinished"] or total.last_finish is None:
+        return False if now > report.deadline else None
+    return total.last_finish <= report.deadline
+
+
+def deadline_text(report: JobReport, now: float) -> str | None:
+    """The job's deadline and how it stands: met (by how much), missed (by how much), or the time left."""
+    if report.deadline is None:
+        return None
+    when = datetime.fromtimestamp(report.deadline).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    total = report.total()
+    met = deadline_met(report, now)
+    if met is None:
+        return f"deadline {when}: {span(report.deadline - now)} left, {total.requests['unfinished']:,} unfinished"
+    if total.requests["unfinished"] or total.last_finish is None:
+        return f"deadline {when}: passed with {total.requests['unfinished']:,} requests unfinished"
+    gap = span(abs(report.deadline - total.last_finish))
+    return f"deadline {when}: " + (f"met, done {gap} before it" if met else f"missed, done {gap} after it")
 
 
 def find_databases(paths: list[Path]) -> list[Path]:
@@ -277,6 +320,9 @@ def as_dict(figures: Figures) -> dict[str, Any]:
         "kept_cost_usd": money(figures.kept_cost),
         "wasted_cost_usd": money(figures.wasted_cost),
         "unpriced_models": sorted(figures.unpriced),
+        "ways": {way: figures.ways[way] for way in WAYS},
+        "cost_by_way_usd": {"batch": money(figures.batch_cost), "streamed": money(figures.streamed_cost)},
+        "cost_streamed_usd": money(figures.cost_streamed),
         "latency_seconds": {
             "time_to_first_token": {f"p{p}": percentile(figures.ttft, p) for p in PERCENTILES},
             "total": {f"p{p}": percentile(figures.total, p) for p in PERCENTILES},
@@ -300,7 +346,7 @@ def as_dict(figures: Figures) -> dict[str, Any]:
     }
 
 
-def render_json(reports: list[JobReport], prices: PriceTable) -> str:
+def render_json(reports: list[JobReport], prices: PriceTable, now: float) -> str:
     total = Figures()
     for report in reports:
         total.merge(report.total())
@@ -312,6 +358,8 @@ def render_json(reports: list[JobReport], prices: PriceTable) -> str:
                     "job": r.name,
                     "database": r.path,
                     "simulated": r.simulated,
+                    "deadline": _stamp(r.deadline),
+                    "deadline_met": deadline_met(r, now),
                     "total": as_dict(r.total()),
                     "cache_prefixes": prefixes_dict(r.prefixes),
                     "models": {m: as_dict(f) for m, f in sorted(r.models.items())},
@@ -330,6 +378,7 @@ CSV_COLUMNS = [
     "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
     "total_p50_s", "total_p90_s", "total_p99_s", *(f"{kind}_p{p}_s" for kind in WAITS for p in PERCENTILES),
     "requests_per_minute", "output_tokens_per_minute", "simulated",
+    "by_batch", "streamed", "batch_cost_usd", "streamed_cost_usd", "cost_all_streamed_usd",
 ]  # fmt: skip
 
 
@@ -345,6 +394,8 @@ def _csv_row(job: str, model: str, f: Figures, simulated: bool) -> list[Any]:
         *(latency["total"][f"p{p}"] for p in PERCENTILES),
         *(latency[kind][f"p{p}"] for kind in WAITS for p in PERCENTILES),
         data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"], simulated,
+        f.ways["batch"], f.ways["streamed"], data["cost_by_way_usd"]["batch"], data["cost_by_way_usd"]["streamed"],
+        data["cost_streamed_usd"],
     ]  # fmt: skip
 
 
@@ -399,6 +450,8 @@ def _text_details(f: Figures) -> list[str]:
         )
     if f.outputs:
         lines.append(f"  structured outputs: {counts_text(f.outputs)}")
+    if f.ways["batch"] or f.batch_cost:
+        lines.append(f"  {ways_text(f)}")
     if f.failed_attempts:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in f.failed_attempts.most_common())
         lines.append(f"  failed attempts by reason: {reasons}")
@@ -407,6 +460,16 @@ def _text_details(f: Figures) -> list[str]:
     if f.unpriced:
         lines.append(f"  unpriced (no price for): {', '.join(sorted(f.unpriced))}; pass --prices FILE to price them")
     return lines
+
+
+def ways_text(f: Figures) -> str:
+    """What went which way, and the cost against streaming it all."""
+    ratio = f" ({f.billed_cost / f.cost_streamed:.2f}x)" if f.billed_cost is not None and f.cost_streamed else ""
+    return (
+        f"went: {f.ways['batch']:,} by message batch ({money(f.batch_cost)}), {f.ways['streamed']:,} streamed "
+        f"({money(f.streamed_cost)}); cost {money(f.billed_cost)} against {money(f.cost_streamed)} "
+        f"streaming it all{ratio}"
+    )
 
 
 def _text_prefixes(prefixes: list[PrefixRow], most: int = 10) -> list[str]:
@@ -447,7 +510,7 @@ def simulated_note(reports: list[JobReport]) -> str:
     return f" ({simulated} of them SIMULATED)" if simulated else ""
 
 
-def render_text(reports: list[JobReport], prices: PriceTable) -> str:
+def render_text(reports: list[JobReport], prices: PriceTable, now: float) -> str:
     lines = [f"prices: {prices.source} (USD per million tokens)", ""]
     grand = Figures()
     for report in reports:
@@ -458,6 +521,9 @@ def render_text(reports: list[JobReport], prices: PriceTable) -> str:
             rows["(all models)"] = total
         lines += _text_block(f"job {report.title}  ({report.path})", rows)
         lines += _text_details(total)
+        stands = deadline_text(report, now)
+        if stands is not None:
+            lines.append(f"  {stands}")
         lines += _text_prefixes(report.prefixes)
         lines.append("")
     if len(reports) > 1:

@@ -16,9 +16,11 @@ from orchestrator.report.figures import (
     Figures,
     JobReport,
     as_dict,
+    deadline_text,
     rate_text,
     seconds_text,
     simulated_note,
+    ways_text,
 )
 
 WIDTH, HEIGHT, PAD = 500, 190, 40
@@ -147,6 +149,9 @@ def _details(f: Figures) -> str:
         f"<p>Throughput: {rate_text(throughput['requests_per_minute'])} requests/min, "
         f"{rate_text(throughput['output_tokens_per_minute'])} output tokens/min over {f.elapsed:,.1f} s.</p>",
     ]
+    if f.ways["batch"] or f.batch_cost:
+        went = ways_text(f)
+        parts.append(f"<p>{_esc(went[:1].upper() + went[1:])}.</p>")
     if f.failed_attempts:
         rows = "".join(f"<tr><td>{_esc(r)}</td><td>{n:,}</td></tr>" for r, n in f.failed_attempts.most_common())
         parts.append(f"<table><tr><th>failed attempts by reason</th><th>count</th></tr>{rows}</table>")
@@ -186,7 +191,7 @@ def charts(reports: list[JobReport], total: Figures) -> str:
     return f'<div class="charts">{"".join(charts)}</div>'
 
 
-def render_html(reports: list[JobReport], prices: PriceTable) -> str:
+def render_html(reports: list[JobReport], prices: PriceTable, now: float) -> str:
     total = Figures()
     for report in reports:
         total.merge(report.total())
@@ -196,9 +201,10 @@ def render_html(reports: list[JobReport], prices: PriceTable) -> str:
         job_total = report.total()
         if len(rows) > 1:
             rows["(all models)"] = job_total
+        stands = deadline_text(report, now)
         sections.append(
             f"<h2>Job {_esc(report.title)}</h2><div class=meta>{_esc(report.path)}</div>"
-            f"{_table(rows)}{_details(job_total)}"
+            f"{_table(rows)}{_details(job_total)}" + ("" if stands is None else f"<p>{_esc(stands.capitalize())}.</p>")
         )
     overall = ""
     if len(reports) > 1:

@@ -16,6 +16,7 @@ import anyio
 from tqdm import tqdm
 
 from orchestrator.pricing import money
+from orchestrator.when import span
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,7 @@ def _rates(s: Snapshot) -> tuple[float, float, float | None]:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+    return "?" if seconds is None else span(seconds)
 
 
 def _cost(s: Snapshot) -> str:
