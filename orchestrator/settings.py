@@ -253,6 +253,11 @@ def merge(
         else:
             values[setting.name] = value
     if values["deadline"] is not None:
+        if given.get("mode") == STREAM:
+            raise UserError(
+                f"{named('deadline')} runs the job through message batches, streaming what they leave, and "
+                f"{named('mode')} {STREAM} asks for streaming alone: drop one of them"
+            )
         values["mode"] = BATCH  # a deadline runs through message batches, streaming what they leave
     mode = values["mode"]
     for setting in (*SETTINGS, *LIMITS):

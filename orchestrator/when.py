@@ -56,7 +56,7 @@ def deadline_form(text: str) -> None:
 
 def span(seconds: float) -> str:
     """``1h05m``, ``12m30s``, ``45s`` (a negative span shows as ``0s``)."""
-    seconds = max(0, int(seconds))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     if hours:
         return f"{hours}h{rest // 60:02d}m"

@@ -64,12 +64,13 @@ def costs(db: Path) -> tuple[Decimal, Decimal, dict[str, int], int]:
 ENV = {"ANTHROPIC_API_KEY": "sk-bench", "PATH": "/usr/bin:/bin"}
 
 
-def run_killed(run: list[str], resume: list[str], kills: int, within: float, seed: int) -> tuple[int, str]:
+def run_killed(run: list[str], resume: list[str], kills: int, within: float, seed: int) -> tuple[int, str, int]:
     """Run ``run``, SIGKILL it ``kills`` times at seeded moments within ``within`` seconds of each
-    start (``resume`` starts it again), then let the last one end: (its exit status, its stderr)."""
+    start (``resume`` starts it again), then let the last one end: (its exit status, its stderr,
+    the kills made: fewer where the job ended first)."""
     rng = random.Random(seed)
     command = run
-    for _ in range(kills):
+    for made in range(kills):
         process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             process.wait(timeout=rng.uniform(2.0, within))
@@ -78,10 +79,10 @@ def run_killed(run: list[str], resume: list[str], kills: int, within: float, see
             process.wait()
         else:
             assert process.stderr is not None
-            return process.returncode, process.stderr.read().decode()  # it ended before its kill
+            return process.returncode, process.stderr.read().decode(), made  # it ended before its kill
         command = resume
     done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, check=False)
-    return done.returncode, done.stderr
+    return done.returncode, done.stderr, kills
 
 
 def main() -> None:
@@ -95,6 +96,7 @@ def main() -> None:
     print(
         f"{'deadline':<24}{'batches take':>13}{'wall s':>8}{'of deadline':>12}{'batch':>7}{'streamed':>9}"
         f"{'cost':>11}{'all-streamed':>13}{'ratio':>7}{'out billed':>11}{'out kept':>9}"
+        + (f"{'kills':>7}" if args.kills else "")
     )
     for name, seconds, deadline in SCENARIOS:
         with tempfile.TemporaryDirectory() as folder:
@@ -114,7 +116,7 @@ def main() -> None:
                 resume = [sys.executable, "-m", "orchestrator", "resume", str(out / "job.sqlite"), "--quiet"]
                 limit = {"30m": 1800, "90s": 90, "4m": 240}[deadline]
                 started = time.monotonic()
-                status, errors = run_killed(command, resume, args.kills, min(limit, 120) / 2, seed=len(name))
+                status, errors, killed = run_killed(command, resume, args.kills, min(limit, 120) / 2, seed=len(name))
                 wall = time.monotonic() - started
                 stats = simulator_stats(url)
             if status != 0:
@@ -125,7 +127,7 @@ def main() -> None:
             print(
                 f"{name + ' (' + deadline + ')':<24}{seconds:>13}{wall:>8.1f}{wall / limit:>11.0%} "
                 f"{ways.get('batch', 0):>7}{ways.get('streamed', 0):>9}{cost:>11.5f}{all_streamed:>13.5f}"
-                f"{cost / all_streamed:>7.2f}{billed:>11,}{kept:>9,}"
+                f"{cost / all_streamed:>7.2f}{billed:>11,}{kept:>9,}" + (f"{killed:>7}" if args.kills else "")
             )
 
 

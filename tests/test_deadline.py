@@ -27,6 +27,7 @@ from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
 from orchestrator.simulator import BatchSettings, SimulatorConfig
 from orchestrator.store import Store
+from orchestrator.watch import Watcher
 from tests.conftest import INSTANT, FakeClock, Running
 from tests.helpers import expected_replies, loaded_store, query, text_of, write_jsonl
 from tests.test_batch import batch_settings, prompts
@@ -163,6 +164,8 @@ async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_t
     assert await run_command(["report", str(db), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert (rows[-1]["by_batch"], rows[-1]["streamed"]) == (str(went["batch"]), str(went["streamed"]))
+    watched = json.loads(await Watcher(db, load_prices()).status())
+    assert (watched["deadline"], watched["ways"]) == (running.deadline, went)
 
 
 async def test_a_deadline_no_batch_can_meet_streams_everything_and_says_so(simulate: Simulate, tmp_path: Path) -> None:
@@ -233,3 +236,5 @@ async def test_the_dry_run_under_a_deadline_says_how_the_work_would_split(
     assert not (tmp_path / "results").exists()
     assert await run_command([*dry, "2020-01-01T09:00"]) == 2
     assert "--deadline: '2020-01-01T09:00' has passed already" in capsys.readouterr().err
+    assert await run_command([*dry, "2h", "--mode", "stream"]) == 2
+    assert "and --mode stream asks for streaming alone: drop one of them" in capsys.readouterr().err

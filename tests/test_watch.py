@@ -195,10 +195,15 @@ async def test_a_batch_job_shows_its_batches_and_their_states(simulate: Simulate
     config = SimulatorConfig(batches=BatchSettings(seconds=0))
     async with simulate(config) as (_, _, base_url):
         argv = ["run", str(job), "--batch", "--batch-size", "3", "--poll-interval", "0.05", "--base-url", base_url]
-        assert await run_command([*argv, "--results", str(out), "--quiet"]) == 0
+        assert await run_command([*argv, "--results", str(out), "--quiet", "--max-cost", "2"]) == 0
     prices = load_prices(None)
     answer = json.loads(await Watcher(out / "job.sqlite", prices).status())
     assert answer["batches"] == {"states": {"collected": 3}, "open": []}
+    assert answer["cap_usd"] == 2.0  # a batch run notes its cap too
+    assert answer["run"]["mode"] == "batch"
+    assert answer["ways"] == {"batch": 7, "streamed": 0}
+    assert answer["cost_streamed_usd"] == pytest.approx(answer["cost_usd"] * 2, rel=1e-3)  # batches: half
+    assert answer["deadline"] is None
     async with open_reader(out / "job.sqlite") as store:  # two models: priced each at its batch price
         by_tier = await store.billed_by_tier(None, None)
     assert {model for model, _ in by_tier} == {"claude-haiku-4-5", "claude-sonnet-4-5"}

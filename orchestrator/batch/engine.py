@@ -29,12 +29,14 @@ resubmissions stream instead of waiting for another batch, when that is sooner.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from functools import partial
+from typing import Any
 
 import anthropic
 import anyio
@@ -133,6 +135,11 @@ class BatchJob:
         self._work.cancel()
 
     # -- progress ------------------------------------------------------------------------
+
+    def notes(self) -> dict[str, Any]:
+        """What watchers read of this run beside the requests and batches (``orchestrator watch``);
+        its stream rounds write their own while they run."""
+        return {"mode": "batch", "pid": os.getpid(), "cap_usd": self.settings.max_cost}
 
     def snapshot(self) -> Snapshot:
         before, finished = self._before, self.finished
@@ -425,6 +432,7 @@ class BatchJob:
         return True
 
     async def _loop(self) -> None:
+        await self.store.write([], [], self.notes())
         for row in await self._refresh():
             if row.state == SUBMITTING:
                 await self._create(row, reconcile=True)

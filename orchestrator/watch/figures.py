@@ -37,6 +37,9 @@ class Reading:
     notes: tuple[dict[str, Any], float] | None  # the run's notes and when it wrote them
     first_start: float | None
     replies: list[tuple[str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)  # --show-text only
+    deadline: float | None = None  # Unix time the job is to be done by (--deadline)
+    ways: dict[str, int] | None = None  # a job with message batches: succeeded requests by way
+    cost_streamed: Decimal | None = None  # what the tokens billed would have cost all streamed
 
     @property
     def done(self) -> int:
@@ -147,6 +150,9 @@ def status(reading: Reading, rates: Rates) -> dict[str, Any]:
         "eta_seconds": eta,
         "cost_usd": _usd(reading.cost),
         "cap_usd": _usd(notes.get("cap_usd")),
+        "cost_streamed_usd": _usd(reading.cost_streamed),
+        "ways": reading.ways,
+        "deadline": reading.deadline,
         "billed_tokens": billed.as_dict(),
         "cache": {
             "hit_rate": None if cacheable == 0 else billed.cache_read_input_tokens / cacheable,

@@ -77,6 +77,8 @@ function show(s) {
   set('cost', usd(s.cost_usd));
   set('cost-sub', s.cap_usd != null ? `of ${usd(s.cap_usd)} cap (${pct(s.cost_usd / s.cap_usd)})` : 'no cap');
   set('eta', left === 0 ? 'done' : span(s.eta_seconds));
+  const due = s.deadline == null ? null : s.deadline - s.read_at;
+  set('eta-sub', due === null ? '' : `deadline ${when(s.deadline)} (${due > 0 ? 'in ' + span(due) : 'passed'})`);
   set('cache', pct(s.cache.hit_rate));
   set('cache-sub', `${num(s.cache.read_tokens)} read, ${num(s.cache.write_tokens)} written`);
   const limits = [];
@@ -87,7 +89,9 @@ function show(s) {
   table('limits', ['model', 'limit', 'remaining', 'headroom', '', 'reset'], limits);
   set('limits-at', s.run.noted_at ? `as of ${when(s.run.noted_at)}` : '');
   const states = Object.entries(s.batches.states).map(([k, v]) => `${num(v)} ${k}`).join(', ');
-  set('batch-states', states);
+  const went = s.ways ? `; went: ${num(s.ways.batch)} by message batch, ${num(s.ways.streamed)} streamed; ` +
+    `cost ${usd(s.cost_usd)} against ${usd(s.cost_streamed_usd)} streaming it all` : '';
+  set('batch-states', states + went);
   table('batches', ['batch', 'state', 'requests', 'counts', 'expires'],
         s.batches.open.map(b => row([b.id || '(being created)', b.state, num(b.requests),
           b.counts ? Object.entries(b.counts).map(([k, v]) => `${k} ${v}`).join(', ') : '-', when(b.expires_at)])));

@@ -74,6 +74,8 @@ async def read(db: Path, prices: PriceTable, models: Models, replies: int = 0) -
         billed = Usage()
         for usage in by_tier.values():
             billed.add(usage)
+        batches = await store.batches()
+        deadline = await store.deadline()
         return Reading(
             at=time.time(),
             job=job,
@@ -82,10 +84,13 @@ async def read(db: Path, prices: PriceTable, models: Models, replies: int = 0) -
             cost=prices.total(by_tier),
             retries=await store.retries(),
             failures=await store.failure_kinds(),
-            batches=await store.batches(),
+            batches=batches,
             notes=await store.run_notes(),
             first_start=await store.first_start(),
             replies=await store.latest_replies(replies) if replies else [],
+            deadline=None if deadline is None else deadline[1],
+            ways=await store.succeeded_by_way() if batches else None,  # a streaming job: no query
+            cost_streamed=prices.total_streamed(by_tier),
         )
 
 
