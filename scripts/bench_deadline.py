@@ -62,6 +62,7 @@ def costs(db: Path) -> tuple[Decimal, Decimal, dict[str, int], int]:
 
 
 ENV = {"ANTHROPIC_API_KEY": "sk-bench", "PATH": "/usr/bin:/bin"}
+KILL_WITHIN = 20.0  # --kills: each kill comes 2 s to this many seconds after the client's start
 
 
 def run_killed(run: list[str], resume: list[str], kills: int, within: float, seed: int) -> tuple[int, str, int]:
@@ -116,7 +117,7 @@ def main() -> None:
                 resume = [sys.executable, "-m", "orchestrator", "resume", str(out / "job.sqlite"), "--quiet"]
                 limit = {"30m": 1800, "90s": 90, "4m": 240}[deadline]
                 started = time.monotonic()
-                status, errors, killed = run_killed(command, resume, args.kills, min(limit, 120) / 2, seed=len(name))
+                status, errors, killed = run_killed(command, resume, args.kills, KILL_WITHIN, seed=len(name))
                 wall = time.monotonic() - started
                 stats = simulator_stats(url)
             if status != 0:

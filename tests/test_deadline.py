@@ -9,12 +9,15 @@ import csv
 import io
 import json
 import re
+import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from subprocess import DEVNULL
 from typing import Any
 
 import anthropic
+import anyio
 import pytest
 
 from orchestrator.batch.engine import BatchJob
@@ -25,13 +28,15 @@ from orchestrator.run.engine import Job
 from orchestrator.runtime.progress import Quiet
 from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
-from orchestrator.simulator import BatchSettings, SimulatorConfig
+from orchestrator.simulator import BatchSettings, SimulatorConfig, Timing
+from orchestrator.simulator.server import Stats
 from orchestrator.store import Store
+from orchestrator.store.batches import CANCELING
 from orchestrator.watch import Watcher
 from tests.conftest import INSTANT, FakeClock, Running
 from tests.helpers import expected_replies, loaded_store, query, text_of, write_jsonl
 from tests.test_batch import batch_settings, prompts
-from tests.test_interrupt import results
+from tests.test_interrupt import ENV, cli, results
 
 pytestmark = pytest.mark.anyio
 
@@ -40,13 +45,22 @@ COUNT = 40
 
 
 async def deadline_run(
-    job: Path, db: Path, client: anthropic.AsyncAnthropic, clock: FakeClock, said: list[str], **settings: Any
+    job: Path,
+    db: Path,
+    client: anthropic.AsyncAnthropic,
+    clock: FakeClock,
+    said: list[str],
+    sleeps: list[tuple[float, bool]] | None = None,
+    **settings: Any,
 ) -> tuple[BatchJob, Summary]:
+    """``sleeps``: the engine's waits, each with whether a batch of the job was canceling meanwhile."""
     async with loaded_store(job, db) as store:
         holder: list[BatchJob] = []
 
         async def sleep(seconds: float) -> None:
             await holder[0].streamer.idle.wait()  # streaming takes no time on the batches' clock
+            if sleeps is not None:
+                sleeps.append((seconds, any(row.state == CANCELING for row in await store.batches(open_only=True))))
             clock.advance(seconds)
 
         running = BatchJob(
@@ -118,8 +132,9 @@ async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_t
     # Batches take 2 minutes to 2 hours; the job has 30 minutes.
     config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=120, seconds_max=7200, cancel_seconds=5))
     said: list[str] = []
+    sleeps: list[tuple[float, bool]] = []
     async with simulate(config, clock=clock) as (sim, client, _):
-        running, summary = await deadline_run(job, db, client, clock, said, deadline="30m")
+        running, summary = await deadline_run(job, db, client, clock, said, sleeps, deadline="30m")
         expected = expected_replies(sim, job)
         stats = sim.stats.as_dict()
     assert summary.complete
@@ -130,6 +145,8 @@ async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_t
     assert went["streamed"] > 0
     assert went["batch"] + went["streamed"] == COUNT
     assert 0 < sim.stats.batches.canceled < sim.stats.batches.created  # part moved, the rest left to end
+    # A cancel is looked at again soon (it ends in 5 s here), not at the poll's backoff (up to a minute).
+    assert max(seconds for seconds, canceling in sleeps if canceling) <= 5
     assert {cid: text_of(line) for cid, line in results(db.parent / "results.jsonl").items()} == expected
     paid_once(stats, db)
     # A canceled batch's requests that it had finished are kept, not streamed as well.
@@ -238,3 +255,41 @@ async def test_the_dry_run_under_a_deadline_says_how_the_work_would_split(
     assert "--deadline: '2020-01-01T09:00' has passed already" in capsys.readouterr().err
     assert await run_command([*dry, "2h", "--mode", "stream"]) == 2
     assert "and --mode stream asks for streaming alone: drop one of them" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("moment", ["a cancel sent", "streaming"])
+async def test_kill_9_in_a_deadline_run_pays_nothing_twice_and_loses_nothing(
+    simulate: Simulate, tmp_path: Path, moment: str
+) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", [{**line, "max_tokens": 40} for line in prompts(20)])
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    # In real time, streams of under 2 s (the kill comes before a first token), batches of 200-300 s
+    # (their requests ending one by one within): at the assumed pace (8 streams, 40 tokens each at a
+    # slow stream's speed) and a cancel assumed to take 60 s, a 72 s deadline streams 16 at once and
+    # sends 4 to batches, moved at once.
+    timing = Timing(ttft=1.0, tokens_per_second=60)
+    config = SimulatorConfig(timing=timing, batches=BatchSettings(seconds=200, seconds_max=300, cancel_seconds=0.5))
+    argv = cli("run", str(job), "--deadline", "72s", "--poll-interval", "0.05", "--quiet", "--results", str(out))
+    reached: dict[str, Callable[[Stats], bool]] = {
+        "a cancel sent": lambda stats: stats.batches.canceled >= 1,
+        "streaming": lambda stats: stats.requests >= 3,
+    }
+    async with simulate(config) as (sim, _, url):
+        process = await anyio.open_process([*argv, "--base-url", url], env=ENV, stdout=DEVNULL, stderr=DEVNULL)
+        with anyio.fail_after(30):
+            await sim.until(reached[moment])
+        process.kill()
+        await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        resumed = await anyio.run_process(cli("resume", str(db), "--quiet"), env=ENV, check=False)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+        expected = expected_replies(sim, job)
+        stats = sim.stats.as_dict()
+    assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected
+    paid_once(stats, db)  # what the kill cut off included
+    assert query(db, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM attempts WHERE outcome = 'succeeded'") == [
+        (20, 20)
+    ]
+    assert sim.stats.batches.canceled >= 1
+    assert query(db, "SELECT COUNT(*) FROM attempts WHERE reason = 'canceled'")[0][0] >= 1  # moved to streaming

@@ -88,6 +88,11 @@ def test_the_youngest_batch_moves_when_the_time_left_is_what_streaming_its_work_
         1,
     ]
     assert next_look(0.0, 10.0, 0, [], pace) == float("inf")
+    # A cancel under way is looked at again soon (its work streams once it has ended), however far the deadline.
+    assert next_look(0.0, 1e6, 0, [LiveBatch(1, 0.0, 10, canceling=True)], pace, cancel=8.0) == 2.0
+    assert next_look(0.0, 1e6, 0, [LiveBatch(1, 0.0, 10, canceling=True)], pace, cancel=1.0) == 1.0  # SOONEST
+    assert next_look(0.0, 1e6, 0, [LiveBatch(1, 0.0, 10, canceling=True)], pace) == 5.0  # CANCEL_LOOK
+    assert next_look(0.0, 1e6, 0, [*batches, LiveBatch(4, 0.0, 10, canceling=True)], pace, cancel=8.0) == 2.0
 
 
 def test_the_work_spreads_over_several_batches() -> None:

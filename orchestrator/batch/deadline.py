@@ -31,6 +31,7 @@ CANCEL_ALLOWANCE = 60.0  # seconds a cancel is assumed to take to end, until one
 STREAM_TTFT = 2.0  # seconds to a stream's first token, for a pace not yet measured
 STREAM_TOKENS_PER_SECOND = 40.0  # output tokens a second of one stream, likewise (a slow model's)
 SOONEST = 1.0  # seconds: the plan never asks to be looked at sooner than this
+CANCEL_LOOK = 5.0  # seconds between looks at a cancel under way, at most
 PARTS = 10  # the batched work spreads over this many batches at least
 
 
@@ -141,14 +142,18 @@ def next_look(
     pace: float,
     cancel: float = CANCEL_ALLOWANCE,
 ) -> float:
-    """Seconds until ``to_move`` may have something to move (at least SOONEST)."""
+    """Seconds until ``to_move`` may have something to move, or a cancel may have ended (its work
+    streams once it has: looked at every quarter of the time a cancel is allowed, at most every
+    CANCEL_LOOK); at least SOONEST."""
     queue, batches_live = _split(queued, batches)
     live = sum(batch.unfinished for batch in batches_live)
+    canceling = any(batch.canceling and batch.unfinished for batch in batches)
+    ending = max(SOONEST, min(CANCEL_LOOK, cancel / 4)) if canceling else math.inf
     if not live:
-        return math.inf
+        return ending
     slack = deadline - MARGIN - now - _needed(queue, live, pace, cancel)
     busy = streaming_seconds(queue, pace) - cancel
-    return max(SOONEST, slack, busy)
+    return min(ending, max(SOONEST, slack, busy))
 
 
 def batch_split(requests: int, batch_size: int, parts: int = PARTS) -> int:
