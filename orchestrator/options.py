@@ -25,7 +25,7 @@ from orchestrator.endpoint import SIMULATOR
 from orchestrator.errors import UserError
 from orchestrator.jobs.output import read_schema, schema_text_problems
 from orchestrator.jobs.params import value_problem
-from orchestrator.settings import BY_NAME, LIMITS, SETTINGS, Setting
+from orchestrator.settings import BY_NAME, LIMITS, SETTINGS, STREAM, Setting
 
 if TYPE_CHECKING:
     from orchestrator.simulator.config import SimulatorConfig
@@ -209,6 +209,10 @@ def resumed(
     unknown = sorted(set(given) - {s.name for s in TABLE})
     if unknown:
         raise UserError(f"unknown option {unknown[0]!r}")
+    if given.get("mode") == STREAM and "deadline" not in given:
+        given["deadline"] = None  # streaming the rest now: the stored deadline no longer holds
+    if "mode" in given:  # another mode now: what was stored for the other one no longer applies
+        given |= {s.name: None for s in TABLE if given["mode"] not in s.modes and s.name not in given}
     return dataclasses.replace(
         stored,
         db=db,

@@ -17,7 +17,7 @@ import orchestrator
 from orchestrator.cli import run_command
 from orchestrator.cli.parser import build_parser, run_options
 from orchestrator.library import Job, arun_job, run_job
-from orchestrator.options import TABLE, RunOptions
+from orchestrator.options import TABLE, RunOptions, resumed
 from orchestrator.simulator import SimulatorConfig, Timing
 from orchestrator.store.legacy import options_of
 from tests.helpers import query
@@ -66,6 +66,18 @@ def test_stored_options_are_json_and_read_back_the_same(tmp_path: Path) -> None:
     assert "retry_errored" not in stored  # one-off permissions are never stored
     assert RunOptions.from_json(stored) == options
     assert RunOptions.from_json(stored, concurrency=5).concurrency == 5
+
+
+def test_a_resume_in_another_mode_drops_what_was_stored_for_the_other(tmp_path: Path) -> None:
+    stored = RunOptions(job=tmp_path / "job.jsonl", deadline="2h", poll_interval=0.5, batch_size=10, concurrency=4)
+    streamed = resumed(stored, tmp_path / "job.sqlite", None, settings={"mode": "stream"})
+    assert streamed.mode == "stream"
+    assert (streamed.deadline, streamed.poll_interval, streamed.batch_size) == (None, None, None)
+    assert streamed.concurrency == 4  # what applies to both modes stays
+    kept = resumed(stored, tmp_path / "job.sqlite", None, settings={"concurrency": 2})
+    assert (kept.deadline, kept.poll_interval, kept.concurrency) == ("2h", 0.5, 2)
+    batched = resumed(stored, tmp_path / "job.sqlite", None, settings={"mode": "batch"})
+    assert (batched.deadline, batched.batch_size) == ("2h", 10)
 
 
 def test_a_stored_command_line_reads_as_its_options() -> None:
