@@ -94,7 +94,7 @@ async def _new_store_kept_if_loaded(db: Path) -> AsyncIterator[Store]:
 def _spec(options: RunOptions) -> JobSpec | None:
     """The job file's spec; None when it is gone and a database is named (the stored job runs)."""
     if options.job.exists() or options.db is None:
-        return load_spec(options.job, options.request_defaults())
+        return load_spec(options.job, options.request_defaults(), options.option)
     return None
 
 
@@ -164,6 +164,8 @@ async def run(options: RunOptions) -> Outcome:
     spec = _spec(options)
     results, db = _places(options, spec)
     settings = merge(spec.run if spec else {}, spec.limits if spec else {}, options.given, options.option)
+    if settings.deadline is not None and not db.exists():  # a new job: refused before anything is stored
+        _deadline(settings.deadline, time.time(), options)
     prices = load_prices(options.prices)
     check_key(options.simulate is not None)
     endpoint = endpoint_of(options.simulate is not None, options.base_url)
@@ -210,7 +212,10 @@ async def run(options: RunOptions) -> Outcome:
                     def streaming(store: Store, settings: JobSettings) -> Job:
                         return Job(store, client, settings, Quiet(), prices)
 
-                    summary = await BatchJob(store, client, settings, view, prices, stream=streaming).run()
+                    try:
+                        summary = await BatchJob(store, client, settings, view, prices, stream=streaming).run()
+                    except DeadlineError as exc:  # one given anew (not the stored one) that has passed
+                        raise UserError(f"{options.option('deadline')}: {exc}") from None
                 else:
                     summary = await Job(store, client, settings, view, prices).run()
         out = results / "results.jsonl"
@@ -273,19 +278,22 @@ async def _check_priced(store: Store, prices: PriceTable, options: RunOptions) -
         )
 
 
+def _deadline(text: str, now: float, options: RunOptions) -> float:
+    """The Unix time of a deadline given now; UserError (naming the option) if it is not one, or passed."""
+    try:
+        return deadline_at(text, now)
+    except DeadlineError as exc:
+        raise UserError(f"{options.option('deadline')}: {exc}") from None
+
+
 async def dry_run(options: RunOptions) -> tuple[DryRun, JobSettings]:
     """What a job would cost and take, sending no message and writing nothing."""
     if not options.job.exists():
         raise UserError(f"{options.job}: no such job file")
-    spec = load_spec(options.job, options.request_defaults())
+    spec = load_spec(options.job, options.request_defaults(), options.option)
     settings = merge(spec.run, spec.limits, options.given, options.option)
     now = time.time()
-    deadline = None
-    if settings.deadline is not None:
-        try:
-            deadline = deadline_at(settings.deadline, now)
-        except DeadlineError as exc:
-            raise UserError(f"{options.option('deadline')}: {exc}") from None
+    deadline = None if settings.deadline is None else _deadline(settings.deadline, now, options)
     splitter = Splitter(settings.batch_size)
     models = plan(read_requests(spec), splitter)
     note: str | None = "no API key: input tokens are estimated (count_tokens needs one, or --simulate)"

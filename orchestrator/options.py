@@ -25,7 +25,7 @@ from orchestrator.endpoint import SIMULATOR
 from orchestrator.errors import UserError
 from orchestrator.jobs.output import read_schema, schema_text_problems
 from orchestrator.jobs.params import value_problem
-from orchestrator.settings import BY_NAME, LIMITS, SETTINGS, STREAM, Setting
+from orchestrator.settings import LIMITS, SETTINGS, STREAM, Setting, flag_of
 
 if TYPE_CHECKING:
     from orchestrator.simulator.config import SimulatorConfig
@@ -101,10 +101,7 @@ class RunOptions:
 
     def option(self, name: str) -> str:
         """An option's name as this run's caller writes it: ``concurrency`` in Python, else ``--concurrency``."""
-        if self.python:
-            return name
-        setting = BY_NAME.get(name)
-        return setting.flag if setting is not None else "--" + name.replace("_", "-")
+        return name if self.python else flag_of(name)
 
     @property
     def given(self) -> dict[str, Any]:

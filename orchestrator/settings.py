@@ -167,6 +167,11 @@ LIMITS: tuple[Setting, ...] = tuple(
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 
+def flag_of(name: str) -> str:
+    """An option's name on the command line: a setting's flag, else ``--<name with dashes>``."""
+    return BY_NAME[name].flag if name in BY_NAME else "--" + name.replace("_", "-")
+
+
 @dataclass
 class JobSettings:
     """How a job runs; stored with the job so that ``resume`` runs it the same way."""
@@ -232,7 +237,7 @@ def merge(
     spec_run: Mapping[str, Any],
     spec_limits: Mapping[str, Any],
     given: Mapping[str, Any],
-    named: Callable[[str], str] = lambda name: BY_NAME[name].flag if name in BY_NAME else "--" + name,
+    named: Callable[[str], str] = flag_of,
 ) -> JobSettings:
     """Built-in defaults, then a spec's ``[run]`` and ``[limits]``, then ``given`` (the run options'
     settings by name, checked already). Raises UserError for a setting given for the other mode,

@@ -22,6 +22,8 @@ import pytest
 
 from orchestrator.batch.engine import BatchJob
 from orchestrator.cli import run_command
+from orchestrator.errors import UserError
+from orchestrator.library import arun_job
 from orchestrator.pricing import load_prices, money
 from orchestrator.results import export_results
 from orchestrator.run.engine import Job
@@ -225,6 +227,14 @@ async def test_a_resume_keeps_the_deadline_and_a_bad_one_is_refused(
     assert await run_command(bad) == 2
     assert not (tmp_path / "bad").exists()  # refused before anything was stored
     assert "is not a deadline" in capsys.readouterr().err
+    passed = [*bad[:-1], str(tmp_path / "passed")]
+    passed[passed.index("tomorrow")] = "2020-01-01T09:00"
+    assert await run_command(passed) == 2
+    assert not (tmp_path / "passed").exists()  # refused before anything was stored
+    assert "--deadline: '2020-01-01T09:00' has passed already" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"^deadline: '2020-01-01T09:00' has passed already"):  # Python: the keyword
+        await arun_job(job, simulate=True, deadline="2020-01-01T09:00", results=tmp_path / "python")
+    assert not (tmp_path / "python").exists()
 
 
 async def test_the_dry_run_under_a_deadline_says_how_the_work_would_split(

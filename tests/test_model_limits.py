@@ -15,8 +15,10 @@ import pytest
 
 from orchestrator.api.modelinfo import MODELS, SNAPSHOTS, limit_problem, model_limits
 from orchestrator.cli import run_command
+from orchestrator.errors import UserError
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
+from orchestrator.library import arun_job
 from orchestrator.models import Loaded
 from orchestrator.simulator import SimulatorConfig, Timing
 from tests.conftest import Running
@@ -188,6 +190,12 @@ async def test_max_tokens_above_the_models_limit_is_refused_before_sending(
     assert f"{spec}:4: [defaults] max_tokens 200,000 is more than claude-sonnet-4-5 can write" in err
     err = await _refused(simulate, capsys, spec, "--model", "claude-haiku-4-5")
     assert "--model: max_tokens 200,000 is more than claude-haiku-4-5 can write" in err
+    # From Python, the keyword is named.
+    with pytest.raises(UserError, match=r"^max_tokens: max_tokens 100,000 is more than claude-haiku-4-5"):
+        await arun_job(text, simulate=True, max_tokens=100_000, results=tmp_path / "python")
+    with pytest.raises(UserError, match=r"^model: max_tokens 200,000 is more than claude-haiku-4-5"):
+        await arun_job(spec, simulate=True, model="claude-haiku-4-5", results=tmp_path / "python")
+    assert not (tmp_path / "python").exists()
 
 
 async def test_sampling_fields_the_model_refuses_are_refused_before_sending(

@@ -50,7 +50,7 @@ from orchestrator.batch.results import collect
 from orchestrator.batch.stream import Streamer, StreamJobs, StreamRun
 from orchestrator.batch.submit import Refused, create, describe, watermark
 from orchestrator.crash import crash_point
-from orchestrator.errors import DatabaseBusy, StorageError, UserError
+from orchestrator.errors import DatabaseBusy, StorageError
 from orchestrator.models import BatchResult, Outcome, State
 from orchestrator.pricing import BATCH, PriceTable, money, plus
 from orchestrator.runtime.budget import Budget, worst_case
@@ -61,7 +61,7 @@ from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings, limit_specs
 from orchestrator.store import BatchRow, Store
 from orchestrator.store.batches import CANCELING, COLLECTED, ENDED, SUBMITTING
-from orchestrator.when import DeadlineError, deadline_at, span
+from orchestrator.when import deadline_at, span
 
 PAGE = 2000  # pending requests read at once while splitting
 POLL_CAP = 60.0  # seconds between polls at most
@@ -336,16 +336,12 @@ class BatchJob:
         text = self.settings.deadline
         if text is None:
             return
-        if not self.can_stream:
-            raise UserError("--deadline needs the streaming engine beside the batches")
+        assert self.can_stream, "a deadline needs the streaming engine beside the batches"
         stored = await self.store.deadline()
         if stored is not None and stored[0] == text:
             self.deadline = stored[1]
             return
-        try:
-            self.deadline = deadline_at(text, self.clock())
-        except DeadlineError as exc:
-            raise UserError(f"--deadline: {exc}") from None
+        self.deadline = deadline_at(text, self.clock())  # DeadlineError: the caller names the option
         await self.store.set_deadline(text, self.deadline)
 
     async def _plan_deadline(self) -> None:

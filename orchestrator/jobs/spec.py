@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from orchestrator.jobs.output import read_schema, schema_text_problems, with_for
 from orchestrator.jobs.params import value_problem
 from orchestrator.jobs.tables import Table, table_of, template_of
 from orchestrator.models import MESSAGE_PARAMS
-from orchestrator.settings import limit_problems, run_problems
+from orchestrator.settings import flag_of, limit_problems, run_problems
 
 PROMPT_SUFFIXES = (".txt", ".md")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -125,16 +126,19 @@ def _line_of(text: str, headers: tuple[str, ...], key: str) -> int | None:
     return None
 
 
-def _check_defaults(defaults: dict[str, Any], cli_defaults: dict[str, Any], spec: Path | None, text: str) -> None:
+def _check_defaults(
+    defaults: dict[str, Any], cli_defaults: dict[str, Any], spec: Path | None, text: str, named: Callable[[str], str]
+) -> None:
     """What the model's limits refuse in the request defaults (``modelinfo.limit_problem``), named by
-    the option or the spec's line that set it: every line that does not set its own would be refused."""
+    the option (as ``named`` writes it) or the spec's line that set it: every line that does not set
+    its own would be refused."""
     refused = limit_problem(defaults)
     if refused is None:
         return
     field, message = refused
     for name in (field, "model"):
         if name in cli_defaults:
-            raise UserError(f"--{name.replace('_', '-')}: {message}. Nothing was sent.")
+            raise UserError(f"{named(name)}: {message}. Nothing was sent.")
     assert spec is not None  # the built-in defaults are within every model's limits
     line = _line_of(text, ("defaults",), field) or _line_of(text, ("defaults",), "model")
     raise JobFileError([Problem(str(spec), line, f"[defaults] {message}")])
@@ -172,8 +176,9 @@ def _defaults(
     return {**defaults, **cli}
 
 
-def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
-    """The job a path stands for; ``cli_defaults`` (from options) override a spec's defaults."""
+def load_spec(path: Path, cli_defaults: dict[str, Any], named: Callable[[str], str] = flag_of) -> JobSpec:
+    """The job a path stands for; ``cli_defaults`` (from options, named as ``named`` writes them)
+    override a spec's defaults."""
     refused = refusal(path)
     if refused is not None:
         raise refused
@@ -184,7 +189,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         raise JobFileError([Problem(str(path), None, message)])
     if path.suffix != ".toml":
         defaults = _defaults({}, cli_defaults, None)
-        _check_defaults(defaults, cli_defaults, None, "")
+        _check_defaults(defaults, cli_defaults, None, "", named)
         if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
             table = direct_table(path)
             return JobSpec(name=stem_id(path), sources=[Source(path, "table", table)], defaults=defaults)
@@ -254,7 +259,7 @@ def load_spec(path: Path, cli_defaults: dict[str, Any]) -> JobSpec:
         raise JobFileError(problems)
     results = spec.get("results")
     merged = _defaults(defaults, cli_defaults, schema)
-    _check_defaults(merged, cli_defaults, path, text)
+    _check_defaults(merged, cli_defaults, path, text, named)
     return JobSpec(
         name=str(spec.get("name") or stem_id(path)),
         sources=sources,
