@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -474,6 +474,27 @@ class Job:
         unless ``base_url`` is given; the ids of those asked to cancel. What they finished is kept and
         the rest stays pending: ``resume()`` collects their results."""
         return _sync(lambda: self.acancel(base_url=base_url), "cancel", "job.acancel(...)")
+
+
+    @asynccontextmanager
+    async def awatch(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        show_text: bool = False,
+        prices: str | os.PathLike[str] | None = None,
+    ) -> AsyncIterator[str]:
+        """Serve the job's live view (``orchestrator watch``: a page and ``/status.json``) on
+        ``host:port`` (0: any free port) while the block runs; yields its URL. Read-only: a run of
+        the job may go on in another process. ``show_text``: the latest prompts and replies too."""
+        from orchestrator.watch import Watcher, serve_watch
+
+        if not self.db.exists():
+            raise UserError(f"{self.db}: no such job database")
+        watcher = Watcher(self.db, load_prices(_path(prices)), show_text=show_text)
+        async with serve_watch(watcher, host, port) as url:
+            yield url
 
 
 def open_job(db: str | os.PathLike[str]) -> Job:

@@ -30,8 +30,7 @@ from orchestrator.run.engine import Job
 from orchestrator.runtime.progress import Quiet
 from orchestrator.runtime.summary import Summary
 from orchestrator.settings import JobSettings
-from orchestrator.simulator import BatchSettings, SimulatorConfig, Timing
-from orchestrator.simulator.server import Stats
+from orchestrator.simulator import BatchSettings, SimulatorConfig, Stats, Timing
 from orchestrator.store import Store
 from orchestrator.store.batches import CANCELING
 from orchestrator.watch import Watcher

@@ -20,6 +20,8 @@ import anyio
 import pytest
 
 from orchestrator.cli import run_command
+from orchestrator.errors import UserError
+from orchestrator.library import Job
 from orchestrator.models import Usage
 from orchestrator.pricing import load_prices
 from orchestrator.simulator import BatchSettings, Limits, SimulatorConfig, Stats, Timing
@@ -204,6 +206,12 @@ async def test_a_batch_job_shows_its_batches_and_their_states(simulate: Simulate
     assert answer["ways"] == {"batch": 7, "streamed": 0}
     assert answer["cost_streamed_usd"] == pytest.approx(answer["cost_usd"] * 2, rel=1e-3)  # batches: half
     assert answer["deadline"] is None
+    async with Job(out / "job.sqlite").awatch(port=0) as url:  # the Python API serves the same view
+        served = json.loads((await fetch(url, "status.json"))[1])
+    assert (served["ways"], served["done"]) == (answer["ways"], 7)
+    with pytest.raises(UserError, match="no such job database"):
+        async with Job(tmp_path / "none.sqlite").awatch():
+            pass
     async with open_reader(out / "job.sqlite") as store:  # two models: priced each at its batch price
         by_tier = await store.billed_by_tier(None, None)
     assert {model for model, _ in by_tier} == {"claude-haiku-4-5", "claude-sonnet-4-5"}

@@ -11,9 +11,7 @@ import anyio
 
 from orchestrator.cli.output import print_status, print_summary
 from orchestrator.cli.parser import run_options, setting_options, simulator_config
-from orchestrator.errors import UserError
 from orchestrator.library import Job, JobResult, arender_report, dry_run, out_path, report_databases, run
-from orchestrator.pricing import load_prices
 
 
 async def run_job(args: argparse.Namespace) -> int:
@@ -85,13 +83,10 @@ async def simulate(args: argparse.Namespace) -> int:
 
 
 async def watch(args: argparse.Namespace) -> int:
-    from orchestrator.watch import Watcher, serve_watch
-
     db = Path(args.db)
-    if not db.exists():
-        raise UserError(f"{db}: no such job database")
-    watcher = Watcher(db, load_prices(Path(args.prices) if args.prices else None), show_text=args.show_text)
-    async with serve_watch(watcher, args.host, args.port) as url:
+    async with Job(db, python=False).awatch(
+        host=args.host, port=args.port, show_text=args.show_text, prices=args.prices
+    ) as url:
         print(f"watching {db} at {url}  (Ctrl-C stops)", flush=True)
         await anyio.sleep_forever()
     return 0
