@@ -475,7 +475,6 @@ class Job:
         the rest stays pending: ``resume()`` collects their results."""
         return _sync(lambda: self.acancel(base_url=base_url), "cancel", "job.acancel(...)")
 
-
     @asynccontextmanager
     async def awatch(
         self,

@@ -165,7 +165,14 @@ class AttemptEnded:
     kept: dict[str, Any] | None = None  # what the reply keeps so far (None: nothing), when not final
 
 
-Record = AttemptStarted | AttemptEnded
+@dataclass(frozen=True)
+class Released:
+    """A request waiting to retry (between attempts) when its run stopped: pending again."""
+
+    request_id: int
+
+
+Record = AttemptStarted | AttemptEnded | Released
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import anyio
 
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
-from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, State, Usage
+from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, State, Usage
 from orchestrator.simulator import Simulator, SimulatorConfig, Timing, serve
 from orchestrator.store import open_store
 
@@ -79,7 +79,7 @@ async def build(folder: Path, finished: int, url: str) -> Path:
         await store.load(spec.name, {"argv": argv}, spec.fingerprint(), read_requests(spec))
         now = time.time()
         for start in range(1, finished + 1, BATCH):
-            records: list[AttemptStarted | AttemptEnded] = []
+            records: list[Record] = []
             for request_id in range(start, min(finished + 1, start + BATCH)):
                 records.append(AttemptStarted(request_id, 1, now, sent_at=now))
                 checkpoint = Checkpoint(request_id, 1, None, f"msg_{request_id:08d}", Usage(12, 200), now, now)

@@ -102,6 +102,32 @@ async def test_ctrl_c_saves_in_flight_streams_and_resume_finishes(
     assert any(line.get("recovery", {}).get("strategy") == "prefill" for line in lines.values())
 
 
+async def test_requests_waiting_to_retry_when_the_run_stops_are_pending_again(
+    simulate: Simulate, tmp_path: Path
+) -> None:
+    job = write_prompts(tmp_path / "job.jsonl", [f"p{i} <<sim-fault: server_error times=1>>" for i in range(4)])
+    out = tmp_path / "out"
+    db = out / "job.sqlite"
+    # Each request's first attempt fails; the next waits up to 10 minutes (full jitter).
+    argv = cli("run", str(job), "--base-url", "URL", "--results", str(out), "--quiet", "--backoff-base", "600")
+    async with simulate() as (sim, _, url):
+        argv[argv.index("URL")] = url
+        process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        with anyio.fail_after(30):
+            await sim.until(lambda s: s.faults_injected["server_error"] == 4)
+        process.send_signal(signal.SIGINT)
+        with anyio.fail_after(10):
+            await process.wait()
+        assert process.returncode == 130
+        states = dict(query(db, "SELECT state, COUNT(*) FROM requests GROUP BY state"))
+        assert "running" not in states  # status says what is so: nothing runs
+        assert states.get("pending", 0) >= 1  # those waiting (a retry may have come and gone first)
+        resumed = await anyio.run_process(cli("resume", str(db), "--quiet"), env=ENV, check=False)
+        assert resumed.returncode == 0, resumed.stderr.decode()
+        expected = expected_replies(sim, job)
+    assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected
+
+
 async def test_second_ctrl_c_exits_at_once_and_the_database_stays_consistent(
     simulate: Simulate, tmp_path: Path
 ) -> None:

@@ -25,7 +25,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from orchestrator.errors import DatabaseBusy, StorageError
-from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, State, Usage
+from orchestrator.models import AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, Released, State, Usage
 from orchestrator.run.attempt import LiveAttempt
 from orchestrator.store import Store
 
@@ -51,7 +51,7 @@ class Tally:
 
 
 def _request_of(record: Record) -> int:
-    return record.request_id if isinstance(record, AttemptStarted) else record.checkpoint.request_id
+    return record.checkpoint.request_id if isinstance(record, AttemptEnded) else record.request_id
 
 
 class Writer:
@@ -69,6 +69,7 @@ class Writer:
         self._noted: dict[str, Any] | None = None
         self.interval = interval
         self.live: dict[tuple[int, int], LiveAttempt] = {}
+        self.waiting: set[int] = set()  # requests between attempts (waiting to retry)
         self.tally = Tally()
         self.on_failure = on_failure
         self.failure: StorageError | None = None  # the database cannot be written
@@ -165,6 +166,7 @@ class Writer:
                     ended = live.ended(now, Outcome.INTERRUPTED, next_state=State.PENDING)
                     self._bill(live, ended.checkpoint.usage)
                     self.held.append(ended)
+                self.held += [Released(request_id) for request_id in sorted(self.waiting)]
                 self.held_checkpoints.clear()
                 self.live.clear()
             due = self.busy_since is None or anyio.current_time() >= retry_at
@@ -225,6 +227,7 @@ class Writer:
 
     def _record(self, item: LiveAttempt | AttemptEnded) -> Record:
         if isinstance(item, LiveAttempt):
+            self.waiting.discard(item.request_id)
             self.live[item.key] = item
             return AttemptStarted(
                 item.request_id,
@@ -238,6 +241,10 @@ class Writer:
         live = self.live.pop((item.checkpoint.request_id, item.checkpoint.number), None)
         if live is not None:
             self._bill(live, item.checkpoint.usage)
+        if item.final is None and item.next_state is State.RUNNING:  # it waits to retry
+            self.waiting.add(item.checkpoint.request_id)
+        else:
+            self.waiting.discard(item.checkpoint.request_id)
         return item
 
     def _signal(self) -> None:

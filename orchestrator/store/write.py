@@ -7,7 +7,16 @@ import sqlite3
 import time
 from typing import Any
 
-from orchestrator.models import INTERRUPTED_REASON, AttemptEnded, AttemptStarted, Checkpoint, Outcome, Record, Request
+from orchestrator.models import (
+    INTERRUPTED_REASON,
+    AttemptEnded,
+    AttemptStarted,
+    Checkpoint,
+    Outcome,
+    Record,
+    Released,
+    Request,
+)
 from orchestrator.store.base import Base, storage_error
 from orchestrator.store.schema import transaction
 
@@ -174,6 +183,12 @@ class Writing(Base):
                     ],
                 )
             now = time.time()
+            released = [r for r in records if isinstance(r, Released)]
+            if released:  # waiting to retry when the run stopped: no attempt of theirs is running
+                await db.executemany(
+                    "UPDATE requests SET state = 'pending' WHERE id = ? AND state = 'running'",
+                    [(r.request_id,) for r in released],
+                )
             if notes is not None:
                 await db.execute("INSERT OR REPLACE INTO notes VALUES (?, ?, ?)", (RUN_NOTES, _encode(notes), now))
             await db.execute("UPDATE job SET updated_at = ?", (now,))
