@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from orchestrator.errors import UserError
 from orchestrator.jobs.read import read_requests
 from orchestrator.jobs.spec import load_spec
 from orchestrator.library import arun_job
-from orchestrator.models import Loaded
+from orchestrator.models import Loaded, Usage
+from orchestrator.pricing import BATCH, Price, load_prices
 from orchestrator.simulator import SimulatorConfig, Timing
 from tests.conftest import Running
 from tests.helpers import read_results, write_jsonl
@@ -31,6 +33,16 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
 
 _HI = {"role": "user", "content": "hi"}
+WEATHER = {"name": "get_weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+NEW_MODELS = (
+    "claude-fable-5-2",
+    "claude-mythos-5-2",
+    "claude-fable-5-1",
+    "claude-mythos-5-1",
+    "claude-opus-5-5",
+    "claude-sonnet-5-5",
+    "claude-haiku-5-5",
+)
 
 
 def _params(**fields: Any) -> dict[str, Any]:
@@ -75,6 +87,107 @@ def _params(**fields: Any) -> dict[str, Any]:
             400,
             "invalid_request_error",
             "`top_k` is deprecated for this model.",
+        ),
+        (
+            {"model": "claude-opus-5-5", "thinking": {"type": "disabled"}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.disabled" is not supported for this model. Use "thinking.type.adaptive" and '
+            '"output_config.effort" to control thinking behavior.',
+        ),
+        (
+            {"model": "claude-fable-5-1", "max_tokens": 2000, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" and '
+            '"output_config.effort" to control thinking behavior.',
+        ),
+        (
+            {"model": "claude-opus-4-7", "max_tokens": 2000, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.enabled" is not supported for this model. Use "thinking.type.adaptive" and '
+            '"output_config.effort" to control thinking behavior.',
+        ),
+        (
+            {"model": "claude-sonnet-5-5", "thinking": {"type": "disabled"}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.disabled" is not supported for this model. Use "thinking.type.between_tools" for the '
+            'lowest thinking setting, or "thinking.type.adaptive" and "output_config.effort" to control thinking '
+            "behavior.",
+        ),
+        (
+            {"model": "claude-opus-5-5", "thinking": {"type": "between_tools"}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.between_tools" is not supported for this model.',
+        ),
+        (
+            {"thinking": {"type": "adaptive"}},
+            400,
+            "invalid_request_error",
+            "adaptive thinking is not supported on this model",
+        ),
+        (
+            {"model": "claude-sonnet-5-5", "thinking": {"type": "between_tools"}, "output_config": {"effort": "xhigh"}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.between_tools" is not supported at effort "xhigh" for this model. Use '
+            '"thinking.type.adaptive" to run at "xhigh" or "max" effort.',
+        ),
+        (
+            {"model": "claude-haiku-5-5", "thinking": {"type": "disabled"}, "output_config": {"effort": "max"}},
+            400,
+            "invalid_request_error",
+            '"thinking.type.disabled" is not supported at effort "max" for this model. Use '
+            '"thinking.type.adaptive" to run at "xhigh" or "max" effort.',
+        ),
+        (
+            {"model": "claude-sonnet-5-5", "thinking": {"type": "between_tools", "display": "summarized"}},
+            400,
+            "invalid_request_error",
+            "thinking.between_tools.display: Extra inputs are not permitted",
+        ),
+        *(
+            (
+                {"model": model, "tools": [WEATHER], "tool_choice": choice},
+                400,
+                "invalid_request_error",
+                'tool_choice: type "tool" and "any" are not supported for this model.',
+            )
+            for model, choice in (
+                ("claude-opus-5-5", {"type": "any"}),
+                ("claude-sonnet-5-5", {"type": "tool", "name": "get_weather"}),
+                ("claude-fable-5-1", {"type": "any"}),
+                ("claude-mythos-5-1", {"type": "any"}),
+                ("claude-fable-5-2", {"type": "tool", "name": "get_weather"}),
+                ("claude-mythos-5-2", {"type": "any"}),
+            )
+        ),
+        *(
+            ({"model": "claude-haiku-5-5", **fields}, 400, "invalid_request_error", message)
+            for fields, message in (
+                ({"temperature": 0.5}, "`temperature` is deprecated for this model."),
+                ({"top_p": 1}, "`top_p` is deprecated for this model."),
+                ({"top_k": 5}, "`top_k` is deprecated for this model."),
+                (
+                    {"temperature": 1, "top_p": 0.99},
+                    "`temperature` and `top_p` cannot both be specified for this model. Please use only one.",
+                ),
+            )
+        ),
+        (
+            {"model": "claude-opus-5-5", "temperature": 0.7},
+            400,
+            "invalid_request_error",
+            "`temperature` is deprecated for this model.",
+        ),
+        (
+            {"model": "claude-fable-5-2", "max_tokens": 128_001},
+            400,
+            "invalid_request_error",
+            "max_tokens: 128001 > 128000, which is the maximum allowed number of output tokens for claude-fable-5-2",
         ),
         ({"top_p": 1.5}, 400, "invalid_request_error", "top_p: Input should be a number between 0 and 1"),
         ({"top_k": -1}, 400, "invalid_request_error", "top_k: Input should be greater than or equal to 0"),
@@ -129,14 +242,21 @@ async def test_the_simulator_refuses_what_the_api_refuses(
 
 async def test_the_simulator_serves_what_the_api_accepts(simulate: Simulate) -> None:
     config = SimulatorConfig(timing=Timing(speed=math.inf), extra_models=frozenset({"claude-next-6"}))
+    accepted: list[dict[str, Any]] = [
+        {"max_tokens": 64_000},
+        {"model": "claude-opus-5", "max_tokens": 128_000, "temperature": 0.2},
+        {"model": "claude-haiku-4-5-20251001", "top_p": 0.5, "top_k": 3},
+        {"model": "claude-next-6"},  # a model newer than the table, served by this server
+        *({"model": model, "max_tokens": 128_000, "thinking": {"type": "adaptive"}} for model in NEW_MODELS),
+        {"model": "claude-opus-5-5", "temperature": 1, "tools": [WEATHER], "tool_choice": {"type": "auto"}},
+        {"model": "claude-haiku-5-5", "top_p": 0.99, "tools": [WEATHER], "tool_choice": {"type": "any"}},
+        {"model": "claude-haiku-5-5", "thinking": {"type": "disabled"}, "output_config": {"effort": "high"}},
+        {"model": "claude-sonnet-5-5", "thinking": {"type": "between_tools"}, "output_config": {"effort": "high"}},
+        {"model": "claude-opus-4-7", "thinking": {"type": "adaptive"}},
+        {"messages": [{"role": "user", "content": "go on"}, {"role": "assistant", "content": ""}]},
+    ]
     async with simulate(config) as (_, client, _):
-        for fields in (
-            {"max_tokens": 64_000},
-            {"model": "claude-opus-5", "max_tokens": 128_000, "temperature": 0.2},
-            {"model": "claude-haiku-4-5-20251001", "top_p": 0.5, "top_k": 3},
-            {"model": "claude-next-6"},  # a model newer than the table, served by this server
-            {"messages": [{"role": "user", "content": "go on"}, {"role": "assistant", "content": ""}]},
-        ):
+        for fields in accepted:
             reply = await client.messages.create(**_params(**fields), timeout=30)
             assert reply.stop_reason is not None
 
@@ -231,3 +351,91 @@ async def test_an_unknown_model_is_named_before_sending_and_gets_the_apis_404(
     assert first["result"]["type"] == "succeeded"
     assert second["result"]["error"]["error"] == {"type": "not_found_error", "message": "model: claude-haiku-4.5"}
     assert second["attempts"] == 1  # never retried
+
+
+async def test_count_tokens_refuses_forced_tool_use_where_the_model_does(simulate: Simulate) -> None:
+    forced: dict[str, Any] = {"messages": [_HI], "tools": [WEATHER], "tool_choice": {"type": "any"}}
+    async with simulate() as (_, client, _):
+        with pytest.raises(anthropic.BadRequestError) as caught:
+            await client.messages.count_tokens(model="claude-opus-5-5", **forced)
+        counted = await client.messages.count_tokens(model="claude-haiku-5-5", **forced)  # Haiku 5.5 takes it
+    body = caught.value.body
+    assert isinstance(body, dict)
+    assert body["error"]["message"] == 'tool_choice: type "tool" and "any" are not supported for this model.'
+    assert counted.input_tokens > 0
+
+
+def test_the_new_models_have_their_limits() -> None:
+    for model in NEW_MODELS:
+        limits = model_limits(model)
+        assert limits is not None, model
+        assert (limits.context_window, limits.max_output) == (1_000_000, 128_000), model
+        assert limit_problem({"model": model, "max_tokens": 128_000, "messages": [_HI]}) is None, model
+    assert model_limits("claude-opus-5-5-20260922") is None  # no dated ids: the alias is the id
+
+
+async def test_thinking_tool_choice_and_sampling_the_model_refuses_are_refused_before_sending(
+    simulate: Simulate, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = write_jsonl(
+        tmp_path / "j.jsonl",
+        [
+            {"prompt": "a", "model": "claude-opus-5-5", "thinking": {"type": "disabled"}},
+            {"prompt": "b", "model": "claude-sonnet-5-5", "tools": [WEATHER], "tool_choice": {"type": "any"}},
+            {"prompt": "c", "model": "claude-haiku-5-5", "temperature": 0.2},
+            {"prompt": "d", "model": "claude-haiku-5-5", "top_k": 4},
+            {
+                "prompt": "e",
+                "model": "claude-sonnet-5-5",
+                "thinking": {"type": "between_tools"},
+                "output_config": {"effort": "max"},
+            },
+            {"prompt": "f", "model": "claude-opus-4-8", "thinking": {"type": "enabled", "budget_tokens": 1024}},
+            {"prompt": "g", "model": "claude-sonnet-5-5", "thinking": {"type": "between_tools", "display": "omitted"}},
+        ],
+    )
+    err = await _refused(simulate, capsys, job)
+    assert f"{job}:1: claude-opus-5-5 takes no thinking type disabled (it takes adaptive)" in err
+    assert f"{job}:2: claude-sonnet-5-5 takes no forced tool use (the API refuses tool_choice any and tool" in err
+    assert f"{job}:3: claude-haiku-5-5 takes temperature only at its default, 1 (the API refuses any other)" in err
+    assert f"{job}:4: claude-haiku-5-5 takes no top_k (the API refuses any value for it)" in err
+    assert f"{job}:5: claude-sonnet-5-5 takes thinking type between_tools only at effort high or below, not max" in err
+    assert f"{job}:6: claude-opus-4-8 takes no thinking type enabled (it takes adaptive or disabled)" in err
+    assert (
+        f"{job}:7: claude-sonnet-5-5 takes thinking type between_tools with no other field: drop thinking.display"
+        in err
+    )
+    spec = tmp_path / "job.toml"
+    spec.write_text(
+        'inputs = ["p.txt"]\n[defaults]\nmodel = "claude-haiku-4-5"\n'
+        'tool_choice = { type = "any" }\ntools = [{ name = "t", input_schema = { type = "object" } }]\n'
+    )
+    (tmp_path / "p.txt").write_text("one\n")
+    err = await _refused(simulate, capsys, spec, "--model", "claude-fable-5-2")
+    assert "--model: claude-fable-5-2 takes no forced tool use" in err
+    with pytest.raises(UserError, match=r"^model: claude-mythos-5-1 takes no forced tool use"):
+        await arun_job(spec, simulate=True, model="claude-mythos-5-1", results=tmp_path / "python")
+    assert not (tmp_path / "python").exists()
+
+
+# The prices documented for the new models (USD per million tokens: input, 5m and 1h cache writes,
+# cache reads, output); Haiku 5.5 is priced by each request's prompt length, which the file cannot say.
+NEW_PRICES = {
+    "claude-opus-5-5": ("4", "5", "8", "0.20", "20"),
+    "claude-sonnet-5-5": ("2", "2.50", "4", "0.10", "10"),
+    "claude-fable-5-1": ("10", "12.50", "20", "0.25", "50"),
+    "claude-mythos-5-1": ("10", "12.50", "20", "0.25", "50"),
+    "claude-fable-5-2": ("8", "10", "16", "0.20", "40"),
+    "claude-mythos-5-2": ("8", "10", "16", "0.20", "40"),
+}
+
+
+def test_the_new_models_are_priced() -> None:
+    prices = load_prices()
+    for model, expected in NEW_PRICES.items():
+        price = prices.price(model)
+        assert price is not None, model
+        assert price == Price(*(Decimal(value) for value in expected)), model
+    assert prices.price("claude-haiku-5-5") is None  # tiered by prompt length: unpriced, never guessed
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000, cache_read_input_tokens=1_000_000)
+    assert prices.cost("claude-opus-5-5", usage, BATCH) == Decimal("12.10")  # (4 + 20 + 0.20) / 2

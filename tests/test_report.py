@@ -94,7 +94,7 @@ async def test_report_agrees_with_what_the_simulator_billed(
     ttft = total["latency_seconds"]["time_to_first_token"]
     assert ttft["p50"] <= ttft["p90"] <= ttft["p99"]
     assert total["throughput"]["requests_per_minute"] > 0
-    assert data["prices"]["as_of"] == "2026-11-01"
+    assert data["prices"]["as_of"] == "2026-11-09"
     assert data["jobs"][0]["models"]["claude-haiku-4-5"]["cost_usd"] == total["cost_usd"]
 
     rows = list(csv.DictReader(io.StringIO(await report(capsys, str(out), "--format", "csv"))))

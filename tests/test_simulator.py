@@ -288,7 +288,10 @@ async def test_prefill_token_accounting_and_max_tokens(simulate: Simulate) -> No
     assert text_of(full).startswith(partial.rstrip() + text_of(cut))
 
 
-@pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-5", "claude-sonnet-5"])
+@pytest.mark.parametrize(
+    "model",
+    ["claude-sonnet-4-6", "claude-opus-4-6", "claude-opus-5", "claude-sonnet-5", "claude-opus-5-5", "claude-haiku-5-5"],
+)
 async def test_new_models_reject_prefill(simulate: Simulate, model: str) -> None:
     body = request(model=model)
     body["messages"].append({"role": "assistant", "content": "Once upon"})

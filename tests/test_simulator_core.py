@@ -344,4 +344,6 @@ def test_minimum_cacheable_lengths() -> None:
     assert minimum_cacheable("claude-opus-4-8") == 1024
     assert minimum_cacheable("claude-sonnet-5") == 1024
     assert minimum_cacheable("claude-opus-5") == 512
+    for model in ("claude-opus-5-5", "claude-sonnet-5-5", "claude-haiku-5-5", "claude-fable-5-1", "claude-mythos-5-2"):
+        assert minimum_cacheable(model) == 512, model
     assert minimum_cacheable("claude-3-5-haiku-20241022") == 2048

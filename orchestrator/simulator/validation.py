@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from orchestrator.api.modelinfo import MODELS, SAMPLING_FIELDS, ModelLimits, accepts_prefill, model_limits
+from orchestrator.api.modelinfo import (
+    MODELS,
+    THINKING_TYPES,
+    ModelLimits,
+    ThinkingRefused,
+    accepts_prefill,
+    forces_tool,
+    model_limits,
+    refused_sampling,
+    refused_thinking,
+)
 from orchestrator.models import MESSAGE_PARAMS
 from orchestrator.simulator.format_checks import format_problem
 from orchestrator.simulator.replies import block_text, count_input_tokens, prefill_of
@@ -39,6 +49,25 @@ MAX_TOKENS_ABOVE = "max_tokens: {given} > {limit}, which is the maximum allowed 
 PROMPT_TOO_LONG = "prompt is too long: {tokens} tokens > {limit} maximum"
 BOTH_SAMPLING = "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
 SAMPLING_DEPRECATED = "`{name}` is deprecated for this model."
+FORCED_TOOL_REFUSED = 'tool_choice: type "tool" and "any" are not supported for this model.'
+# The API's words for a thinking type the model does not take: the 5.5 what's-new and migration pages
+# give the first two; the next two are as the API answers them (the docs say only "400").
+THINKING_TYPE_REFUSED = (
+    '"thinking.type.{kind}" is not supported for this model. Use "thinking.type.adaptive" and '
+    '"output_config.effort" to control thinking behavior.'
+)
+THINKING_DISABLED_BETWEEN_TOOLS = (
+    '"thinking.type.disabled" is not supported for this model. Use "thinking.type.between_tools" for the lowest '
+    'thinking setting, or "thinking.type.adaptive" and "output_config.effort" to control thinking behavior.'
+)
+ADAPTIVE_REFUSED = "adaptive thinking is not supported on this model"
+BETWEEN_TOOLS_REFUSED = '"thinking.type.between_tools" is not supported for this model.'
+# The docs give these 400s without their words (between_tools: effort high or below, no other field).
+THINKING_EFFORT_REFUSED = (
+    '"thinking.type.{kind}" is not supported at effort "{effort}" for this model. Use "thinking.type.adaptive" '
+    'to run at "xhigh" or "max" effort.'
+)
+THINKING_FIELD_REFUSED = "thinking.between_tools.{field}: Extra inputs are not permitted"
 EMPTY_TEXT_BLOCK = "{where}: text content blocks must be non-empty"
 BLANK_TEXT_BLOCK = "{where}: text content blocks must contain non-whitespace text"
 EMPTY_MESSAGE = (
@@ -46,7 +75,9 @@ EMPTY_MESSAGE = (
 )
 # What a model served beside the table (SimulatorConfig.extra_models) may do: the largest limits of any.
 EXTRA_MODEL = ModelLimits(
-    max(limits.context_window for limits in MODELS.values()), max(limits.max_output for limits in MODELS.values())
+    max(limits.context_window for limits in MODELS.values()),
+    max(limits.max_output for limits in MODELS.values()),
+    thinking=THINKING_TYPES,
 )
 
 
@@ -105,18 +136,17 @@ def _check_limits(body: dict[str, Any], limits: ModelLimits, count_only: bool) -
     """What the model's limits refuse: a larger max_tokens, sampling fields, a prompt past its context window."""
     if not count_only and body["max_tokens"] > limits.max_output:
         raise _bad(MAX_TOKENS_ABOVE.format(given=body["max_tokens"], limit=limits.max_output, model=body["model"]))
-    given = [name for name in SAMPLING_FIELDS if body.get(name) is not None]
-    if limits.sampling == "none" and given:
-        raise _bad(SAMPLING_DEPRECATED.format(name=given[0]))
-    if limits.sampling == "one" and "temperature" in given and "top_p" in given:
-        raise _bad(BOTH_SAMPLING)
+    sampling = refused_sampling(limits, body)
+    if sampling is not None:
+        name, together = sampling
+        raise _bad(BOTH_SAMPLING if together else SAMPLING_DEPRECATED.format(name=name))
     if not count_only:
         tokens = count_input_tokens(body)
         if tokens > limits.context_window:
             raise _bad(PROMPT_TOO_LONG.format(tokens=tokens, limit=limits.context_window))
 
 
-def _check_tools(body: dict[str, Any]) -> None:
+def _check_tools(body: dict[str, Any], limits: ModelLimits) -> None:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise _bad("tools: Input should be a valid list")
@@ -132,18 +162,39 @@ def _check_tools(body: dict[str, Any]) -> None:
         return
     if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
         raise _bad("tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'")
+    if not limits.forced_tools and forces_tool(body):
+        raise _bad(FORCED_TOOL_REFUSED)
     if choice["type"] == "tool" and choice.get("name") not in names:
         raise _bad(f"tool_choice: tool {choice.get('name')!r} not found in tools")
 
 
-def _check_thinking(body: dict[str, Any], count_only: bool) -> bool:
-    """Whether extended thinking is enabled (and valid)."""
+def _thinking_refused(refused: ThinkingRefused, limits: ModelLimits) -> str:
+    """The API's 400 message for a thinking the model refuses."""
+    if refused.field is not None:
+        return THINKING_FIELD_REFUSED.format(field=refused.field)
+    if refused.effort is not None:
+        return THINKING_EFFORT_REFUSED.format(kind=refused.kind, effort=refused.effort)
+    if refused.kind == "adaptive":
+        return ADAPTIVE_REFUSED
+    if refused.kind == "between_tools":
+        return BETWEEN_TOOLS_REFUSED
+    if refused.kind == "disabled" and "between_tools" in limits.thinking:
+        return THINKING_DISABLED_BETWEEN_TOOLS
+    return THINKING_TYPE_REFUSED.format(kind=refused.kind)
+
+
+def _check_thinking(body: dict[str, Any], limits: ModelLimits, count_only: bool) -> bool:
+    """Whether extended thinking (a budget) is enabled (and valid)."""
     thinking = body.get("thinking")
     if thinking is None:
         return False
-    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
-        raise _bad("thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'")
-    if thinking["type"] == "disabled":
+    if not isinstance(thinking, dict) or thinking.get("type") not in THINKING_TYPES:
+        expected = ", ".join(repr(kind) for kind in THINKING_TYPES)
+        raise _bad(f"thinking: Input tag does not match any of the expected tags: {expected}")
+    refused = refused_thinking(limits, body)
+    if refused is not None:
+        raise _bad(_thinking_refused(refused, limits))
+    if thinking["type"] != "enabled":
         return False
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool):
@@ -261,9 +312,10 @@ def validate(body: Any, *, count_only: bool = False, extra_models: Collection[st
             and not (last and message["role"] == "assistant")
         ):
             raise _bad(EMPTY_MESSAGE.format(index=index))
-    _check_limits(body, _model(model, extra_models), count_only)
-    _check_tools(body)
-    thinking = _check_thinking(body, count_only)
+    limits = _model(model, extra_models)
+    _check_limits(body, limits, count_only)
+    _check_tools(body, limits)
+    thinking = _check_thinking(body, limits, count_only)
     _check_stop_sequences(body)
     _check_cache_control(body)
     prefill = prefill_of(body)
