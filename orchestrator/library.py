@@ -72,6 +72,10 @@ class JobResult:
     cuts: int = 0  # concurrency cuts after overloads
     error: JobAborted | None = None  # why the API, the spend cap or the database stopped the job
     output_model: Any = None  # the pydantic model passed as output_schema, if one was
+    ways: dict[str, int] | None = None  # a job with message batches: succeeded requests by way (batch, streamed)
+    cost_streamed: Decimal | None = None  # what the same tokens would have cost all streamed
+    deadline: float | None = None  # Unix time the job is to be done by (--deadline)
+    ended_at: float | None = None  # Unix time this run ended
 
     @property
     def succeeded(self) -> int:
@@ -525,15 +529,19 @@ async def run(options: RunOptions) -> JobResult:
     """Run a job with ``options`` to its end or until stopped. The result says how it ended
     (``error``, ``stopped``); ``raise_for_stop()`` raises it. The command line's ``run`` and ``resume``."""
     outcome = await run_options(options)
+    ended_at = time.time()
     summary = outcome.summary
+    prices = load_prices(options.prices)
     async with open_store(outcome.db, create=False) as store:  # streamed and batch attempts at their prices
-        cost = load_prices(options.prices).total(await store.billed_by_tier(None, None))
+        by_tier = await store.billed_by_tier(None, None)
+        ways = await store.succeeded_by_way() if await store.batches() else None
+        deadline = await store.deadline()
     return JobResult(
         db=outcome.db,
         results_file=outcome.results,
         counts=dict(summary.counts),
         billed=summary.billed.as_dict(),
-        cost=cost,
+        cost=prices.total(by_tier),
         elapsed=summary.elapsed,
         written=outcome.written,
         stopped=summary.stopped,
@@ -541,6 +549,10 @@ async def run(options: RunOptions) -> JobResult:
         pauses=summary.pauses,
         cuts=summary.cuts,
         error=aborted_error(summary, outcome.db, options.python),
+        ways=ways,
+        cost_streamed=prices.total_streamed(by_tier),
+        deadline=None if deadline is None else deadline[1],
+        ended_at=ended_at,
     )
 
 

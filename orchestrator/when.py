@@ -61,3 +61,12 @@ def span(seconds: float) -> str:
     if hours:
         return f"{hours}h{rest // 60:02d}m"
     return f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
+
+
+def deadline_standing(deadline: float, done_at: float | None, now: float) -> str:
+    """How a job stands against its deadline: met or missed (done at ``done_at``, by how much), or,
+    not done, the time left."""
+    if done_at is not None:
+        gap = span(abs(deadline - done_at))
+        return f"met, done {gap} before it" if done_at <= deadline else f"missed, done {gap} after it"
+    return f"{span(deadline - now)} left" if now < deadline else "passed"

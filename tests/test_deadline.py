@@ -165,7 +165,7 @@ async def test_a_deadline_between_moves_the_unfinished_batches_to_streaming_in_t
     shown = capsys.readouterr().out
     assert f"went: {went['batch']:,} by message batch, {went['streamed']:,} streamed; cost $" in shown
     assert "streaming it all (0." in shown
-    assert "  deadline " in shown
+    assert re.search(r"\n  deadline [-0-9]+ [:0-9]+: met, done \S+ before it\n", shown)
     assert await run_command(["report", str(db), "--format", "json"]) == 0
     [reported] = json.loads(capsys.readouterr().out)["jobs"]
     total = reported["total"]
@@ -279,7 +279,7 @@ async def test_kill_9_in_a_deadline_run_pays_nothing_twice_and_loses_nothing(
     # sends 4 to batches, moved at once.
     timing = Timing(ttft=1.0, tokens_per_second=60)
     config = SimulatorConfig(timing=timing, batches=BatchSettings(seconds=200, seconds_max=300, cancel_seconds=0.5))
-    argv = cli("run", str(job), "--deadline", "72s", "--poll-interval", "0.05", "--quiet", "--results", str(out))
+    argv = cli("run", str(job), "--deadline", "72s", "--poll-interval", "0.05", "--results", str(out))
     reached: dict[str, Callable[[Stats], bool]] = {
         "a cancel sent": lambda stats: stats.batches.canceled >= 1,
         "streaming": lambda stats: stats.requests >= 3,
@@ -291,10 +291,11 @@ async def test_kill_9_in_a_deadline_run_pays_nothing_twice_and_loses_nothing(
         process.kill()
         await process.wait()
         assert process.returncode == -signal.SIGKILL
-        resumed = await anyio.run_process(cli("resume", str(db), "--quiet"), env=ENV, check=False)
+        resumed = await anyio.run_process(cli("resume", str(db)), env=ENV, check=False)
         assert resumed.returncode == 0, resumed.stderr.decode()
         expected = expected_replies(sim, job)
         stats = sim.stats.as_dict()
+    assert re.search(r"\ndeadline [-0-9]+ [:0-9]+: met, done \S+ before it\n", resumed.stderr.decode())
     assert {cid: text_of(line) for cid, line in results(out / "results.jsonl").items()} == expected
     paid_once(stats, db)  # what the kill cut off included
     assert query(db, "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM attempts WHERE outcome = 'succeeded'") == [

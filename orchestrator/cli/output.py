@@ -6,12 +6,14 @@ import json
 import sys
 import time
 from collections import Counter
+from decimal import Decimal
 
 from orchestrator.library import BatchStatus, JobResult, JobStatus
 from orchestrator.models import State
 from orchestrator.outputs import counts_text
 from orchestrator.pricing import money
 from orchestrator.runtime.progress import Snapshot, describe
+from orchestrator.when import deadline_standing
 
 
 def print_summary(result: JobResult) -> None:
@@ -23,6 +25,12 @@ def print_summary(result: JobResult) -> None:
         f"billed {billed['input_tokens']:,} input and {billed['output_tokens']:,} output tokens over all attempts",
         file=sys.stderr,
     )
+    went = _went(result.ways, result.cost, result.cost_streamed)
+    if went is not None:
+        print(went, file=sys.stderr)
+    if result.deadline is not None:
+        done_at = result.ended_at if result.complete else None
+        print(_deadline_line(result.deadline, done_at), file=sys.stderr)
     if result.pauses or result.cuts:
         print(
             f"rate limits: {result.pauses:,} pool-wide pauses after a 429, concurrency cut {result.cuts:,} times "
@@ -37,6 +45,20 @@ def print_summary(result: JobResult) -> None:
         )
     else:
         print(f"results: {result.results_file} ({result.written:,} lines); database: {result.db}", file=sys.stderr)
+
+
+def _went(ways: dict[str, int] | None, cost: Decimal | None, streamed: Decimal | None) -> str | None:
+    """What went which way, and the cost against streaming it all (a job with message batches)."""
+    if not ways or not ways.get("batch"):
+        return None
+    line = f"went: {ways['batch']:,} by message batch, {ways.get('streamed', 0):,} streamed"
+    if cost is not None and streamed:
+        line += f"; cost {money(cost)} against {money(streamed)} streaming it all ({cost / streamed:.2f}x)"
+    return line
+
+
+def _deadline_line(deadline: float, done_at: float | None) -> str:
+    return f"deadline {_when(deadline)}: {deadline_standing(deadline, done_at, time.time())}"
 
 
 def _batch_line(row: BatchStatus) -> str:
@@ -74,19 +96,12 @@ def print_status(status: JobStatus, as_json: bool) -> None:
     if status.outputs:
         print(f"  structured outputs: {counts_text(Counter(status.outputs))}")
     print(f"  elapsed {status.elapsed:.1f} s, last update {_when(status.updated_at)}")
-    ways = status.ways or {}
-    if ways.get("batch"):
-        line = f"  went: {ways['batch']:,} by message batch, {ways.get('streamed', 0):,} streamed"
-        if status.cost is not None and status.cost_streamed:
-            line += (
-                f"; cost {money(status.cost)} against {money(status.cost_streamed)} streaming it all "
-                f"({status.cost / status.cost_streamed:.2f}x)"
-            )
-        print(line)
+    went = _went(status.ways, status.cost, status.cost_streamed)
+    if went is not None:
+        print(f"  {went}")
     if status.deadline is not None:
-        left = status.deadline - time.time()
-        when = _when(status.deadline)
-        print(f"  deadline {when}: " + (f"{left / 60:,.1f} min left" if left > 0 else "passed"))
+        complete = counts[State.PENDING] == 0 and counts[State.RUNNING] == 0
+        print(f"  {_deadline_line(status.deadline, status.updated_at if complete else None)}")
     print("  " + describe(snapshot))
     if status.batches:
         states = Counter(row.state for row in status.batches)

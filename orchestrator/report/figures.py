@@ -27,7 +27,7 @@ from orchestrator.pricing import BATCH, PriceTable, money, plus
 from orchestrator.report.caching import PrefixRow, cache_prefixes
 from orchestrator.report.export import output_counts
 from orchestrator.store import Store
-from orchestrator.when import span
+from orchestrator.when import deadline_standing
 
 PERCENTILES = (50, 90, 99)
 # The waits of a request, each for what it is (seconds, summed over its attempts): before a send, for a
@@ -270,13 +270,10 @@ def deadline_text(report: JobReport, now: float) -> str | None:
         return None
     when = datetime.fromtimestamp(report.deadline).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     total = report.total()
-    met = deadline_met(report, now)
-    if met is None:
-        return f"deadline {when}: {span(report.deadline - now)} left, {total.requests['unfinished']:,} unfinished"
-    if total.requests["unfinished"] or total.last_finish is None:
-        return f"deadline {when}: passed with {total.requests['unfinished']:,} requests unfinished"
-    gap = span(abs(report.deadline - total.last_finish))
-    return f"deadline {when}: " + (f"met, done {gap} before it" if met else f"missed, done {gap} after it")
+    unfinished = total.requests["unfinished"]
+    done_at = None if unfinished else total.last_finish
+    stands = deadline_standing(report.deadline, done_at, now)
+    return f"deadline {when}: {stands}" + (f", {unfinished:,} requests unfinished" if unfinished else "")
 
 
 def find_databases(paths: list[Path]) -> list[Path]:
