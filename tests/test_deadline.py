@@ -303,3 +303,16 @@ async def test_kill_9_in_a_deadline_run_pays_nothing_twice_and_loses_nothing(
     ]
     assert sim.stats.batches.canceled >= 1
     assert query(db, "SELECT COUNT(*) FROM attempts WHERE reason = 'canceled'")[0][0] >= 1  # moved to streaming
+
+
+async def test_the_python_api_says_how_a_deadline_run_went(tmp_path: Path) -> None:
+    job = write_jsonl(tmp_path / "job.jsonl", prompts(6))
+    config = SimulatorConfig(timing=INSTANT, batches=BatchSettings(seconds=0))
+    result = await arun_job(job, simulate=config, deadline="2h", poll_interval=0.01, results=tmp_path / "out")
+    assert result.complete
+    assert result.ways == {"batch": 6, "streamed": 0}
+    assert result.cost is not None
+    assert result.cost_streamed == result.cost * 2  # all at the batch price: half
+    assert result.deadline is not None
+    assert result.ended_at is not None
+    assert result.ended_at < result.deadline <= result.ended_at + 7200
