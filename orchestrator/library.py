@@ -75,7 +75,7 @@ class JobResult:
     ways: dict[str, int] | None = None  # a job with message batches: succeeded requests by way (batch, streamed)
     cost_streamed: Decimal | None = None  # what the same tokens would have cost all streamed
     deadline: float | None = None  # Unix time the job is to be done by (--deadline)
-    ended_at: float | None = None  # Unix time this run ended
+    done_at: float | None = None  # Unix time its last request finished, once all have
 
     @property
     def succeeded(self) -> int:
@@ -142,6 +142,7 @@ class JobStatus:
     ways: dict[str, int] | None = None  # succeeded requests by way: batch, streamed
     cost_streamed: Decimal | None = None  # what the same tokens would have cost all streamed
     deadline: float | None = None  # Unix time the job is to be done by (--deadline)
+    done_at: float | None = None  # Unix time its last request finished, once all have
 
     def as_dict(self) -> dict[str, Any]:
         """As ``orchestrator status --json`` prints it."""
@@ -161,6 +162,7 @@ class JobStatus:
             "ways": self.ways,
             "cost_streamed_usd": None if self.cost_streamed is None else float(round(self.cost_streamed, 6)),
             "deadline": self.deadline,
+            "done_at": self.done_at,
             "batches": shown,
         }
 
@@ -214,6 +216,7 @@ class Job:
             outputs = sum((await output_counts(store)).values(), Counter[str]())
             ways = await store.succeeded_by_way()
             deadline = await store.deadline()
+            done_at = await store.done_at()
         if job is None:
             raise UserError(f"{self.db} holds no job")
         return JobStatus(
@@ -229,6 +232,7 @@ class Job:
             cost_streamed=load_prices(_path(prices)).total_streamed(by_tier),
             ways=ways,
             deadline=None if deadline is None else deadline[1],
+            done_at=done_at,
             elapsed=(job.updated_at - first) if first else 0.0,
             batches=tuple(BatchStatus(b.id, b.state, b.requests, b.expires_at, b.open) for b in batches),
             outputs={name: outputs[name] for name in STATUSES} if outputs else None,
@@ -529,13 +533,13 @@ async def run(options: RunOptions) -> JobResult:
     """Run a job with ``options`` to its end or until stopped. The result says how it ended
     (``error``, ``stopped``); ``raise_for_stop()`` raises it. The command line's ``run`` and ``resume``."""
     outcome = await run_options(options)
-    ended_at = time.time()
     summary = outcome.summary
     prices = load_prices(options.prices)
     async with open_store(outcome.db, create=False) as store:  # streamed and batch attempts at their prices
         by_tier = await store.billed_by_tier(None, None)
         ways = await store.succeeded_by_way() if await store.batches() else None
         deadline = await store.deadline()
+        done_at = await store.done_at()
     return JobResult(
         db=outcome.db,
         results_file=outcome.results,
@@ -552,7 +556,7 @@ async def run(options: RunOptions) -> JobResult:
         ways=ways,
         cost_streamed=prices.total_streamed(by_tier),
         deadline=None if deadline is None else deadline[1],
-        ended_at=ended_at,
+        done_at=done_at,
     )
 
 
@@ -588,7 +592,7 @@ async def arender_report(
     if format == "json":
         return render_json(reports, table, now)
     if format == "csv":
-        return render_csv(reports)
+        return render_csv(reports, now)
     if format == "html":
         return render_html(reports, table, now)
     return render_text(reports, table, now)

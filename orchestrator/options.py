@@ -208,8 +208,10 @@ def resumed(
         raise UserError(f"unknown option {unknown[0]!r}")
     if given.get("mode") == STREAM and "deadline" not in given:
         given["deadline"] = None  # streaming the rest now: the stored deadline no longer holds
-    if "mode" in given:  # another mode now: what was stored for the other one no longer applies
-        given |= {s.name: None for s in TABLE if given["mode"] not in s.modes and s.name not in given}
+    if "deadline" in given and "mode" not in given:
+        given["mode"] = None  # a deadline now: batches and streaming, whatever mode was stored
+    if (mode := given.get("mode")) is not None:  # a mode now: what was stored for the other no longer applies
+        given |= {s.name: None for s in TABLE if mode not in s.modes and s.name not in given}
     return dataclasses.replace(
         stored,
         db=db,

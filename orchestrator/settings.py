@@ -257,12 +257,14 @@ def merge(
             limits[setting.name] = value
         else:
             values[setting.name] = value
-    if values["deadline"] is not None:
-        if given.get("mode") == STREAM:
+    if values["deadline"] is not None and given.get("mode") == STREAM:
+        if given.get("deadline") is not None:
             raise UserError(
                 f"{named('deadline')} runs the job through message batches, streaming what they leave, and "
                 f"{named('mode')} {STREAM} asks for streaming alone: drop one of them"
             )
+        values["deadline"] = None  # streaming asked for: the spec's deadline gives way
+    if values["deadline"] is not None:
         values["mode"] = BATCH  # a deadline runs through message batches, streaming what they leave
     mode = values["mode"]
     for setting in (*SETTINGS, *LIMITS):

@@ -314,5 +314,5 @@ async def test_the_python_api_says_how_a_deadline_run_went(tmp_path: Path) -> No
     assert result.cost is not None
     assert result.cost_streamed == result.cost * 2  # all at the batch price: half
     assert result.deadline is not None
-    assert result.ended_at is not None
-    assert result.ended_at < result.deadline <= result.ended_at + 7200
+    assert result.done_at is not None
+    assert result.done_at < result.deadline <= result.done_at + 7200

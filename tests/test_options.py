@@ -16,8 +16,10 @@ import pytest
 import orchestrator
 from orchestrator.cli import run_command
 from orchestrator.cli.parser import build_parser, run_options
+from orchestrator.errors import UserError
 from orchestrator.library import Job, arun_job, run_job
 from orchestrator.options import TABLE, RunOptions, resumed
+from orchestrator.settings import merge
 from orchestrator.simulator import SimulatorConfig, Timing
 from orchestrator.store.legacy import options_of
 from tests.helpers import query
@@ -78,6 +80,19 @@ def test_a_resume_in_another_mode_drops_what_was_stored_for_the_other(tmp_path: 
     assert (kept.deadline, kept.poll_interval, kept.concurrency) == ("2h", 0.5, 2)
     batched = resumed(stored, tmp_path / "job.sqlite", None, settings={"mode": "batch"})
     assert (batched.deadline, batched.batch_size) == ("2h", 10)
+    # A deadline given to a resume of a streamed job: batches and streaming, the stored mode gone.
+    was_streamed = RunOptions(job=tmp_path / "job.jsonl", mode="stream", concurrency=4)
+    dated = resumed(was_streamed, tmp_path / "job.sqlite", None, settings={"deadline": "1h"})
+    assert (dated.mode, dated.deadline, dated.concurrency) == (None, "1h", 4)
+    assert merge({}, {}, dated.given).mode == "batch"
+
+
+def test_a_deadline_and_streaming_alone_are_refused_together_but_given_now_streaming_wins() -> None:
+    with pytest.raises(UserError, match="drop one of them"):
+        merge({}, {}, {"deadline": "1h", "mode": "stream"})
+    streamed = merge({"deadline": "1h"}, {}, {"mode": "stream"})  # a spec's deadline gives way
+    assert (streamed.mode, streamed.deadline) == ("stream", None)
+    assert merge({"deadline": "1h"}, {}, {}).mode == "batch"
 
 
 def test_a_stored_command_line_reads_as_its_options() -> None:

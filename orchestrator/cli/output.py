@@ -29,8 +29,7 @@ def print_summary(result: JobResult) -> None:
     if went is not None:
         print(went, file=sys.stderr)
     if result.deadline is not None:
-        done_at = result.ended_at if result.complete else None
-        print(_deadline_line(result.deadline, done_at), file=sys.stderr)
+        print(_deadline_line(result.deadline, result.done_at), file=sys.stderr)
     if result.pauses or result.cuts:
         print(
             f"rate limits: {result.pauses:,} pool-wide pauses after a 429, concurrency cut {result.cuts:,} times "
@@ -100,8 +99,7 @@ def print_status(status: JobStatus, as_json: bool) -> None:
     if went is not None:
         print(f"  {went}")
     if status.deadline is not None:
-        complete = counts[State.PENDING] == 0 and counts[State.RUNNING] == 0
-        print(f"  {_deadline_line(status.deadline, status.updated_at if complete else None)}")
+        print(f"  {_deadline_line(status.deadline, status.done_at)}")
     print("  " + describe(snapshot))
     if status.batches:
         states = Counter(row.state for row in status.batches)

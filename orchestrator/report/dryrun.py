@@ -229,7 +229,7 @@ def _deadline(
         return lines
     streamed = stream_share(requests, result.now, result.deadline, pace)
     batched = requests - streamed
-    mixed = (batched * share + streamed) / requests  # the price's share, the batches ending in time
+    mixed = (batched * share + streamed) / max(requests, 1)  # the price's share, the batches ending in time
     parts = math.ceil(batched / batch_split(batched, settings.batch_size)) if batched else 0
     lines.append(
         f"    {batched:,} to {parts:,} message batches, {streamed:,} streamed at once; cost "

@@ -162,6 +162,7 @@ class JobReport:
     simulated: bool = False  # it holds results of the built-in simulator, not of the API
     prefixes: list[PrefixRow] = field(default_factory=list)  # the prompt cache by prefix
     deadline: float | None = None  # Unix time the job was to be done by (--deadline)
+    done_at: float | None = None  # Unix time its last request finished, once all have (whatever the filters)
 
     @property
     def title(self) -> str:
@@ -251,6 +252,7 @@ async def job_report(store: Store, path: Path, prices: PriceTable, filters: Filt
         simulated=bool(job and job.simulated),
         prefixes=await cache_prefixes(store, prices),
         deadline=None if deadline is None else deadline[1],
+        done_at=await store.done_at(),
     )
 
 
@@ -258,10 +260,9 @@ def deadline_met(report: JobReport, now: float) -> bool | None:
     """Whether the job was done by its deadline; None while it may still be (or it has none)."""
     if report.deadline is None:
         return None
-    total = report.total()
-    if total.requests["unfinished"] or total.last_finish is None:
+    if report.done_at is None:
         return False if now > report.deadline else None
-    return total.last_finish <= report.deadline
+    return report.done_at <= report.deadline
 
 
 def deadline_text(report: JobReport, now: float) -> str | None:
@@ -269,11 +270,7 @@ def deadline_text(report: JobReport, now: float) -> str | None:
     if report.deadline is None:
         return None
     when = datetime.fromtimestamp(report.deadline).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    total = report.total()
-    unfinished = total.requests["unfinished"]
-    done_at = None if unfinished else total.last_finish
-    stands = deadline_standing(report.deadline, done_at, now)
-    return f"deadline {when}: {stands}" + (f", {unfinished:,} requests unfinished" if unfinished else "")
+    return f"deadline {when}: {deadline_standing(report.deadline, report.done_at, now)}"
 
 
 def find_databases(paths: list[Path]) -> list[Path]:
@@ -375,35 +372,36 @@ CSV_COLUMNS = [
     "wasted_input_tokens", "wasted_output_tokens", "wasted_cost_usd", "ttft_p50_s", "ttft_p90_s", "ttft_p99_s",
     "total_p50_s", "total_p90_s", "total_p99_s", *(f"{kind}_p{p}_s" for kind in WAITS for p in PERCENTILES),
     "requests_per_minute", "output_tokens_per_minute", "simulated",
-    "by_batch", "streamed", "batch_cost_usd", "streamed_cost_usd", "cost_all_streamed_usd",
+    "by_batch", "streamed", "batch_cost_usd", "streamed_cost_usd", "cost_all_streamed_usd", "deadline",
+    "deadline_met",
 ]  # fmt: skip
 
 
-def _csv_row(job: str, model: str, f: Figures, simulated: bool) -> list[Any]:
+def _csv_row(report: JobReport, model: str, f: Figures, now: float) -> list[Any]:
     data = as_dict(f)
     latency = data["latency_seconds"]
     return [
-        job, model, f.requests[State.SUCCEEDED], f.requests[State.ERRORED], f.requests["unfinished"],
+        report.name, model, f.requests[State.SUCCEEDED], f.requests[State.ERRORED], f.requests["unfinished"],
         f.billed.input_tokens, f.billed.output_tokens, f.billed.cache_creation_input_tokens,
         f.billed.cache_creation_1h_input_tokens, f.billed.cache_read_input_tokens, data["cost_usd"],
         f.kept.output_tokens, f.wasted.input_tokens, f.wasted.output_tokens, data["wasted_cost_usd"],
         *(latency["time_to_first_token"][f"p{p}"] for p in PERCENTILES),
         *(latency["total"][f"p{p}"] for p in PERCENTILES),
         *(latency[kind][f"p{p}"] for kind in WAITS for p in PERCENTILES),
-        data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"], simulated,
+        data["throughput"]["requests_per_minute"], data["throughput"]["output_tokens_per_minute"], report.simulated,
         f.ways["batch"], f.ways["streamed"], data["cost_by_way_usd"]["batch"], data["cost_by_way_usd"]["streamed"],
-        data["cost_streamed_usd"],
+        data["cost_streamed_usd"], _stamp(report.deadline), deadline_met(report, now),
     ]  # fmt: skip
 
 
-def render_csv(reports: list[JobReport]) -> str:
+def render_csv(reports: list[JobReport], now: float) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
     for report in reports:
         for model, figures in sorted(report.models.items()):
-            writer.writerow(_csv_row(report.name, model, figures, report.simulated))
-        writer.writerow(_csv_row(report.name, "(all models)", report.total(), report.simulated))
+            writer.writerow(_csv_row(report, model, figures, now))
+        writer.writerow(_csv_row(report, "(all models)", report.total(), now))
     return out.getvalue()
 
 

@@ -74,6 +74,14 @@ class Queries(Base):
             row = await cursor.fetchone()
         return None if row is None else row[0]
 
+    async def done_at(self) -> float | None:
+        """When the job's last request finished, once every one has (None while any is pending or running)."""
+        async with self.db.execute(
+            "SELECT MAX(finished_at), COALESCE(SUM(state IN ('pending', 'running')), 0) FROM requests"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row[1] else row[0]
+
     async def results(self) -> AsyncGenerator[dict[str, Any], None]:
         """Every request in input order, with its result, usage summed over attempts and timings."""
         async with self.db.execute(RESULTS_SQL) as cursor:
