@@ -194,6 +194,8 @@ async def run(options: RunOptions) -> Outcome:
                 f"{db} has {len(in_flight)} message batches in flight: resume it in batch mode "
                 f"(orchestrator resume {db}, or --batch), or cancel them first (orchestrator cancel {db})"
             )
+        if settings.deadline is None and await store.deadline() is not None:
+            await store.drop_deadline()  # run without it now: status and report no longer judge by it
         if settings.mode != BATCH:
             pending = counts[State.PENDING] + counts[State.RUNNING]
             make_room(pool_size(settings.concurrency, pending), in_process_server=options.simulate is not None)

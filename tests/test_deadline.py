@@ -23,6 +23,7 @@ import pytest
 from orchestrator.batch.engine import BatchJob
 from orchestrator.cli import run_command
 from orchestrator.errors import UserError
+from orchestrator.library import Job as StoredJob
 from orchestrator.library import arun_job
 from orchestrator.pricing import load_prices, money
 from orchestrator.results import export_results
@@ -316,3 +317,6 @@ async def test_the_python_api_says_how_a_deadline_run_went(tmp_path: Path) -> No
     assert result.deadline is not None
     assert result.done_at is not None
     assert result.done_at < result.deadline <= result.done_at + 7200
+    again = await StoredJob(result.db).aresume(mode="stream")  # streaming alone now: the deadline is dropped
+    assert again.deadline is None
+    assert (await StoredJob(result.db).astatus()).deadline is None

@@ -268,6 +268,12 @@ class Batching(Base):
             )
 
     @answered
+    async def drop_deadline(self) -> None:
+        """Forget the job's deadline (a run without one: ``resume --mode stream``)."""
+        async with transaction(self.db):
+            await self.db.execute("DELETE FROM notes WHERE key = ?", (DEADLINE,))
+
+    @answered
     async def request_sizes(self) -> tuple[float | None, float, float]:
         """For a pace: (mean output tokens of the replies so far, or None before 10; mean max_tokens
         and mean params bytes of the requests still to run)."""
