@@ -63,10 +63,13 @@ def span(seconds: float) -> str:
     return f"{rest // 60}m{rest % 60:02d}s" if rest >= 60 else f"{rest}s"
 
 
-def deadline_standing(deadline: float, done_at: float | None, now: float) -> str:
-    """How a job stands against its deadline: met or missed (done at ``done_at``, by how much), or,
-    not done, the time left."""
+def deadline_line(deadline: float, done_at: float | None, now: float) -> str:
+    """A job's deadline (local time) and how it stands: met or missed (done at ``done_at``, by how
+    much), or, not done, the time left."""
+    when = datetime.fromtimestamp(deadline).astimezone().strftime("%Y-%m-%d %H:%M:%S")
     if done_at is not None:
         gap = span(abs(deadline - done_at))
-        return f"met, done {gap} before it" if done_at <= deadline else f"missed, done {gap} after it"
-    return f"{span(deadline - now)} left" if now < deadline else "passed"
+        stands = f"met, done {gap} before it" if done_at <= deadline else f"missed, done {gap} after it"
+    else:
+        stands = f"{span(deadline - now)} left" if now < deadline else "passed"
+    return f"deadline {when}: {stands}"

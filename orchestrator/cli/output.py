@@ -13,7 +13,7 @@ from orchestrator.models import State
 from orchestrator.outputs import counts_text
 from orchestrator.pricing import money
 from orchestrator.runtime.progress import Snapshot, describe
-from orchestrator.when import deadline_standing
+from orchestrator.when import deadline_line
 
 
 def print_summary(result: JobResult) -> None:
@@ -29,7 +29,7 @@ def print_summary(result: JobResult) -> None:
     if went is not None:
         print(went, file=sys.stderr)
     if result.deadline is not None:
-        print(_deadline_line(result.deadline, result.done_at), file=sys.stderr)
+        print(deadline_line(result.deadline, result.done_at, time.time()), file=sys.stderr)
     if result.pauses or result.cuts:
         print(
             f"rate limits: {result.pauses:,} pool-wide pauses after a 429, concurrency cut {result.cuts:,} times "
@@ -54,10 +54,6 @@ def _went(ways: dict[str, int] | None, cost: Decimal | None, streamed: Decimal |
     if cost is not None and streamed:
         line += f"; cost {money(cost)} against {money(streamed)} streaming it all ({cost / streamed:.2f}x)"
     return line
-
-
-def _deadline_line(deadline: float, done_at: float | None) -> str:
-    return f"deadline {_when(deadline)}: {deadline_standing(deadline, done_at, time.time())}"
 
 
 def _batch_line(row: BatchStatus) -> str:
@@ -99,7 +95,7 @@ def print_status(status: JobStatus, as_json: bool) -> None:
     if went is not None:
         print(f"  {went}")
     if status.deadline is not None:
-        print(f"  {_deadline_line(status.deadline, status.done_at)}")
+        print(f"  {deadline_line(status.deadline, status.done_at, time.time())}")
     print("  " + describe(snapshot))
     if status.batches:
         states = Counter(row.state for row in status.batches)

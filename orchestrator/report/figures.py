@@ -27,7 +27,7 @@ from orchestrator.pricing import BATCH, PriceTable, money, plus
 from orchestrator.report.caching import PrefixRow, cache_prefixes
 from orchestrator.report.export import output_counts
 from orchestrator.store import Store
-from orchestrator.when import deadline_standing
+from orchestrator.when import deadline_line
 
 PERCENTILES = (50, 90, 99)
 # The waits of a request, each for what it is (seconds, summed over its attempts): before a send, for a
@@ -267,10 +267,7 @@ def deadline_met(report: JobReport, now: float) -> bool | None:
 
 def deadline_text(report: JobReport, now: float) -> str | None:
     """The job's deadline and how it stands: met (by how much), missed (by how much), or the time left."""
-    if report.deadline is None:
-        return None
-    when = datetime.fromtimestamp(report.deadline).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-    return f"deadline {when}: {deadline_standing(report.deadline, report.done_at, now)}"
+    return None if report.deadline is None else deadline_line(report.deadline, report.done_at, now)
 
 
 def find_databases(paths: list[Path]) -> list[Path]:
