@@ -219,6 +219,7 @@ class Job:
             done_at = await store.done_at()
         if job is None:
             raise UserError(f"{self.db} holds no job")
+        table = load_prices(_path(prices))
         return JobStatus(
             db=self.db,
             name=job.name,
@@ -228,8 +229,8 @@ class Job:
             updated_at=job.updated_at,
             counts=counts,
             billed=billed.as_dict(),
-            cost=load_prices(_path(prices)).total(by_tier),
-            cost_streamed=load_prices(_path(prices)).total_streamed(by_tier),
+            cost=table.total(by_tier),
+            cost_streamed=table.total_streamed(by_tier),
             ways=ways,
             deadline=None if deadline is None else deadline[1],
             done_at=done_at,

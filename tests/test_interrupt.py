@@ -108,10 +108,9 @@ async def test_requests_waiting_to_retry_when_the_run_stops_are_pending_again(
     job = write_prompts(tmp_path / "job.jsonl", [f"p{i} <<sim-fault: server_error times=1>>" for i in range(4)])
     out = tmp_path / "out"
     db = out / "job.sqlite"
-    # Each request's first attempt fails; the next waits up to 10 minutes (full jitter).
-    argv = cli("run", str(job), "--base-url", "URL", "--results", str(out), "--quiet", "--backoff-base", "600")
     async with simulate() as (sim, _, url):
-        argv[argv.index("URL")] = url
+        # Each request's first attempt fails; the next waits up to 10 minutes (full jitter).
+        argv = cli("run", str(job), "--base-url", url, "--results", str(out), "--quiet", "--backoff-base", "600")
         process = await anyio.open_process(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
         with anyio.fail_after(30):
             await sim.until(lambda s: s.faults_injected["server_error"] == 4)
